@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   venv + install + a real tiny MoE-vs-dense sweep on this machine
+#   make test   venv + test extras + system packages the tests need + the tests
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+RESULTS ?= edgefarm-results
+
+.PHONY: demo test lint install system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/edgefarm inventory validate -i inventory/local.yaml
+	$(BIN)/edgefarm sweep run sweeps/quickstart.yaml -i inventory/local.yaml -r $(RESULTS)
+
+# sshd and prometheus are real parts of later test suites; install them when
+# missing (needs root and apt, as on CI).
+system-deps:
+	@missing=""; \
+	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: install system-deps
+	$(BIN)/ruff check orchestrator agents tests bench
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check orchestrator agents tests bench
+	$(BIN)/vermin -q --no-tips --violations -t=3.8- agents
+
+clean:
+	rm -rf $(VENV) $(RESULTS) .pytest_cache

@@ -1,0 +1,161 @@
+"""llama.cpp in process, through the ``xllamacpp`` bindings.
+
+The model is loaded once per job; every repetition is one completion request
+with ``cache_prompt: false`` (no prompt-cache reuse between repetitions) and
+``ignore_eos: true`` (generation runs to the requested length). The prompt is
+a list of token ids, so its length is exact whatever the tokenizer.
+
+Prefill and decode times come from llama.cpp's own timings; TTFT is measured
+here, from sending the request to the first streamed token.
+"""
+
+import json
+import os
+import random
+import time
+from typing import Dict, List, Optional, Tuple
+
+from agents import peakmem
+from agents.backends.base import Backend, BackendError, Emit, JobParams
+from agents.gguf_info import read_gguf_info
+
+
+
+def prompt_id_range(model_path):
+    # type: (str) -> Tuple[int, int]
+    """Token ids to draw prompts from: ordinary tokens of this model's vocab.
+
+    Past the control and byte tokens that come first in SentencePiece vocabs
+    (edgefarm's synthetic ones included), and short of the control tokens
+    some vocabs put at the end.
+    """
+    vocab = 0
+    try:
+        tokens = read_gguf_info(model_path)["metadata"].get("tokenizer.ggml.tokens")
+        if isinstance(tokens, dict):
+            vocab = int(tokens.get("array_len", 0))
+        elif isinstance(tokens, list):
+            vocab = len(tokens)
+    except (OSError, ValueError):
+        pass
+    if vocab <= 0:
+        return 300, 1000
+    low = 259 if vocab > 300 else min(3, vocab - 1)
+    return low, min(vocab, low + 5000)
+
+_OOM_WORDS = ("out of memory", "failed to allocate", "cannot allocate", "bad_alloc")
+
+
+class XllamacppBackend(Backend):
+    """Runs llama.cpp in this process through xllamacpp."""
+
+    name = "xllamacpp"
+
+    def available(self):
+        # type: () -> Tuple[bool, str]
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            return False, "python package xllamacpp not importable: %s" % exc
+        return True, getattr(xllamacpp, "__version__", "unknown")
+
+    def run(self, model_path, params, emit):
+        # type: (str, JobParams, Emit) -> Dict[str, object]
+        ok, version = self.available()
+        if not ok:
+            raise BackendError("backend-missing", version)
+        if not os.path.isfile(model_path):
+            raise BackendError("model-missing", "model file not found: %s" % model_path)
+        import xllamacpp
+
+        emit("phase", {"phase": "load"})
+        cparams = xllamacpp.CommonParams()
+        cparams.model.path = model_path
+        cparams.n_ctx = params.ctx_size
+        cparams.n_batch = max(params.prompt_tokens, 512)
+        cparams.n_parallel = 1
+        cparams.n_gpu_layers = params.gpu_layers
+        cparams.cpuparams.n_threads = params.threads
+        cparams.cpuparams_batch.n_threads = params.threads
+        cparams.cache_prompt = False
+        cparams.warmup = False  # warm-up runs are ours, explicit and stored
+        start = time.monotonic()
+        try:
+            server = xllamacpp.Server(cparams)
+        except Exception as exc:  # the bindings raise plain RuntimeError
+            text = str(exc)
+            kind = "out-of-memory" if any(w in text.lower() for w in _OOM_WORDS) else "backend-error"
+            raise BackendError(kind, "llama.cpp could not load %s: %s" % (model_path, text))
+        load_s = time.monotonic() - start
+
+        rng = random.Random(params.seed)
+        id_range = prompt_id_range(model_path)
+        total = params.warmup + params.repetitions
+        for i in range(total):
+            warm = i < params.warmup
+            emit("phase", {"phase": "warmup" if warm else "prefill"})
+            prompt = [rng.randrange(*id_range) for _ in range(params.prompt_tokens)]
+            peakmem.reset_peak()
+            rep = self._one_completion(server, prompt, params)
+            rss, scope = peakmem.peak_rss_bytes()
+            rep.update({"index": i if warm else i - params.warmup, "warmup": warm,
+                        "peak_rss_bytes": rss, "peak_rss_scope": scope})
+            emit("repetition", rep)
+        del server
+        return {"backend": "xllamacpp", "backend_version": version, "load_s": load_s}
+
+    def _one_completion(self, server, prompt, params):
+        # type: (object, List[int], JobParams) -> Dict[str, object]
+        request = {
+            "prompt": prompt,
+            "n_predict": params.gen_tokens,
+            "ignore_eos": True,
+            "cache_prompt": False,
+            "stream": True,
+            "seed": params.seed,
+        }
+        state = {"first": None, "final": None, "error": None}  # type: Dict[str, Optional[object]]
+
+        def on_chunk(chunk):
+            # type: (object) -> None
+            data = json.loads(chunk) if isinstance(chunk, (str, bytes)) else chunk
+            if isinstance(data, dict) and "error" in data:
+                state["error"] = data["error"]
+                return
+            if state["first"] is None:
+                state["first"] = time.monotonic()
+            if isinstance(data, dict) and "timings" in data:
+                state["final"] = data
+
+        sent = time.monotonic()
+        # Streaming, so the first chunk marks the first generated token (TTFT);
+        # the last chunk carries llama.cpp's own prefill and decode timings.
+        server.handle_completions(request, on_chunk)
+        if state["error"] is not None:
+            text = json.dumps(state["error"]) if not isinstance(state["error"], str) \
+                else state["error"]
+            kind = "out-of-memory" if any(w in text.lower() for w in _OOM_WORDS) else "backend-error"
+            raise BackendError(kind, "llama.cpp completion failed: %s" % text[-2000:])
+        final = state["final"]
+        if not isinstance(final, dict):
+            raise BackendError("backend-error", "llama.cpp returned no timings for a completion")
+        timings = final["timings"]
+        prompt_n = int(timings["prompt_n"])
+        predicted_n = int(timings["predicted_n"])
+        prefill_s = float(timings["prompt_ms"]) / 1000.0
+        decode_s = float(timings["predicted_ms"]) / 1000.0
+        if predicted_n != params.gen_tokens:
+            raise BackendError("backend-error", "asked for %d tokens, llama.cpp generated %d"
+                               % (params.gen_tokens, predicted_n))
+        rep = {
+            "prompt_tokens": prompt_n,
+            "gen_tokens": predicted_n,
+            "prefill_s": prefill_s,
+            "decode_s": decode_s,
+            "prefill_tps": prompt_n / prefill_s if prefill_s > 0 else None,
+            "decode_tps": predicted_n / decode_s if decode_s > 0 else None,
+        }  # type: Dict[str, object]
+        first = state["first"]
+        if isinstance(first, float):
+            rep["ttft_s"] = first - sent
+        return rep

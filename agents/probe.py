@@ -1,0 +1,138 @@
+"""Device facts, gathered cheaply and without side effects.
+
+``python3 agent.pyz probe`` prints these as one JSON object; every job's
+``hello`` event carries them too, so each result row knows what it ran on.
+Facts that cannot be read are left out, never guessed.
+"""
+
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Dict, Optional
+
+from agents import EVENT_SCHEMA, __version__
+
+
+def _read(path):
+    # type: (str) -> Optional[str]
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace").strip("\x00 \n")
+    except OSError:
+        return None
+
+
+def _sysctl(name):
+    # type: (str) -> Optional[str]
+    if not shutil.which("sysctl"):
+        return None
+    try:
+        out = subprocess.run(["sysctl", "-n", name], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = out.stdout.decode("utf-8", "replace").strip()
+    return text or None
+
+
+def cpu_model():
+    # type: () -> Optional[str]
+    info = _read("/proc/cpuinfo")
+    if info:
+        for key in ("model name", "Hardware", "Processor"):
+            match = re.search(r"^%s\s*:\s*(.+)$" % key, info, re.MULTILINE)
+            if match:
+                return match.group(1).strip()
+    return _sysctl("machdep.cpu.brand_string") or platform.processor() or None
+
+
+def ram_total_bytes():
+    # type: () -> Optional[int]
+    info = _read("/proc/meminfo")
+    if info:
+        match = re.search(r"^MemTotal:\s+(\d+) kB", info, re.MULTILINE)
+        if match:
+            return int(match.group(1)) * 1024
+    value = _sysctl("hw.memsize")
+    return int(value) if value and value.isdigit() else None
+
+
+def jetson_facts():
+    # type: () -> Dict[str, object]
+    facts = {}  # type: Dict[str, object]
+    release = _read("/etc/nv_tegra_release")
+    if release:
+        facts["l4t_release"] = release.splitlines()[0]
+    model = _read("/proc/device-tree/model")
+    if model and ("jetson" in model.lower() or release):
+        facts["module"] = model
+    return facts
+
+
+def backends(llama_bench=None):
+    # type: (Optional[str]) -> Dict[str, Dict[str, object]]
+    """Which inference backends this device can run, with versions or reasons."""
+    found = {}  # type: Dict[str, Dict[str, object]]
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("xllamacpp")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        found["xllamacpp"] = {"present": False, "reason": "python package xllamacpp not installed"}
+    else:
+        entry = {"present": True}  # type: Dict[str, object]
+        try:
+            from importlib import metadata
+
+            entry["version"] = metadata.version("xllamacpp")
+        except Exception:  # metadata is best-effort; presence is what matters
+            pass
+        found["xllamacpp"] = entry
+    if llama_bench:
+        path = os.path.expanduser(llama_bench)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            found["llama-bench"] = {"present": True, "path": path}
+        else:
+            found["llama-bench"] = {"present": False, "path": path,
+                                    "reason": "not an executable file"}
+    return found
+
+
+def facts(llama_bench=None):
+    # type: (Optional[str]) -> Dict[str, object]
+    uname = platform.uname()
+    result = {
+        "agent_version": __version__,
+        "event_schema": EVENT_SCHEMA,
+        "hostname": socket.gethostname(),
+        "os": uname.system,
+        "os_release": uname.release,
+        "machine": uname.machine,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "cpu_count": os.cpu_count(),
+        "backends": backends(llama_bench),
+    }  # type: Dict[str, object]
+    if uname.system == "Darwin":
+        result["macos_version"] = platform.mac_ver()[0]
+        chip = _sysctl("machdep.cpu.brand_string")
+        if chip:
+            result["chip"] = chip
+    model = cpu_model()
+    if model:
+        result["cpu_model"] = model
+    ram = ram_total_bytes()
+    if ram:
+        result["ram_total_bytes"] = ram
+    jetson = jetson_facts()
+    if jetson:
+        result["jetson"] = jetson
+    if shutil.which("nvidia-smi"):
+        result["nvidia_smi"] = shutil.which("nvidia-smi")
+    return result

@@ -1,0 +1,74 @@
+"""Build the agent zipapp that the controller ships to every device.
+
+The bundle is the ``agents`` package plus a ``__main__.py``, zipped with fixed
+timestamps so the same source always gives the same bytes. Its name carries
+the sha256 of those bytes (``agent-<sha256[:16]>.pyz``): a device that already
+has that file never receives it again, and a device never runs a stale agent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import agents
+
+AGENTS_DIR = Path(agents.__file__).resolve().parent
+_EPOCH = (2020, 1, 1, 0, 0, 0)
+_MAIN = b"import sys\nfrom agents.cli import main\nsys.exit(main())\n"
+
+
+@dataclass(frozen=True)
+class AgentBundle:
+    """A built agent zipapp: where it is on the controller and its content hash."""
+
+    path: Path
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+
+def _source_files() -> list[Path]:
+    files = []
+    for root, dirs, names in os.walk(AGENTS_DIR):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files.extend(Path(root) / n for n in sorted(names) if n.endswith((".py", ".typed")))
+    return files
+
+
+def build_bytes() -> bytes:
+    """Return the zipapp's bytes (deterministic for a given source tree)."""
+    buf = io.BytesIO()
+    buf.write(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in _source_files():
+            arcname = "agents/" + path.relative_to(AGENTS_DIR).as_posix()
+            info = zipfile.ZipInfo(arcname, date_time=_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, path.read_bytes())
+        info = zipfile.ZipInfo("__main__.py", date_time=_EPOCH)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, _MAIN)
+    return buf.getvalue()
+
+
+def build(cache_dir: str | Path) -> AgentBundle:
+    """Build the bundle into ``cache_dir`` once per content hash; return it."""
+    data = build_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"agent-{digest[:16]}.pyz"
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return AgentBundle(path=path, sha256=digest)

@@ -1,0 +1,1 @@
+"""The ``edgefarm`` command line: parses arguments (typer) and renders (rich), nothing more."""

@@ -1,0 +1,383 @@
+"""``edgefarm``: register devices, synthesize models, run sweeps, report.
+
+Every command is a thin layer: it parses options, calls the importable core
+(config, planner, scheduler, store, report) and renders with rich. Known
+errors print one message and exit with status 2 (bad input) or 1; anything
+unexpected prints a short line and leaves the traceback in a log file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import secrets
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.errors import ConfigError, EdgefarmError, StoreError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(help="Benchmark MoE and dense LLMs across a farm of edge devices.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+inventory_app = typer.Typer(help="Check and list the devices of an inventory file.",
+                            no_args_is_help=True)
+models_app = typer.Typer(help="Synthetic GGUF models with real models' shapes.",
+                         no_args_is_help=True)
+sweep_app = typer.Typer(help="Plan, run, resume and inspect benchmark sweeps.",
+                        no_args_is_help=True)
+agent_app = typer.Typer(help="The device agent the controller ships.", no_args_is_help=True)
+app.add_typer(inventory_app, name="inventory")
+app.add_typer(models_app, name="models")
+app.add_typer(sweep_app, name="sweep")
+app.add_typer(agent_app, name="agent")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_INVENTORY = "inventory/local.yaml"
+DEFAULT_RESULTS = "edgefarm-results"
+
+InventoryOpt = Annotated[Path, typer.Option(
+    "--inventory", "-i", envvar="EDGEFARM_INVENTORY",
+    help="Inventory file listing the devices.")]
+ResultsOpt = Annotated[Path, typer.Option(
+    "--results-dir", "-r", envvar="EDGEFARM_RESULTS_DIR",
+    help="Directory of the results store (SQLite).")]
+
+
+def cli_errors(func: F) -> F:
+    """Turn known errors into one message and an exit status; log unknown ones."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                err_console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except StoreError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except EdgefarmError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            log_path = Path(os.environ.get("EDGEFARM_DEBUG_LOG", "edgefarm-debug.log"))
+            with open(log_path, "a") as handle:
+                handle.write(f"--- {dt.datetime.now().isoformat()} {' '.join(sys.argv)}\n")
+                handle.write(traceback.format_exc())
+            err_console.print(f"[red]unexpected error:[/] {type(exc).__name__}: {exc}\n"
+                              f"The traceback is in {log_path}; please report it.",
+                              highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- inventory -----------------------------------------------------------------
+@inventory_app.command("validate")
+@cli_errors
+def inventory_validate(inventory: InventoryOpt = Path(DEFAULT_INVENTORY)) -> None:
+    """Check an inventory file; print every problem with file:line."""
+    from orchestrator.config.inventory import Inventory
+
+    inv = Inventory.load(inventory)
+    console.print(f"{inventory}: ok, {len(inv.devices)} device(s)")
+
+
+@inventory_app.command("list")
+@cli_errors
+def inventory_list(inventory: InventoryOpt = Path(DEFAULT_INVENTORY)) -> None:
+    """List the devices of an inventory file."""
+    from orchestrator.config.inventory import Inventory
+
+    inv = Inventory.load(inventory)
+    table = Table(title=str(inventory), title_justify="left")
+    for col in ("name", "transport", "address", "site", "platform", "labels", "backend"):
+        table.add_column(col)
+    for d in inv.devices:
+        address = "this machine" if d.transport == "local" else f"{d.user}@{d.host}:{d.port}"
+        labels = ", ".join(f"{k}={v}" for k, v in d.labels.items())
+        backend = f"llama-bench {d.llama_bench}" if d.llama_bench else "xllamacpp"
+        table.add_row(d.name, d.transport, address, d.site, d.platform, labels, backend)
+    console.print(table)
+
+
+# -- models --------------------------------------------------------------------
+@models_app.command("presets")
+@cli_errors
+def models_presets() -> None:
+    """List the presets `models synth` knows, with their parameter counts."""
+    from agents.models import presets
+
+    table = Table(title="synthetic model presets", title_justify="left")
+    for col in ("preset", "arch", "layers", "hidden", "experts", "params total", "params active"):
+        table.add_column(col)
+    for name in presets.PRESETS:
+        shape = presets.PRESETS[name]
+        total, active = presets.param_counts(shape)
+        experts = f"{shape.n_expert} (top-{shape.n_expert_used})" if shape.n_expert else "-"
+        table.add_row(name, shape.arch, str(shape.n_layer), str(shape.n_embd), experts,
+                      f"{total:,}", f"{active:,}")
+    console.print(table)
+
+
+@models_app.command("synth")
+@cli_errors
+def models_synth(
+    preset: Annotated[str, typer.Argument(help="Preset name (see `edgefarm models presets`).")],
+    quant: Annotated[str, typer.Option(help="Weight type: F16, Q8_0 or Q4_0.")] = "Q4_0",
+    out: Annotated[Path | None, typer.Option(
+        help="Output GGUF file (default: ./<preset>-<quant>.gguf).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write a random-weight GGUF with a real model's published shapes."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from agents.models.synth import KNOWN_PRESETS, QUANTS, synthesize
+
+    if preset not in KNOWN_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (known: {', '.join(KNOWN_PRESETS)})",
+                          key_path="PRESET")
+    if quant not in QUANTS:
+        raise ConfigError(f"unknown quant {quant!r} (known: {', '.join(QUANTS)})",
+                          key_path="--quant")
+    target = out or Path(f"{preset}-{quant}.gguf")
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=err_console) as bars:
+        task = bars.add_task(f"writing {target}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bars.update(task, completed=done, total=total)
+
+        info = synthesize(preset, quant, str(target), seed=seed, progress=progress)
+    verified = _verify_gguf(target)
+    console.print(f"wrote {target}: {info['size_bytes'] / 2**20:,.1f} MiB, "
+                  f"{info['params_total']:,} params ({info['params_active']:,} active), "
+                  f"{verified} tensors checked with gguf-py, {info['seconds']:.1f} s")
+
+
+def _verify_gguf(path: Path) -> int:
+    """Read the file back with the reference reader (gguf-py); return its tensor count."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return len(reader.tensors)
+
+
+# -- sweeps --------------------------------------------------------------------
+def _load(sweep_file: Path, inventory: Path) -> tuple[Any, Any, list[Any]]:
+    from orchestrator.config.sweep import load_sweep_with_inventory
+    from orchestrator.planner import plan
+
+    sweep, inv = load_sweep_with_inventory(sweep_file, inventory)
+    return sweep, inv, plan(sweep, inv)
+
+
+@sweep_app.command("plan")
+@cli_errors
+def sweep_plan(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (YAML).")],
+    inventory: InventoryOpt = Path(DEFAULT_INVENTORY),
+) -> None:
+    """Expand a sweep into its jobs and print them; runs nothing."""
+    from orchestrator.cli.render import print_jobs
+
+    sweep, _inv, jobs = _load(sweep_file, inventory)
+    rows = [{"device": j.device, "model": j.model_id, "arch": j.model_arch,
+             "prompt": j.prompt_tokens, "gen": j.gen_tokens, "threads": j.threads,
+             "ngl": j.gpu_layers, "reps": f"{j.repetitions}+{j.warmup} warm-up",
+             "backend": j.backend, "key": j.key} for j in jobs]
+    print_jobs(console, rows, f"sweep {sweep.name}: {len(jobs)} job(s)")
+    console.print(f"{len(jobs)} job(s) on {len({j.device for j in jobs})} device(s)")
+
+
+def new_sweep_id() -> str:
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def job_record(job: Any) -> dict[str, Any]:
+    """What the store keeps of a planned job (the scheduler reads it back)."""
+    record = job.model_dump(mode="json")
+    record.update(key=job.key, arch=job.model_arch, agent_spec=job.to_agent_spec())
+    return record
+
+
+@sweep_app.command("run")
+@cli_errors
+def sweep_run(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (YAML).")],
+    inventory: InventoryOpt = Path(DEFAULT_INVENTORY),
+    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+    ray_address: Annotated[str | None, typer.Option(
+        help="Join this Ray cluster instead of starting Ray on this machine.")] = None,
+    report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
+) -> None:
+    """Run a sweep across the selected devices, with live progress."""
+    from orchestrator.store import Store
+
+    sweep, inv, jobs = _load(sweep_file, inventory)
+    sweep_id = new_sweep_id()
+    store = Store(results_dir)
+    store.create_sweep(sweep_id, sweep.name, sweep.model_dump(mode="json"),
+                       inv.model_dump(mode="json", exclude_unset=True), [job_record(j) for j in jobs],
+                       sweep_path=str(sweep_file), inventory_path=str(inventory))
+    console.print(f"sweep {sweep_id}", highlight=False)
+    console.print(f"{sweep.name}: {len(jobs)} job(s); results in {store.path}", highlight=False)
+    _execute(store, sweep_id, ray_address, report)
+
+
+@sweep_app.command("resume")
+@cli_errors
+def sweep_resume(
+    sweep_id: Annotated[str, typer.Argument(help="Sweep id (see `sweep status`).")],
+    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+    ray_address: Annotated[str | None, typer.Option(
+        help="Join this Ray cluster instead of starting Ray on this machine.")] = None,
+    report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
+) -> None:
+    """Run the jobs of a sweep that are not done; re-attach to jobs still on devices."""
+    from orchestrator.store import Store
+
+    store = Store(results_dir)
+    store.sweep(sweep_id)
+    counts = store.job_counts(sweep_id)
+    console.print(f"sweep {sweep_id}", highlight=False)
+    console.print(f"resuming: {counts['done']} done, "
+                  f"{sum(counts.values()) - counts['done']} to run", highlight=False)
+    _execute(store, sweep_id, ray_address, report)
+
+
+def _execute(store: Any, sweep_id: str, ray_address: str | None, report: bool) -> None:
+    from orchestrator.cli.progress import RichProgress
+    from orchestrator.cli.render import print_report
+    from orchestrator.report import build_report
+    from orchestrator.scheduler import run_sweep
+
+    logging.basicConfig(level=logging.WARNING)
+    rows = store.jobs(sweep_id)
+    per_device: dict[str, int] = {}
+    for row in rows:
+        per_device[row["device"]] = per_device.get(row["device"], 0) + 1
+    done = sum(1 for r in rows if r["state"] == "done")
+    progress = RichProgress(console, per_device, done=done)
+    for row in rows:
+        if row["state"] == "done":
+            progress.bars.advance(progress.device_tasks[row["device"]])
+    with progress:
+        summary = run_sweep(store, sweep_id, ray_address=ray_address, progress=progress)
+    counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
+    console.print(f"sweep {sweep_id} {'interrupted' if summary.interrupted else 'finished'} "
+                  f"in {summary.seconds:.1f} s: {counts}", highlight=False)
+    for failure in summary.failed:
+        console.print(f"[red]failed[/] {failure['device']} {failure['model']} "
+                      f"[{failure['error_kind']}]: {failure['error']}", highlight=False)
+    if report:
+        print_report(console, build_report(store, sweep_id))
+    if summary.interrupted:
+        console.print(f"resume with: edgefarm sweep resume {sweep_id}", highlight=False)
+        raise typer.Exit(130)
+    if summary.counts.get("failed") or summary.counts.get("cancelled"):
+        raise typer.Exit(1)
+
+
+@sweep_app.command("status")
+@cli_errors
+def sweep_status(
+    sweep_id: Annotated[str | None, typer.Argument(
+        help="Sweep id; default: list recent sweeps.")] = None,
+    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+) -> None:
+    """Show recent sweeps, or the jobs of one sweep."""
+    from orchestrator.cli.render import print_jobs
+    from orchestrator.store import Store
+
+    store = Store(results_dir)
+    if sweep_id is None:
+        table = Table(title=f"sweeps in {store.path}", title_justify="left")
+        for col in ("id", "name", "state", "jobs"):
+            table.add_column(col)
+        for row in store.sweeps():
+            counts = ", ".join(f"{k} {v}" for k, v in store.job_counts(row["id"]).items() if v)
+            table.add_row(row["id"], row["name"], row["state"], counts)
+        console.print(table)
+        return
+    row = store.sweep(sweep_id)
+    jobs = [{"key": r["key"], "device": r["device"], "model": r["model_id"],
+             "state": r["state"], "attempts": r["attempts"],
+             "error": f"[{r['error_kind']}] {r['error']}" if r["error"] else None}
+            for r in store.jobs(sweep_id)]
+    print_jobs(console, jobs, f"sweep {sweep_id} ({row['name']}): {row['state']}")
+
+
+# -- report --------------------------------------------------------------------
+@app.command("report")
+@cli_errors
+def report_cmd(
+    sweep_id: Annotated[str | None, typer.Argument(
+        help="Sweep id; default: the most recent sweep.")] = None,
+    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+    fmt: Annotated[str, typer.Option("--format", "-f",
+                                     help="table, md or json.")] = "table",
+) -> None:
+    """Print the MoE-vs-dense comparison of a sweep."""
+    from orchestrator.cli.render import print_report
+    from orchestrator.report import build_report, render_json, render_markdown
+    from orchestrator.store import Store
+
+    if fmt not in ("table", "md", "json"):
+        raise ConfigError(f"unknown format {fmt!r} (known: table, md, json)", key_path="--format")
+    store = Store(results_dir)
+    sweep_id = sweep_id or store.latest_sweep_id()
+    if sweep_id is None:
+        raise StoreError(f"no sweeps in {store.path}")
+    report = build_report(store, sweep_id)
+    if fmt == "json":
+        sys.stdout.write(render_json(report) + "\n")
+    elif fmt == "md":
+        sys.stdout.write(render_markdown(report))
+    else:
+        print_report(console, report)
+
+
+# -- agent ---------------------------------------------------------------------
+@agent_app.command("bundle")
+@cli_errors
+def agent_bundle(
+    out_dir: Annotated[Path, typer.Option(help="Where to write the zipapp.")] = Path("."),
+) -> None:
+    """Build the agent zipapp (content-addressed by sha256)."""
+    from orchestrator.bundle import build
+
+    bundle = build(out_dir)
+    console.print(f"{bundle.path} sha256={bundle.sha256}", highlight=False)
+
+
+@agent_app.command("probe")
+@cli_errors
+def agent_probe() -> None:
+    """Print this machine's device facts, as the agent reports them."""
+    from agents.probe import facts
+
+    console.print_json(json.dumps(facts()))
+
+
+if __name__ == "__main__":
+    app()

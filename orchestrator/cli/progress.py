@@ -1,0 +1,65 @@
+"""Rich progress bars for ``sweep run``: one overall bar and one per device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class RichProgress:
+    """Implements the scheduler's ``Progress`` protocol with rich bars."""
+
+    def __init__(self, console: Console, jobs_per_device: dict[str, int], done: int = 0) -> None:
+        self.console = console
+        self.bars = Progress(
+            TextColumn("{task.fields[label]:<18}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+            transient=False)
+        total = sum(jobs_per_device.values())
+        self.overall = self.bars.add_task("", total=total, completed=done, label="all devices")
+        self.device_tasks = {
+            device: self.bars.add_task("waiting", total=n, label=device)
+            for device, n in jobs_per_device.items()}
+        self.current: dict[str, str] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def job_started(self, job: dict[str, Any], attempt: int) -> None:
+        label = f"{job['model_id']} p{job['prompt_tokens']}/g{job['gen_tokens']}"
+        if attempt > 1:
+            label += f" (attempt {attempt})"
+        self.current[job["device"]] = label
+        self.bars.update(self.device_tasks[job["device"]], description=f"{label}: starting")
+
+    def job_event(self, job: dict[str, Any], event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        label = self.current.get(job["device"], job["model_id"])
+        if kind == "phase":
+            phase = event.get("phase")
+            if phase == "synth" and event.get("total_bytes"):
+                pct = 100 * event["done_bytes"] / event["total_bytes"]
+                phase = f"synthesizing model {pct:.0f}%"
+            self.bars.update(self.device_tasks[job["device"]], description=f"{label}: {phase}")
+        elif kind == "repetition" and not event.get("warmup") and event.get("decode_tps"):
+            self.bars.update(self.device_tasks[job["device"]],
+                             description=f"{label}: rep {event.get('index', 0) + 1} "
+                                         f"{event['decode_tps']:.1f} tok/s")
+
+    def job_finished(self, job: dict[str, Any], state: str, error: str | None,
+                     retrying: bool) -> None:
+        task = self.device_tasks[job["device"]]
+        if retrying:
+            self.console.print(f"[yellow]retrying[/] {job['device']} {job['model_id']}: {error}")
+            return
+        self.bars.advance(task)
+        self.bars.advance(self.overall)
+        if state != "done":
+            self.console.print(f"[red]{state}[/] {job['device']} {job['model_id']}: {error}")
+        self.bars.update(task, description="idle")

@@ -1,0 +1,38 @@
+"""Rich renderings shared by several commands (report tables, job tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.report import ROW_HEADERS, comparison_title, model_row, ratio_line
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in report["jobs"].items() if v)
+    console.print(f"[bold]{report['sweep_name']}[/] ({report['sweep_id']}): "
+                  f"{report['state']}; jobs: {counts}")
+    if not report["comparisons"]:
+        console.print("No comparison pairs with results in this sweep.")
+    for c in report["comparisons"]:
+        table = Table(title=comparison_title(c), title_justify="left", caption=ratio_line(c),
+                      caption_justify="left")
+        for header in ROW_HEADERS:
+            table.add_column(header)
+        for side in (c["moe"], c["dense"]):
+            table.add_row(*model_row(side))
+        console.print(table)
+
+
+def print_jobs(console: Console, rows: list[dict[str, Any]], title: str) -> None:
+    if not rows:
+        console.print(f"{title}: no jobs")
+        return
+    table = Table(title=title, title_justify="left")
+    for header in rows[0]:
+        table.add_column(str(header))
+    for row in rows:
+        table.add_row(*(str(v) if v is not None else "" for v in row.values()))
+    console.print(table)

@@ -1,0 +1,152 @@
+"""How the controller reaches a device: the Transport contract.
+
+Life cycle (checked: calling a method in the wrong state raises
+``TransportError`` naming the device, the call and the state)::
+
+    created --connect()--> connected --close()--> closed
+
+A transport does two kinds of work:
+
+* plain remote operations: ``run`` a command, ``put``/``get`` a file;
+* the job protocol the agent defines: ``start_job`` launches
+  ``python agent.pyz run JOB_DIR`` *detached* (it outlives the controller and
+  the link), ``read_events`` follows the job's ``events.jsonl`` from a byte
+  offset, ``job_status`` says whether the agent still runs, ``fetch_log``
+  returns what the agent wrote to stderr, and ``cancel`` stops its process
+  group.
+
+``local`` implements it for this machine; ``ssh`` (fabric/paramiko) plugs in
+next with the same methods. A capability a transport lacks raises
+``NotImplementedError`` with a sentence saying so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from orchestrator.errors import TransportError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Outcome of one command run on a device."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a device says about one job directory."""
+
+    state: str  # "running" | "exited" | "absent"
+    exit_code: int | None = None
+    pid: int | None = None
+
+
+def check_connected(method: F) -> F:
+    """Refuse a call unless the transport is connected, naming device, call and state."""
+
+    @functools.wraps(method)
+    def wrapper(self: Transport, *args: Any, **kwargs: Any) -> Any:
+        if self.state != "connected":
+            raise TransportError(
+                f"{type(self).__name__}({self.device_name}).{method.__name__}() needs a "
+                f"connected transport; state is {self.state!r}")
+        return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Transport(ABC):
+    """Base class of all transports; see the module docstring for the contract."""
+
+    name = "base"
+
+    def __init__(self, device_name: str) -> None:
+        self.device_name = device_name
+        self.state = "created"
+        self.log = logging.getLogger(f"edgefarm.transport.{self.name}[{device_name}]")
+
+    def connect(self) -> None:
+        self.state = "connected"
+
+    def close(self) -> None:
+        self.state = "closed"
+
+    def __enter__(self) -> Transport:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plain remote operations ---------------------------------------------
+    @abstractmethod
+    def run(self, argv: list[str], *, timeout: float) -> CommandResult:
+        """Run ``argv`` (never a shell string) and wait for it."""
+
+    @abstractmethod
+    def put(self, local: str, remote: str) -> None:
+        """Copy a file to the device, atomically (temporary name, then rename)."""
+
+    @abstractmethod
+    def get(self, remote: str, local: str) -> None:
+        """Copy a file from the device."""
+
+    # -- the job protocol ----------------------------------------------------
+    @abstractmethod
+    def ensure_agent(self, bundle_path: str, sha256: str) -> str:
+        """Make the agent zipapp present on the device; return its path there."""
+
+    @abstractmethod
+    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str) -> None:
+        """Write ``job.json`` into ``job_dir`` and start the agent on it, detached."""
+
+    @abstractmethod
+    def read_events(self, job_dir: str, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """Return complete events after byte ``offset`` of the job's log, and the new offset."""
+
+    @abstractmethod
+    def job_status(self, job_dir: str) -> JobStatus:
+        """Is the agent for ``job_dir`` running, exited, or was it never started?"""
+
+    @abstractmethod
+    def fetch_log(self, job_dir: str) -> str:
+        """Return the agent's stderr for the job (for error reports)."""
+
+    @abstractmethod
+    def cancel(self, job_dir: str) -> None:
+        """Stop the job's process group (SIGTERM, then SIGKILL)."""
+
+    @abstractmethod
+    def job_dir(self, sweep_id: str, job_key: str, attempt: int) -> str:
+        """Where on the device one attempt of one job lives."""
+
+
+def parse_event_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """Split complete JSON lines off ``data``; return events and bytes consumed.
+
+    A partly written last line is not consumed, so it is read whole next time.
+    """
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], 0
+    events = []
+    for raw in data[: end + 1].splitlines():
+        if raw.strip():
+            try:
+                events.append(json.loads(raw))
+            except ValueError:
+                continue
+    return events, end + 1
