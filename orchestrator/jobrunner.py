@@ -72,9 +72,13 @@ def run_attempt(transport: Transport, job_dir: str, spec: dict[str, Any], agent_
                 time.sleep(poll_s)
                 continue
             stderr = _tail(transport.fetch_log(job_dir))
-            code = "" if status.exit_code is None else f" with status {status.exit_code}"
+            how = "exited"
+            if status.exit_code is not None and status.exit_code < 0:
+                how = f"was killed by signal {-status.exit_code}"
+            elif status.exit_code is not None:
+                how = f"exited with status {status.exit_code}"
             return Outcome("failed", "agent-crashed",
-                           f"agent exited{code} before reporting a result"
+                           f"agent {how} before reporting a result"
                            + (f"; stderr: {stderr}" if stderr else ""))
         if time.monotonic() - started > timeout_s:
             transport.cancel(job_dir)

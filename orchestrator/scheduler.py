@@ -65,6 +65,16 @@ class Summary:
     interrupted: bool = False
 
 
+#: Ray normally kills what its workers leave behind. Agents started by the
+#: local transport are meant to outlive the controller (detached jobs that a
+#: resume re-attaches to), so the raylet must leave them alone. Nodes joined
+#: with ``--ray-address`` need the same settings at ``ray start`` (docs).
+RAY_SYSTEM_CONFIG = {
+    "kill_child_processes_on_worker_exit": False,
+    "kill_child_processes_on_worker_exit_with_raylet_subreaper": False,
+}
+
+
 def site_resource(site: str) -> str:
     """The Ray custom resource that marks the node able to reach ``site``'s devices."""
     return f"edgefarm-site:{site}"
@@ -82,7 +92,7 @@ def ensure_ray(sites: list[str], address: str | None) -> None:
         # Loopback only: a controller on a laptop must not open ports to the lab.
         ray.init(resources={site_resource(s): 1000 for s in sites}, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=False,
-                 _node_ip_address="127.0.0.1")
+                 _node_ip_address="127.0.0.1", _system_config=RAY_SYSTEM_CONFIG)
 
 
 def agent_spec(job: dict[str, Any], device: Device) -> dict[str, Any]:
@@ -159,6 +169,8 @@ def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
         outcome = msg["outcome"]
         attempt = msg["attempt"]
         running.pop(device, None)
+        store.end_attempt(sweep_id, job["key"], attempt, outcome["state"],
+                          outcome["error_kind"], outcome["error"])
         if outcome["state"] == "done":
             store.finish_job(sweep_id, job["key"], "done", attempt, result=outcome["result"])
             progress.job_finished(job, "done", None, False)

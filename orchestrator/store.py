@@ -53,6 +53,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     PRIMARY KEY (sweep_id, key)
 );
+CREATE TABLE IF NOT EXISTS attempts (
+    sweep_id TEXT NOT NULL,
+    job_key TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,            -- running | done | failed | cancelled
+    error_kind TEXT,
+    error TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    PRIMARY KEY (sweep_id, job_key, attempt)
+);
 CREATE TABLE IF NOT EXISTS events (
     sweep_id TEXT NOT NULL,
     job_key TEXT NOT NULL,
@@ -185,10 +196,29 @@ class Store:
         return counts
 
     def start_attempt(self, sweep_id: str, key: str, attempt: int) -> None:
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'running', attempts = MAX(attempts, ?),"
+                " started_at = COALESCE(started_at, ?) WHERE sweep_id = ? AND key = ?",
+                (attempt, now, sweep_id, key))
+            # A re-attached attempt keeps its row (and its first start time).
+            db.execute(
+                "INSERT OR IGNORE INTO attempts (sweep_id, job_key, attempt, state, started_at)"
+                " VALUES (?, ?, ?, 'running', ?)", (sweep_id, key, attempt, now))
+
+    def end_attempt(self, sweep_id: str, key: str, attempt: int, state: str,
+                    error_kind: str | None = None, error: str | None = None) -> None:
+        """Record how one attempt ended; every attempt's reason is kept."""
         self.db.execute(
-            "UPDATE jobs SET state = 'running', attempts = MAX(attempts, ?),"
-            " started_at = COALESCE(started_at, ?) WHERE sweep_id = ? AND key = ?",
-            (attempt, time.time(), sweep_id, key))
+            "UPDATE attempts SET state = ?, error_kind = ?, error = ?, finished_at = ?"
+            " WHERE sweep_id = ? AND job_key = ? AND attempt = ?",
+            (state, error_kind, error, time.time(), sweep_id, key, attempt))
+
+    def attempts(self, sweep_id: str, key: str) -> list[sqlite3.Row]:
+        return list(self.db.execute(
+            "SELECT * FROM attempts WHERE sweep_id = ? AND job_key = ? ORDER BY attempt",
+            (sweep_id, key)))
 
     def finish_job(self, sweep_id: str, key: str, state: str, attempt: int | None = None,
                    error_kind: str | None = None, error: str | None = None,

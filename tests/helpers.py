@@ -1,0 +1,62 @@
+"""Builders for test inventories and sweeps, written as real YAML files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EDGEFARM = [sys.executable, "-m", "orchestrator.cli.main"]
+
+
+def write_inventory(tmp: Path, names: list[str], site: str = "local") -> Path:
+    """An inventory of local-transport devices, each with its own work dir."""
+    devices = [{"name": n, "transport": "local", "site": site, "platform": "linux-cpu",
+                "work_dir": str(tmp / "devices" / n), "models_dir": str(tmp / "models")}
+               for n in names]
+    path = tmp / "inventory.yaml"
+    path.write_text(yaml.safe_dump({"devices": devices}, sort_keys=False))
+    return path
+
+
+def write_sweep(tmp: Path, *, devices: list[str], models: list[dict[str, Any]] | None = None,
+                pairs: list[dict[str, Any]] | None = None, name: str = "t",
+                **overrides: Any) -> Path:
+    """A sweep file; defaults to tiny-moe vs tiny-dense, one short matrix point."""
+    models = models or [
+        {"id": "tiny-moe", "arch": "moe", "source": {"preset": "tiny-moe", "quant": "Q4_0"}},
+        {"id": "tiny-dense", "arch": "dense",
+         "source": {"preset": "tiny-dense", "quant": "Q4_0"}}]
+    if pairs is None:
+        pairs = [{"moe": models[0]["id"], "dense": [m["id"] for m in models[1:]]}]
+    spec: dict[str, Any] = {
+        "name": name, "models": models, "pairs": pairs,
+        "matrix": {"prompt_tokens": [16], "gen_tokens": [8], "threads": [1], "gpu_layers": [0]},
+        "repetitions": 2, "warmup": 1, "devices": {"names": devices}, "backend": "auto",
+        "timeout_s": 120, "retries": 1}
+    spec.update(overrides)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def sleep_models(tmp: Path, n: int = 2) -> list[dict[str, Any]]:
+    """Models for the test-only sleep backend: any existing file stands in for a GGUF."""
+    fake = tmp / "stand-in.gguf"
+    fake.write_bytes(b"not a model: the sleep backend only checks that the file exists")
+    models = [{"id": "m-moe", "arch": "moe", "source": {"path": str(fake)}}]
+    models += [{"id": f"m-dense{i}", "arch": "dense", "source": {"path": str(fake)}}
+               for i in range(1, n)]
+    return models
+
+
+def edgefarm(*args: str, tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess; unexpected-error logs go to ``tmp``."""
+    env = dict(os.environ, COLUMNS="200", EDGEFARM_DEBUG_LOG=str(tmp / "edgefarm-debug.log"))
+    return subprocess.run([*EDGEFARM, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
