@@ -1,0 +1,529 @@
+"""llama.cpp's own ``llama-bench`` binary, run as a child process.
+
+Used where no xllamacpp wheel exists (Jetson boards): the inventory names the
+path of a ``llama-bench`` built on the device, and this backend runs it once
+per job and turns its JSON output into ``repetition`` events.
+
+What is run::
+
+    llama-bench -m MODEL -p PROMPT -n GEN -t THREADS -ngl GPU_LAYERS -r REPS -o json
+
+``-t`` is left out when the job's thread count is not positive (llama-bench
+then picks its own default). ``-p 0`` / ``-n 0`` skip that test. Output goes to
+stdout as one JSON array; ``-o jsonl`` also exists (since 2024-09) but ``json``
+is older and works with every build, and the parser accepts both anyway.
+
+How llama-bench measures, and what that means for the events:
+
+* ``-p P -n N`` runs two *separate* tests, each ``-r`` times: ``pp P``
+  (prompt processing from an empty context) and ``tg N`` (N single-token
+  decodes, also from an empty context, not after the prompt). Repetition ``i``
+  pairs the i-th pp run with the i-th tg run: ``prefill_s`` is pp
+  ``samples_ns[i]``, ``decode_s`` is tg ``samples_ns[i]``, and the rates are
+  tokens / seconds (computed from ``samples_ns``; ``samples_ts`` is printed
+  with about six significant digits only).
+* Warm-up: before each test llama-bench runs one warm-up of its own (the full
+  prompt for pp, a single token for tg) unless given ``--no-warmup``. Those
+  runs are not in the output, so no warm-up repetition is emitted. A job with
+  ``warmup == 0`` gets ``--no-warmup`` (builds from before that flag existed
+  reject it: the error says so); a job with ``warmup >= 1`` gets llama-bench's
+  single built-in warm-up, whatever the number asked for. The result records
+  ``warmup_requested`` and ``warmup_runs_builtin``.
+* ``ttft_s`` is never set: llama-bench does not measure time to first token,
+  and it is not estimated here.
+* ``peak_rss_bytes`` is the high-water mark of the whole llama-bench process
+  (model load, warm-ups, every repetition of both tests), read from
+  ``os.wait4``; every repetition carries the same number
+  (``peak_rss_scope: "child-process"``). Memory the GPU driver maps outside
+  the process's resident set is not in it.
+* Builds whose JSON has no ``samples_ns`` arrays cannot be split into
+  repetitions: one event with ``aggregate: True`` carries the averages
+  (``avg_ns`` as seconds, ``avg_ts`` as the rate, which is llama-bench's mean
+  of per-run rates, not tokens / mean seconds).
+* Load time is not reported by llama-bench, so the result has no ``load_s``.
+
+The child runs in the agent's process group: whoever kills the agent's group
+kills llama-bench too. A timeout (``timeout_s``, constructor or ``run``
+keyword) kills it with SIGKILL.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+from typing import Dict, List, Optional, Tuple, Union
+
+from agents import peakmem
+from agents.backends.base import Backend, BackendError, Emit, JobParams
+
+#: One parsed llama-bench test record (see ``parse_llama_bench``).
+Record = Dict[str, object]
+
+#: Lower-case stderr fragments that mean an allocation failed.
+OOM_WORDS = ("out of memory", "failed to allocate", "cannot allocate", "insufficient memory",
+             "bad_alloc", "cudamalloc failed", "erroroutofdevicememory")
+
+#: Lines of stderr quoted in a ``backend-error`` message.
+STDERR_TAIL_LINES = 20
+
+_POLL_S = 0.05
+_VERSION_TIMEOUT_S = 30.0
+
+# Fields taken from each test record, by type. Anything else is ignored.
+_COUNT_FIELDS = ("n_prompt", "n_gen", "n_depth", "n_threads", "n_gpu_layers", "build_number",
+                 "model_size", "model_n_params")
+_REAL_FIELDS = ("avg_ns", "stddev_ns", "avg_ts", "stddev_ts")
+_TEXT_FIELDS = ("build_commit", "cpu_info", "gpu_info", "backends", "model_type",
+                "model_filename", "test_time")
+_SAMPLE_FIELDS = ("samples_ns", "samples_ts")
+
+# Older builds had one boolean per backend (``cuda``, ``metal``, ...) instead
+# of the ``backends`` string; the name is picked in the order their markdown
+# "backend" column used.
+_OLD_BACKEND_FLAGS = (("cuda", "CUDA"), ("vulkan", "Vulkan"), ("kompute", "Kompute"),
+                      ("metal", "Metal"), ("sycl", "SYCL"), ("opencl", "OpenCL"),
+                      ("gpu_blas", "GPU BLAS"), ("blas", "BLAS"))
+
+# A JSON value that starts a line (after indentation).
+_JSON_START = re.compile(r"^[ \t]*([\[{])", re.MULTILINE)
+# C printf's non-finite numbers (nan, -nan, inf), which are not JSON.
+_NON_FINITE = re.compile(r"(?<=[:\[,\s])-?(?:nan|inf(?:inity)?)(?=\s*[,\]}])", re.IGNORECASE)
+_VERSION_LINE = re.compile(r"version:\s*(\d+)\s*\(([0-9A-Za-z]+)\)")
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _as_count(value: object) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf") \
+            and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.match(r"^-?\d+$", value.strip()):
+        return int(value.strip())
+    return None
+
+
+def _as_real(value: object) -> Optional[Union[int, float]]:
+    """A finite number, kept as the int or float JSON gave (strings converted)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    return None
+
+
+def _old_backends(flags: Dict[str, bool]) -> str:
+    for key, label in _OLD_BACKEND_FLAGS:
+        if flags.get(key):
+            return label
+    return "CPU"
+
+
+def _normalize(item: object) -> Optional[Record]:
+    """One test record with known fields only; ``None`` for non-test values."""
+    if not isinstance(item, dict) or ("n_prompt" not in item and "n_gen" not in item):
+        return None
+    rec: Record = {}
+    for key in _COUNT_FIELDS:
+        count = _as_count(item.get(key))
+        if count is not None:
+            rec[key] = count
+    for key in _REAL_FIELDS:
+        real = _as_real(item.get(key))
+        if real is not None:
+            rec[key] = real
+    for key in _TEXT_FIELDS:
+        text = item.get(key)
+        if isinstance(text, str):
+            rec[key] = text
+    for key in _SAMPLE_FIELDS:
+        raw = item.get(key)
+        if isinstance(raw, list) and raw:
+            values = [_as_real(v) for v in raw]
+            if all(v is not None for v in values):
+                rec[key] = values
+    if "backends" not in rec:
+        flags: Dict[str, bool] = {}
+        for key, _label in _OLD_BACKEND_FLAGS + (("rpc", "RPC"),):
+            if isinstance(item.get(key), bool):
+                flags[key] = bool(item[key])
+        if flags:
+            rec["backend_flags"] = flags
+            rec["backends"] = _old_backends(flags) + (",RPC" if flags.get("rpc") else "")
+    n_prompt = rec.get("n_prompt", 0)
+    n_gen = rec.get("n_gen", 0)
+    if isinstance(n_prompt, int) and isinstance(n_gen, int):
+        if n_prompt > 0 and n_gen == 0:
+            rec["test"] = "pp"
+        elif n_prompt == 0 and n_gen > 0:
+            rec["test"] = "tg"
+        elif n_prompt > 0 and n_gen > 0:
+            rec["test"] = "pg"
+    return rec
+
+
+def _json_values(text: str) -> List[object]:
+    """Every JSON value that starts at the beginning of a line, in order."""
+    decoder = json.JSONDecoder()
+    values: List[object] = []
+    pos = 0
+    while pos < len(text):
+        match = _JSON_START.search(text, pos)
+        if match is None:
+            break
+        try:
+            value, end = decoder.raw_decode(text, match.start(1))
+        except ValueError:
+            pos = match.end()  # not JSON, or cut short: try the next line
+            continue
+        values.append(value)
+        pos = end
+    return values
+
+
+def parse_llama_bench(text: object) -> List[Record]:
+    """Test records from llama-bench output (``-o json`` or ``-o jsonl``).
+
+    Accepts a JSON array, JSON lines, either one after log lines, and output
+    cut short (the complete records before the cut are kept). Never raises;
+    returns ``[]`` when nothing parses. Each record is a dict with only the
+    fields present in the output (absent fields are left out, never zero):
+
+    * counts (int): ``n_prompt``, ``n_gen``, ``n_depth``, ``n_threads``,
+      ``n_gpu_layers``, ``build_number``, ``model_size`` (bytes of tensor
+      data), ``model_n_params``
+    * times and rates: ``avg_ns``, ``stddev_ns``, ``avg_ts``, ``stddev_ts``
+      and the per-repetition lists ``samples_ns`` and ``samples_ts``
+    * text: ``build_commit``, ``cpu_info``, ``gpu_info``, ``backends``,
+      ``model_type``, ``model_filename``, ``test_time``
+    * ``test``: ``"pp"`` (n_prompt > 0, n_gen == 0), ``"tg"`` (n_prompt == 0,
+      n_gen > 0) or ``"pg"`` (both > 0)
+    * older builds: ``backend_flags`` (their ``cuda``/``metal``/... booleans)
+      and ``backends`` derived from them, e.g. ``"CUDA"``
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str) or not text.strip():
+        return []
+    # A record with nan/inf in it is not JSON; read those numbers as absent.
+    return _records(_json_values(_NON_FINITE.sub("null", text)))
+
+
+def _records(values: List[object]) -> List[Record]:
+    records: List[Record] = []
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            rec = _normalize(item)
+            if rec is not None:
+                records.append(rec)
+    return records
+
+
+# ----------------------------------------------------------------- mapping to events
+
+def build_argv(binary: str, model_path: str, params: JobParams) -> List[str]:
+    """The llama-bench command line for one job (a list, never a shell string)."""
+    argv = [binary, "-m", model_path, "-p", str(params.prompt_tokens),
+            "-n", str(params.gen_tokens)]
+    if params.threads > 0:
+        argv += ["-t", str(params.threads)]
+    argv += ["-ngl", str(params.gpu_layers), "-r", str(params.repetitions), "-o", "json"]
+    if params.warmup <= 0:
+        argv.append("--no-warmup")
+    return argv
+
+
+def select_tests(records: List[Record],
+                 params: JobParams) -> Tuple[Optional[Record], Optional[Record]]:
+    """The job's pp and tg records (``None`` where the job has no such test)."""
+    pp = tg = None
+    for rec in records:
+        if rec.get("n_depth", 0) != 0:
+            continue
+        if rec.get("test") == "pp" and rec.get("n_prompt") == params.prompt_tokens and pp is None:
+            pp = rec
+        elif rec.get("test") == "tg" and rec.get("n_gen") == params.gen_tokens and tg is None:
+            tg = rec
+    return pp, tg
+
+
+def _samples_ns(rec: Record) -> List[Union[int, float]]:
+    value = rec.get("samples_ns")
+    return [v for v in value if isinstance(v, (int, float))] if isinstance(value, list) else []
+
+
+def repetition_events(pp: Optional[Record], tg: Optional[Record], params: JobParams,
+                      peak_rss_bytes: Optional[int] = None) -> List[Record]:
+    """``repetition`` event fields from the job's pp and tg records.
+
+    One event per repetition when every record has ``samples_ns`` (the
+    shorter list sets the count); otherwise one ``aggregate: True`` event with
+    the averages. ``ttft_s`` is never set.
+    """
+    tests = [(rec, prefix, tokens) for rec, prefix, tokens in
+             ((pp, "prefill", params.prompt_tokens), (tg, "decode", params.gen_tokens))
+             if rec is not None]
+    if not tests:
+        return []
+    base: Record = {"warmup": False, "prompt_tokens": params.prompt_tokens,
+                    "gen_tokens": params.gen_tokens}
+    if peak_rss_bytes is not None:
+        base["peak_rss_bytes"] = peak_rss_bytes
+        base["peak_rss_scope"] = "child-process"
+    series = [_samples_ns(rec) for rec, _, _ in tests]
+    if all(series):
+        events = []
+        for i in range(min(len(ns) for ns in series)):
+            rep = dict(base, index=i)
+            for k, (_rec, prefix, tokens) in enumerate(tests):
+                seconds = series[k][i] / 1e9
+                rep[prefix + "_s"] = seconds
+                if seconds > 0:
+                    rep[prefix + "_tps"] = tokens / seconds
+            events.append(rep)
+        return events
+    rep = dict(base, index=0, aggregate=True)
+    for rec, prefix, _tokens in tests:
+        avg_ns, avg_ts = rec.get("avg_ns"), rec.get("avg_ts")
+        if isinstance(avg_ns, (int, float)):
+            rep[prefix + "_s"] = avg_ns / 1e9
+        if isinstance(avg_ts, (int, float)):
+            rep[prefix + "_tps"] = avg_ts
+    return [rep]
+
+
+# ------------------------------------------------------------------ failure handling
+
+def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
+    kept = [line for line in text.rstrip().splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)[-4000:]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal %d" % number
+
+
+def classify_failure(returncode: int, stderr: str, timed_out: bool = False,
+                     timeout_s: Optional[float] = None,
+                     peak_rss_bytes: Optional[int] = None) -> BackendError:
+    """The ``BackendError`` for a llama-bench run that did not succeed.
+
+    ``returncode`` is Popen-style: negative for death by a signal.
+    """
+    tail = _tail(stderr)
+    quoted = ("\nstderr (last lines):\n" + tail) if tail else "\n(stderr was empty)"
+    peak = " (peak RSS %d bytes)" % peak_rss_bytes if peak_rss_bytes else ""
+    if timed_out:
+        return BackendError("timeout", "llama-bench ran past its %ss timeout and was killed%s%s"
+                            % (timeout_s, peak, quoted))
+    if returncode == -signal.SIGKILL:
+        return BackendError("out-of-memory", "llama-bench was killed by SIGKILL, most likely by "
+                            "the kernel's out-of-memory killer%s%s" % (peak, quoted))
+    lowered = stderr.lower()
+    if any(word in lowered for word in OOM_WORDS):
+        return BackendError("out-of-memory", "llama-bench ran out of memory (exit status %d)%s%s"
+                            % (returncode, peak, quoted))
+    if returncode < 0:
+        return BackendError("backend-error", "llama-bench was killed by %s%s"
+                            % (_signal_name(-returncode), quoted))
+    if "invalid parameter for argument" in lowered:
+        return BackendError("backend-error", "llama-bench rejected its command line (a build "
+                            "older than the flags edgefarm passes?)%s" % quoted)
+    if "failed to load model" in lowered:
+        return BackendError("backend-error", "llama-bench could not load the model (exit status "
+                            "%d)%s" % (returncode, quoted))
+    return BackendError("backend-error", "llama-bench exited with status %d%s"
+                        % (returncode, quoted))
+
+
+# -------------------------------------------------------------------- child process
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return status
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def run_child(argv: List[str],
+              timeout_s: Optional[float] = None) -> Tuple[int, str, str, bool, Optional[int]]:
+    """Run ``argv``; return ``(returncode, stdout, stderr, timed_out, peak_rss_bytes)``.
+
+    ``returncode`` is negative for death by a signal (as with Popen). Output
+    goes to temporary files, so a chatty child cannot block on a full pipe.
+    ``peak_rss_bytes`` is ``None`` where ``os.wait4`` does not exist.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise BackendError("backend-missing", "cannot start %s: %s" % (argv[0], exc)) from exc
+        except OSError as exc:
+            raise BackendError("backend-error", "cannot start %s: %s" % (argv[0], exc)) from exc
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        timed_out = False
+        peak: Optional[int] = None
+        if hasattr(os, "wait4"):
+            status: Optional[int] = None
+            try:
+                while status is None:
+                    pid, raw_status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid == proc.pid:
+                        status = raw_status
+                        peak = peakmem.rusage_maxrss_bytes(usage)
+                    elif deadline is not None and time.monotonic() >= deadline:
+                        timed_out = True
+                        _kill(proc.pid)
+                        pid, raw_status, usage = os.wait4(proc.pid, 0)
+                        status = raw_status
+                        peak = peakmem.rusage_maxrss_bytes(usage)
+                    else:
+                        time.sleep(_POLL_S)
+            except BaseException:
+                if status is None:  # not reaped yet: never leave it running
+                    _kill(proc.pid)
+                    proc.wait()
+                raise
+            proc.returncode = _exit_code(status)
+        else:  # pragma: no cover - platforms without wait4 (not a farm target)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+        stderr = err.read().decode("utf-8", "replace")
+    return int(proc.returncode), stdout, stderr, timed_out, peak
+
+
+# --------------------------------------------------------------------------- backend
+
+class LlamaBenchBackend(Backend):
+    """Runs the ``llama-bench`` binary at ``binary`` (see the module docstring)."""
+
+    name = "llama-bench"
+
+    def __init__(self, binary: str, timeout_s: Optional[float] = None) -> None:
+        self.binary = os.path.expanduser(binary)
+        self.timeout_s = timeout_s
+
+    def _missing(self) -> Optional[str]:
+        if not os.path.isfile(self.binary):
+            return "llama-bench not found at %s" % self.binary
+        if not os.access(self.binary, os.X_OK):
+            return "llama-bench at %s is not executable" % self.binary
+        return None
+
+    def available(self) -> Tuple[bool, str]:
+        """``(True, version)``; the version is ``"unknown"`` unless ``--version`` works.
+
+        Current llama-bench builds reject ``--version`` (exit status 1); the
+        build number and commit of a run come from its JSON output instead.
+        """
+        reason = self._missing()
+        if reason:
+            return False, reason
+        try:
+            done = subprocess.run([self.binary, "--version"], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  timeout=_VERSION_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            return True, "unknown"
+        except OSError as exc:
+            return False, "cannot run %s: %s" % (self.binary, exc)
+        if done.returncode != 0:
+            return True, "unknown"
+        text = (done.stdout + b"\n" + done.stderr).decode("utf-8", "replace")
+        match = _VERSION_LINE.search(text)
+        return True, ("%s (%s)" % match.groups()) if match else "unknown"
+
+    def run(self, model_path: str, params: JobParams, emit: Emit,
+            timeout_s: Optional[float] = None) -> Record:
+        timeout = timeout_s if timeout_s is not None else self.timeout_s
+        reason = self._missing()
+        if reason:
+            raise BackendError("backend-missing", reason)
+        if not os.path.isfile(model_path):
+            raise BackendError("model-missing", "model file not found: %s" % model_path)
+        if params.repetitions < 1 or params.prompt_tokens < 0 or params.gen_tokens < 0 \
+                or params.prompt_tokens + params.gen_tokens == 0:
+            raise BackendError("bad-job", "llama-bench needs repetitions >= 1 and a prompt or "
+                               "generation length > 0")
+        argv = build_argv(self.binary, model_path, params)
+        emit("phase", {"phase": "bench"})
+        returncode, stdout, stderr, timed_out, peak = run_child(argv, timeout)
+        if timed_out or returncode != 0:
+            raise classify_failure(returncode, stderr, timed_out, timeout, peak)
+
+        records = parse_llama_bench(stdout)
+        pp, tg = select_tests(records, params)
+        wanted = [("pp %d" % params.prompt_tokens, pp, params.prompt_tokens),
+                  ("tg %d" % params.gen_tokens, tg, params.gen_tokens)]
+        missing = [label for label, rec, tokens in wanted if tokens > 0 and rec is None]
+        if missing:
+            start = stdout.strip()[:300] or "(stdout was empty)"
+            raise BackendError("backend-error", "llama-bench exited 0 but its output has no "
+                               "result for %s (%d records parsed); stdout starts:\n%s"
+                               % (" and ".join(missing), len(records), start))
+
+        events = repetition_events(pp, tg, params, peak)
+        for rep in events:
+            emit("repetition", rep)
+        first = pp if pp is not None else tg
+        assert first is not None  # a job has a prompt or a generation test
+        return self._result(first, argv, params, events, peak, stderr)
+
+    def _result(self, first: Record, argv: List[str], params: JobParams, events: List[Record],
+                peak: Optional[int], stderr: str) -> Record:
+        info: Record = {
+            "backend": "llama-bench",
+            "binary": self.binary,
+            "argv": argv[1:],
+            "warmup_requested": params.warmup,
+            "warmup_runs_builtin": 1 if params.warmup > 0 else 0,
+            "repetitions_reported": 0 if events and events[0].get("aggregate") else len(events),
+            "aggregate": bool(events and events[0].get("aggregate")),
+        }
+        for src, dst in (("build_commit", "build_commit"), ("build_number", "build_number"),
+                         ("cpu_info", "cpu_info"), ("gpu_info", "gpu_info"),
+                         ("backends", "backends"), ("model_size", "model_size_bytes"),
+                         ("model_n_params", "model_n_params"), ("model_type", "model_type"),
+                         ("n_threads", "n_threads"), ("n_gpu_layers", "n_gpu_layers")):
+            if src in first:
+                info[dst] = first[src]
+        if "build_number" in first and "build_commit" in first:
+            info["backend_version"] = "%s (%s)" % (first["build_number"], first["build_commit"])
+        if peak is not None:
+            info["peak_rss_bytes"] = peak
+        warnings = [line.strip() for line in stderr.splitlines()
+                    if line.strip().lower().startswith("warning:")][:10]
+        if warnings:
+            info["warnings"] = warnings  # e.g. "warning: debug build, performance may be affected"
+        return info
