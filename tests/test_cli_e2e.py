@@ -36,7 +36,8 @@ def test_tiny_moe_vs_dense_sweep_runs_real_llama_cpp_and_reports(tmp_path: Path)
     assert as_json.returncode == 0, as_json.stderr
     report = json.loads(as_json.stdout)
     (comp,) = report["comparisons"]
-    for side, preset in ((comp["moe"], "tiny-moe"), (comp["dense"], "tiny-dense")):
+    assert (comp["moe"]["model_id"], comp["dense"]["model_id"]) == ("tiny-moe", "tiny-dense")
+    for side in (comp["moe"], comp["dense"]):
         assert side["n"] == 2 and side["decode_tps_median"] > 0
         assert side["prefill_tps_median"] > 0 and side["ttft_s_median"] > 0
         assert side["peak_rss_bytes"] > 10 * 2**20 and side["model_size_bytes"] > 100_000

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import sleep_models, write_inventory, write_sweep
+
 from orchestrator.cli.main import job_record
 from orchestrator.config.sweep import load_sweep_with_inventory
 from orchestrator.planner import plan

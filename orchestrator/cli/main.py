@@ -237,10 +237,12 @@ def sweep_run(
     sweep_id = new_sweep_id()
     store = Store(results_dir)
     store.create_sweep(sweep_id, sweep.name, sweep.model_dump(mode="json"),
-                       inv.model_dump(mode="json", exclude_unset=True), [job_record(j) for j in jobs],
-                       sweep_path=str(sweep_file), inventory_path=str(inventory))
+                       inv.model_dump(mode="json", exclude_unset=True),
+                       [job_record(j) for j in jobs], sweep_path=str(sweep_file),
+                       inventory_path=str(inventory))
     console.print(f"sweep {sweep_id}", highlight=False)
-    console.print(f"{sweep.name}: {len(jobs)} job(s); results in {store.path}", highlight=False)
+    console.print(f"{sweep.name}: {len(jobs)} job(s); results in {store.path}",
+                  highlight=False)
     _execute(store, sweep_id, ray_address, report)
 
 

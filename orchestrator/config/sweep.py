@@ -1,0 +1,499 @@
+"""A sweep: which models to compare, under which conditions, on which devices.
+
+A sweep file is the unit a user runs. It names MoE models and their dense
+baselines (``pairs``), a parameter matrix whose cartesian product is
+benchmarked, how many repetitions count, and a device selector resolved
+against an inventory. Everything that can be checked without a device is
+checked here, at load time and at the offending line, so a sweep never fails
+an hour into a run because of a typo.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
+
+from orchestrator.config.inventory import (
+    ConfigModel,
+    DeviceSelector,
+    Inventory,
+    Name,
+    as_list,
+    check_path,
+)
+from orchestrator.config.yaml_loader import (
+    LoadedYaml,
+    LocatedValueError,
+    LocPart,
+    load_yaml,
+    problem_at,
+    short_repr,
+    validate_loaded,
+)
+from orchestrator.errors import ConfigError, ConfigProblem
+
+# The agent's list (``agents.models.synth.KNOWN_PRESETS``) is authoritative:
+# it is what can actually be synthesized on a device. This copy exists so a
+# sweep can be validated on the controller without importing agent code;
+# tests/test_config.py checks that the two lists stay in step.
+KNOWN_PRESETS: tuple[str, ...] = (
+    "olmoe-1b-7b",
+    "olmo-1b",
+    "llama-3.2-1b",
+    "qwen2.5-1.5b",
+    "gemma-2-2b",
+    "tiny-moe",
+    "tiny-dense",
+)
+#: Architecture of each preset, so ``arch`` cannot contradict the weights.
+PRESET_ARCH: dict[str, str] = {
+    "olmoe-1b-7b": "moe",
+    "olmo-1b": "dense",
+    "llama-3.2-1b": "dense",
+    "qwen2.5-1.5b": "dense",
+    "gemma-2-2b": "dense",
+    "tiny-moe": "moe",
+    "tiny-dense": "dense",
+}
+
+Arch = Literal["moe", "dense"]
+Quant = Literal["F16", "Q8_0", "Q4_0"]
+Backend = Literal["auto", "xllamacpp", "llama-bench", "sleep"]
+ARCHES: tuple[str, ...] = get_args(Arch)
+QUANTS: tuple[str, ...] = get_args(Quant)
+BACKENDS: tuple[str, ...] = get_args(Backend)
+#: Quantization used for a preset when ``quant`` is left out.
+DEFAULT_QUANT = "Q4_0"
+
+#: Caps that catch typos (an extra zero) rather than describe hardware limits.
+MAX_TOKENS = 131072
+MAX_THREADS = 1024
+MAX_GPU_LAYERS = 1000
+
+
+class ModelSource(ConfigModel):
+    """Where a model's GGUF file comes from: a synthesized preset or an existing file."""
+
+    preset: str | None = Field(
+        default=None,
+        description=(
+            "Name of a preset the agent synthesizes on the device (real architecture "
+            "shapes, seeded random weights): " + ", ".join(KNOWN_PRESETS) + ". "
+            "Exactly one of preset and path."
+        ),
+    )
+    path: str | None = Field(
+        default=None,
+        description=(
+            "Absolute path (or `~/...`) of an existing `.gguf` file on every selected "
+            "device. Exactly one of preset and path."
+        ),
+    )
+    quant: Quant | None = Field(
+        default=None,
+        description=(
+            f"Quantization of a preset: {', '.join(QUANTS)} (default {DEFAULT_QUANT}). "
+            "Only with preset; a file's quantization is whatever the file holds."
+        ),
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**64 - 1,
+        description=(
+            "Seed of a preset's random weights (the agent uses 0 when left out). Only with "
+            "preset; a different seed is a different model file."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_quant(cls, data: Any) -> Any:
+        """Fill in the default quant so plans and job keys always state it explicitly."""
+        if isinstance(data, dict) and data.get("preset") is not None and "quant" not in data:
+            return {**data, "quant": DEFAULT_QUANT}
+        return data
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value not in KNOWN_PRESETS:
+            raise ValueError(
+                f"unknown preset {short_repr(value)}; known presets: {', '.join(KNOWN_PRESETS)}"
+            )
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _gguf_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        check_path(value)
+        if not value.startswith(("/", "~")):
+            raise ValueError(
+                f"model path {short_repr(value)} must be absolute (or start with '~'): "
+                "it is resolved on the device, not relative to the sweep file"
+            )
+        if not value.lower().endswith(".gguf"):
+            raise ValueError(f"model path {short_repr(value)} must name a .gguf file")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("give exactly one of 'preset' or 'path'")
+        if self.path is not None:
+            for only_preset in ("quant", "seed"):
+                if getattr(self, only_preset) is not None:
+                    raise LocatedValueError(
+                        f"{only_preset!r} is only allowed with 'preset' "
+                        "(a file's contents are fixed)",
+                        at=(only_preset,),
+                    )
+        return self
+
+    def to_spec(self) -> dict[str, Any]:
+        """The source as the agent receives it (and the job key hashes): set fields only."""
+        return self.model_dump(exclude_none=True)
+
+
+class ModelSpec(ConfigModel):
+    """One model in a sweep."""
+
+    id: Name = Field(
+        description=(
+            "Unique id of the model within the sweep; pairs refer to it and results are "
+            "stored under it."
+        ),
+    )
+    arch: Arch = Field(
+        description="`moe` (mixture of experts) or `dense`; pairs check it.",
+    )
+    source: ModelSource = Field(
+        description="Where the GGUF comes from: `{preset: ..., quant: ...}` or `{path: ...}`.",
+    )
+
+    @model_validator(mode="after")
+    def _arch_matches_preset(self) -> ModelSpec:
+        preset = self.source.preset
+        if preset is not None and PRESET_ARCH.get(preset, self.arch) != self.arch:
+            raise LocatedValueError(
+                f"preset {preset!r} is a {PRESET_ARCH[preset]} model, but arch is {self.arch!r}",
+                at=("arch",),
+            )
+        return self
+
+
+class Pair(ConfigModel):
+    """A MoE model and the dense model(s) it is compared against."""
+
+    moe: Name = Field(description="Id of a model in `models` whose arch is `moe`.")
+    dense: Annotated[list[Name], BeforeValidator(as_list)] = Field(
+        min_length=1,
+        description=(
+            "Id(s) of the dense baseline model(s) in `models` (arch `dense`); a single id "
+            "is also accepted."
+        ),
+    )
+
+
+_Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+_Threads = Annotated[int, Field(ge=1, le=MAX_THREADS)]
+_GpuLayers = Annotated[int, Field(ge=0, le=MAX_GPU_LAYERS)]
+
+
+@dataclass(frozen=True)
+class MatrixPoint:
+    """One combination of matrix values: the conditions a job runs under."""
+
+    prompt_tokens: int
+    gen_tokens: int
+    threads: int
+    gpu_layers: int
+
+
+class Matrix(ConfigModel):
+    """Benchmark conditions; every combination of the listed values is planned."""
+
+    prompt_tokens: Annotated[list[_Tokens], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: [128],
+        min_length=1,
+        description=f"Prompt lengths in tokens (prefill size), each 1 to {MAX_TOKENS}.",
+    )
+    gen_tokens: Annotated[list[_Tokens], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: [64],
+        min_length=1,
+        description=(
+            f"Tokens generated per repetition (decode length), each 1 to {MAX_TOKENS}."
+        ),
+    )
+    threads: Annotated[list[_Threads], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: [4],
+        min_length=1,
+        description=(
+            f"CPU threads for inference, each 1 to {MAX_THREADS}. More threads than cores "
+            "measures contention, not speed."
+        ),
+    )
+    gpu_layers: Annotated[list[_GpuLayers], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description=(
+            "Layers offloaded to the GPU (llama.cpp `-ngl`), each 0 to "
+            f"{MAX_GPU_LAYERS}; 0 = CPU only, 99 = all layers of any model used here."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> Matrix:
+        """A repeated value would plan the same job twice under one key."""
+        problems: list[tuple[Sequence[LocPart], str]] = []
+        for field_name in ("prompt_tokens", "gen_tokens", "threads", "gpu_layers"):
+            seen: set[int] = set()
+            for index, value in enumerate(getattr(self, field_name)):
+                if value in seen:
+                    problems.append(((field_name, index), f"duplicate value {value}"))
+                seen.add(value)
+        if problems:
+            raise LocatedValueError.many(problems)
+        return self
+
+    def points(self) -> list[MatrixPoint]:
+        """The cartesian product, in file order (prompt_tokens varies slowest)."""
+        return [
+            MatrixPoint(p, g, t, n)
+            for p, g, t, n in itertools.product(
+                self.prompt_tokens, self.gen_tokens, self.threads, self.gpu_layers
+            )
+        ]
+
+
+class Sweep(ConfigModel):
+    """A benchmark sweep loaded from one sweep file."""
+
+    name: Name = Field(description="Name of the sweep; results are grouped under it.")
+    description: str = Field(
+        default="",
+        max_length=2000,
+        description="What the sweep is for; shown in plans and reports.",
+    )
+    models: list[ModelSpec] = Field(
+        min_length=1,
+        description=(
+            "Every model to benchmark. Models that are in no pair are still run. List each "
+            "MoE next to its baselines: jobs on a device run in this order."
+        ),
+    )
+    pairs: list[Pair] = Field(
+        default_factory=list,
+        description="MoE-vs-dense comparisons the reports draw.",
+    )
+    matrix: Matrix = Field(
+        default_factory=Matrix,
+        description="Benchmark conditions; the cartesian product of the values is planned.",
+    )
+    repetitions: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Counted repetitions per job; statistics are computed over these.",
+    )
+    warmup: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description=(
+            "Warm-up runs before the counted repetitions; stored, never counted (they "
+            "absorb page-cache and clock ramp-up effects)."
+        ),
+    )
+    devices: DeviceSelector = Field(
+        description=(
+            "Which inventory devices to run on: `names`, `platform` and/or `labels`; a "
+            "device must match every given key. Selecting nothing is an error."
+        ),
+    )
+    backend: Backend = Field(
+        default="auto",
+        description=(
+            "Inference backend on the device: `auto` (llama-bench when the device has a "
+            "`llama_bench` path in the inventory, else xllamacpp), `xllamacpp`, "
+            "`llama-bench`, or `sleep`: a test-only backend for scheduler tests that "
+            "measures nothing; never use it for results."
+        ),
+    )
+    timeout_s: float = Field(
+        default=600,
+        gt=0,
+        le=7 * 24 * 3600,
+        description=(
+            "Wall-clock limit per job attempt in seconds, including model creation or "
+            "loading, warm-ups and repetitions."
+        ),
+    )
+    retries: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Extra attempts after a failed job attempt (0 = no retry).",
+    )
+
+    _loaded: LoadedYaml | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _consistent_models_and_pairs(self) -> Sweep:
+        """Ids are unique and every pair compares an existing MoE with existing dense models."""
+        problems: list[tuple[Sequence[LocPart], str]] = []
+        by_id: dict[str, ModelSpec] = {}
+        first_index: dict[str, int] = {}
+        for index, model in enumerate(self.models):
+            if model.id in by_id:
+                problems.append(
+                    (
+                        ("models", index, "id"),
+                        f"duplicate model id {model.id!r} (first used by "
+                        f"models[{first_index[model.id]}])",
+                    )
+                )
+            else:
+                by_id[model.id] = model
+                first_index[model.id] = index
+        known = ", ".join(by_id)
+
+        def check_ref(at: tuple[LocPart, ...], model_id: str, arch: str) -> None:
+            model = by_id.get(model_id)
+            if model is None:
+                problems.append((at, f"unknown model {model_id!r}; models in this sweep: {known}"))
+            elif model.arch != arch:
+                problems.append(
+                    (at, f"model {model_id!r} has arch {model.arch!r}, expected {arch!r}")
+                )
+
+        paired_moe: dict[str, int] = {}
+        for index, pair in enumerate(self.pairs):
+            check_ref(("pairs", index, "moe"), pair.moe, "moe")
+            if pair.moe in paired_moe:
+                problems.append(
+                    (
+                        ("pairs", index, "moe"),
+                        f"model {pair.moe!r} is already paired in pairs[{paired_moe[pair.moe]}]; "
+                        "list all its dense baselines there",
+                    )
+                )
+            else:
+                paired_moe[pair.moe] = index
+            seen_dense: set[str] = set()
+            for dense_index, dense_id in enumerate(pair.dense):
+                at = ("pairs", index, "dense", dense_index)
+                if dense_id in seen_dense:
+                    problems.append((at, f"duplicate dense model {dense_id!r} in this pair"))
+                    continue
+                seen_dense.add(dense_id)
+                check_ref(at, dense_id, "dense")
+        if problems:
+            raise LocatedValueError.many(problems)
+        return self
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Sweep:
+        """Load and validate a sweep file (without the inventory checks)."""
+        return cls.from_loaded(load_yaml(path))
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedYaml) -> Sweep:
+        """Validate an already-parsed file, remembering it for later located messages."""
+        sweep = validate_loaded(cls, loaded)
+        sweep._loaded = loaded
+        return sweep
+
+    @property
+    def source(self) -> LoadedYaml | None:
+        """The parsed file this sweep came from (``None`` when built in code)."""
+        return self._loaded
+
+    @property
+    def source_path(self) -> str | None:
+        """Path of the file this sweep came from (``None`` when built in code)."""
+        return self._loaded.path if self._loaded else None
+
+    def model(self, model_id: str) -> ModelSpec:
+        """The model with id ``model_id``; an unknown id raises ``ConfigError``."""
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise ConfigError(
+            f"unknown model {short_repr(model_id)}; models in this sweep: "
+            f"{', '.join(m.id for m in self.models)}",
+            path=self.source_path,
+        )
+
+
+def check_against_inventory(sweep: Sweep, inventory: Inventory) -> list[ConfigProblem]:
+    """Problems that only show with the inventory at hand, located in the sweep file.
+
+    Unknown device names are reported one by one at their own line; a selector
+    that is valid but matches nothing is reported at the ``devices`` key with
+    what the inventory does hold, so the user can see why.
+    """
+    loaded = sweep.source
+    problems: list[ConfigProblem] = []
+    known = inventory.names
+    selector = sweep.devices
+    for index, name in enumerate(selector.names or []):
+        if name not in known:
+            problems.append(
+                problem_at(
+                    loaded,
+                    ("devices", "names", index),
+                    f"unknown device {name!r}; known devices: {', '.join(known)}",
+                )
+            )
+    if not problems and not inventory.select(selector):
+        where = f" {inventory.source_path}" if inventory.source_path else ""
+        listing = "; ".join(
+            f"{d.name} (platform {d.platform}"
+            + "".join(f", {k}={v}" for k, v in d.labels.items())
+            + ")"
+            for d in inventory.devices
+        )
+        problems.append(
+            problem_at(
+                loaded,
+                ("devices",),
+                f"selects no device from the inventory{where}; it has: {listing}",
+            )
+        )
+    return problems
+
+
+def load_sweep_with_inventory(
+    sweep_path: str | os.PathLike[str], inventory_path: str | os.PathLike[str]
+) -> tuple[Sweep, Inventory]:
+    """Load both files and check the sweep against the inventory.
+
+    Problems in both files are reported together (inventory first); the
+    cross-file checks run only once both files are valid on their own.
+    """
+    problems: list[ConfigProblem] = []
+    inventory: Inventory | None = None
+    sweep: Sweep | None = None
+    try:
+        inventory = Inventory.load(inventory_path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        sweep = Sweep.load(sweep_path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems=problems)
+    assert sweep is not None and inventory is not None
+    cross = check_against_inventory(sweep, inventory)
+    if cross:
+        raise ConfigError(problems=cross)
+    return sweep, inventory

@@ -1,0 +1,187 @@
+"""Expand a sweep into the concrete jobs the scheduler runs.
+
+A job is one model on one device under one matrix point, with all of its
+repetitions. Its ``key`` is a content hash of everything that determines the
+measurement, so results can be deduplicated and a re-run sweep can skip jobs
+already stored, across sweeps too: the sweep's name is not part of the key,
+nor are the timeout and retry count, which change how hard we try but not
+what is measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from functools import cached_property
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from orchestrator.config.inventory import Device, Inventory
+from orchestrator.config.sweep import Sweep, check_against_inventory
+from orchestrator.errors import ConfigError
+
+#: Version of the job spec JSON the agent receives (``to_agent_spec``).
+AGENT_SPEC_SCHEMA = 1
+#: Length of ``Job.key`` in hex digits (64 bits: collisions are not a concern
+#: at the scale of a benchmark farm, and the key stays readable in tables).
+KEY_LENGTH = 16
+#: Job fields that are deliberately left out of the key.
+KEY_EXCLUDED_FIELDS = frozenset({"timeout_s", "retries"})
+#: Column headers matching ``plan_table_rows``.
+PLAN_TABLE_COLUMNS: tuple[str, ...] = (
+    "device",
+    "model",
+    "arch",
+    "prompt",
+    "gen",
+    "threads",
+    "ngl",
+    "reps",
+    "key",
+)
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: the same data always gives the same text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+class Job(BaseModel):
+    """One model on one device under one set of conditions, with all its repetitions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: str = Field(description="Inventory name of the device that runs the job.")
+    model_id: str = Field(description="Id of the model in the sweep.")
+    model_arch: str = Field(description="`moe` or `dense`.")
+    model_source: dict[str, Any] = Field(
+        description="The model source as the agent receives it: `{preset, quant[, seed]}` "
+        "or `{path}`."
+    )
+    prompt_tokens: int = Field(description="Prompt length in tokens.")
+    gen_tokens: int = Field(description="Tokens generated per repetition.")
+    threads: int = Field(description="CPU threads.")
+    gpu_layers: int = Field(description="Layers offloaded to the GPU.")
+    repetitions: int = Field(description="Counted repetitions.")
+    warmup: int = Field(description="Warm-up runs (stored, never counted).")
+    backend: str = Field(description="Backend name the agent is asked to use.")
+    timeout_s: float = Field(description="Wall-clock limit per attempt; not part of the key.")
+    retries: int = Field(description="Extra attempts after a failure; not part of the key.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_stored_key(cls, data: Any) -> Any:
+        """Accept ``model_dump()`` output back: the key is always recomputed, never trusted."""
+        if isinstance(data, dict) and "key" in data:
+            data = {k: v for k, v in data.items() if k != "key"}
+        return data
+
+    def __hash__(self) -> int:
+        # The generated hash would fail on the ``model_source`` dict; the key
+        # covers every measured field, and equal jobs have equal keys.
+        return hash(self.key)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @cached_property
+    def key(self) -> str:
+        """First 16 hex digits of the sha256 of the canonical JSON of the measured fields.
+
+        The hashed object is ``{field: value}`` for every field above except
+        ``timeout_s`` and ``retries``, serialized by ``canonical_json``.
+        """
+        fields = {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name not in KEY_EXCLUDED_FIELDS
+        }
+        digest = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
+        return digest[:KEY_LENGTH]
+
+    def to_agent_spec(self) -> dict[str, Any]:
+        """The JSON object the agent receives for this job (schema ``AGENT_SPEC_SCHEMA``)."""
+        return {
+            "schema": AGENT_SPEC_SCHEMA,
+            "job_key": self.key,
+            "model": {
+                "id": self.model_id,
+                "arch": self.model_arch,
+                "source": dict(self.model_source),
+            },
+            "params": {
+                "prompt_tokens": self.prompt_tokens,
+                "gen_tokens": self.gen_tokens,
+                "threads": self.threads,
+                "gpu_layers": self.gpu_layers,
+                "repetitions": self.repetitions,
+                "warmup": self.warmup,
+            },
+            "backend": self.backend,
+            "timeout_s": self.timeout_s,
+        }
+
+
+def selected_devices(sweep: Sweep, inventory: Inventory) -> list[Device]:
+    """The devices the sweep runs on, in inventory order.
+
+    Raises ``ConfigError`` (at the sweep's lines when it was loaded from a
+    file) for unknown device names or an empty selection, so ``plan`` is safe
+    to call on objects that never went through ``load_sweep_with_inventory``.
+    """
+    problems = check_against_inventory(sweep, inventory)
+    if problems:
+        raise ConfigError(problems=problems)
+    return inventory.select(sweep.devices)
+
+
+def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
+    """Every job of the sweep: selected devices x matrix points x models.
+
+    Order: device (inventory order), then matrix point (file order,
+    ``prompt_tokens`` varying slowest), then model (file order). Keeping the
+    model loop innermost runs a MoE and its dense baselines back to back on a
+    device under the same conditions, so drift (thermals, background load)
+    affects both sides of a comparison alike. Models in no pair are planned too.
+    """
+    jobs: list[Job] = []
+    points = sweep.matrix.points()
+    for device in selected_devices(sweep, inventory):
+        for point in points:
+            for model in sweep.models:
+                jobs.append(
+                    Job(
+                        device=device.name,
+                        model_id=model.id,
+                        model_arch=model.arch,
+                        model_source=model.source.to_spec(),
+                        prompt_tokens=point.prompt_tokens,
+                        gen_tokens=point.gen_tokens,
+                        threads=point.threads,
+                        gpu_layers=point.gpu_layers,
+                        repetitions=sweep.repetitions,
+                        warmup=sweep.warmup,
+                        backend=sweep.backend,
+                        timeout_s=sweep.timeout_s,
+                        retries=sweep.retries,
+                    )
+                )
+    return jobs
+
+
+def plan_table_rows(jobs: Iterable[Job]) -> list[tuple[str, ...]]:
+    """One row of strings per job, columns as in ``PLAN_TABLE_COLUMNS``, for the CLI."""
+    return [
+        (
+            job.device,
+            job.model_id,
+            job.model_arch,
+            str(job.prompt_tokens),
+            str(job.gen_tokens),
+            str(job.threads),
+            str(job.gpu_layers),
+            str(job.repetitions),
+            job.key,
+        )
+        for job in jobs
+    ]

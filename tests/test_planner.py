@@ -1,0 +1,345 @@
+"""The planner: how many jobs, in which order, and keys that only change when the measurement does.
+
+Job keys let a re-run skip stored results, so a key that changed for no
+reason would silently re-measure, and one that did not change when a measured
+parameter did would silently reuse the wrong result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.config import Inventory, Sweep, load_sweep_with_inventory
+from orchestrator.errors import ConfigError
+from orchestrator.planner import (
+    AGENT_SPEC_SCHEMA,
+    PLAN_TABLE_COLUMNS,
+    Job,
+    canonical_json,
+    plan,
+    plan_table_rows,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+INVENTORY = """\
+devices:
+  - name: local
+    transport: local
+    platform: linux-cpu
+  - name: mac
+    transport: ssh
+    platform: apple-silicon
+    host: mac.lab
+    user: bench
+    labels: {ram: 16gb}
+  - name: orin-a
+    transport: ssh
+    platform: jetson
+    host: 10.0.0.1
+    user: bench
+    labels: {ram: 8gb, rack: a}
+  - name: orin-b
+    transport: ssh
+    platform: jetson
+    host: 10.0.0.2
+    user: bench
+    labels: {ram: 8gb, rack: b}
+"""
+
+SWEEP = """\
+name: grid
+models:
+  - {id: moe, arch: moe, source: {preset: tiny-moe}}
+  - {id: dense, arch: dense, source: {preset: tiny-dense, quant: Q8_0}}
+  - {id: extra, arch: dense, source: {path: /models/extra.gguf}}
+pairs:
+  - {moe: moe, dense: [dense]}
+matrix:
+  prompt_tokens: [64, 256]
+  gen_tokens: 32
+  threads: [2, 4]
+  gpu_layers: [0, 99]
+repetitions: 5
+warmup: 2
+devices: {platform: [jetson, apple-silicon]}
+backend: sleep
+timeout_s: 120
+retries: 2
+"""
+
+
+def load(
+    tmp_path: Path, sweep: str = SWEEP, inventory: str = INVENTORY, name: str = "sweep.yaml"
+) -> tuple[Sweep, Inventory]:
+    sweep_path = tmp_path / name
+    sweep_path.write_text(textwrap.dedent(sweep), encoding="utf-8")
+    inventory_path = tmp_path / "inventory.yaml"
+    inventory_path.write_text(textwrap.dedent(inventory), encoding="utf-8")
+    return load_sweep_with_inventory(sweep_path, inventory_path)
+
+
+def jobs_for(tmp_path: Path, sweep: str = SWEEP, name: str = "sweep.yaml") -> list[Job]:
+    return plan(*load(tmp_path, sweep, name=name))
+
+
+def test_count_is_devices_times_models_times_points(tmp_path: Path) -> None:
+    jobs = jobs_for(tmp_path)
+    # 3 devices (mac, orin-a, orin-b) x 3 models x (2 x 1 x 2 x 2) points.
+    assert len(jobs) == 3 * 3 * 8
+    assert len({job.key for job in jobs}) == len(jobs)
+
+
+def test_order_device_then_point_then_model(tmp_path: Path) -> None:
+    jobs = jobs_for(tmp_path)
+    assert [j.device for j in jobs[::24]] == ["mac", "orin-a", "orin-b"]
+    first_device = jobs[:24]
+    assert [j.model_id for j in first_device[:6]] == ["moe", "dense", "extra"] * 2
+    points = [(j.prompt_tokens, j.gen_tokens, j.threads, j.gpu_layers) for j in first_device[::3]]
+    assert points == [
+        (64, 32, 2, 0),
+        (64, 32, 2, 99),
+        (64, 32, 4, 0),
+        (64, 32, 4, 99),
+        (256, 32, 2, 0),
+        (256, 32, 2, 99),
+        (256, 32, 4, 0),
+        (256, 32, 4, 99),
+    ]
+    # A MoE and its baseline run back to back under identical conditions.
+    moe, dense = jobs[0], jobs[1]
+    assert (moe.model_arch, dense.model_arch) == ("moe", "dense")
+    assert (moe.device, moe.prompt_tokens, moe.threads, moe.gpu_layers) == (
+        dense.device,
+        dense.prompt_tokens,
+        dense.threads,
+        dense.gpu_layers,
+    )
+
+
+def test_device_order_follows_inventory_not_selector(tmp_path: Path) -> None:
+    sweep = SWEEP.replace("{platform: [jetson, apple-silicon]}", "{names: [orin-b, local]}")
+    assert [j.device for j in jobs_for(tmp_path, sweep)[::24]] == ["local", "orin-b"]
+
+
+def test_unpaired_models_are_planned(tmp_path: Path) -> None:
+    assert {j.model_id for j in jobs_for(tmp_path)} == {"moe", "dense", "extra"}
+    sweep = SWEEP.replace("pairs:\n  - {moe: moe, dense: [dense]}\n", "")
+    assert len(jobs_for(tmp_path, sweep)) == 72
+
+
+def test_job_fields_come_from_sweep(tmp_path: Path) -> None:
+    job = jobs_for(tmp_path)[1]
+    assert job.model_dump(exclude={"key"}) == {
+        "device": "mac",
+        "model_id": "dense",
+        "model_arch": "dense",
+        "model_source": {"preset": "tiny-dense", "quant": "Q8_0"},
+        "prompt_tokens": 64,
+        "gen_tokens": 32,
+        "threads": 2,
+        "gpu_layers": 0,
+        "repetitions": 5,
+        "warmup": 2,
+        "backend": "sleep",
+        "timeout_s": 120,
+        "retries": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("selector", "devices"),
+    [
+        ("{platform: jetson}", ["orin-a", "orin-b"]),
+        ("{platform: [apple-silicon, linux-cpu]}", ["local", "mac"]),
+        ("{labels: {ram: 8gb}}", ["orin-a", "orin-b"]),
+        ("{labels: {ram: 8gb, rack: b}}", ["orin-b"]),
+        ("{platform: jetson, labels: {rack: a}}", ["orin-a"]),
+        ("{names: [mac], platform: apple-silicon}", ["mac"]),
+    ],
+)
+def test_selection(tmp_path: Path, selector: str, devices: list[str]) -> None:
+    sweep = SWEEP.replace("{platform: [jetson, apple-silicon]}", selector)
+    jobs = jobs_for(tmp_path, sweep)
+    assert sorted({j.device for j in jobs}) == devices
+    assert len(jobs) == len(devices) * 24
+
+
+def test_keys_are_stable_across_loads_and_sweep_names(tmp_path: Path) -> None:
+    first = [j.key for j in jobs_for(tmp_path)]
+    again = [j.key for j in jobs_for(tmp_path, name="copy.yaml")]
+    renamed = [j.key for j in jobs_for(tmp_path, SWEEP.replace("name: grid", "name: other"))]
+    assert first == again == renamed
+
+
+def test_key_is_sha256_of_canonical_json(tmp_path: Path) -> None:
+    job = jobs_for(tmp_path)[0]
+    measured = job.model_dump(exclude={"key", "timeout_s", "retries"})
+    text = json.dumps(measured, sort_keys=True, separators=(",", ":"))
+    assert canonical_json(measured) == text
+    assert job.key == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert len(job.key) == 16 and int(job.key, 16) >= 0
+
+
+BASE: dict[str, Any] = {
+    "device": "mac",
+    "model_id": "moe",
+    "model_arch": "moe",
+    "model_source": {"preset": "tiny-moe", "quant": "Q4_0"},
+    "prompt_tokens": 64,
+    "gen_tokens": 32,
+    "threads": 2,
+    "gpu_layers": 0,
+    "repetitions": 3,
+    "warmup": 1,
+    "backend": "auto",
+    "timeout_s": 300,
+    "retries": 1,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("device", "orin-a"),
+        ("model_id", "moe2"),
+        ("model_arch", "dense"),
+        ("model_source", {"preset": "tiny-moe", "quant": "Q8_0"}),
+        ("model_source", {"preset": "tiny-moe", "quant": "Q4_0", "seed": 7}),
+        ("model_source", {"path": "/m.gguf"}),
+        ("prompt_tokens", 65),
+        ("gen_tokens", 33),
+        ("threads", 3),
+        ("gpu_layers", 99),
+        ("repetitions", 4),
+        ("warmup", 0),
+        ("backend", "xllamacpp"),
+    ],
+)
+def test_changing_a_measured_field_changes_the_key(field: str, value: Any) -> None:
+    assert Job(**{**BASE, field: value}).key != Job(**BASE).key
+
+
+@pytest.mark.parametrize(("field", "value"), [("timeout_s", 9999), ("retries", 5)])
+def test_timeout_and_retries_do_not_change_the_key(field: str, value: Any) -> None:
+    assert Job(**{**BASE, field: value}).key == Job(**BASE).key
+
+
+def test_changing_a_sweep_param_changes_keys_but_timeout_does_not(tmp_path: Path) -> None:
+    base = [j.key for j in jobs_for(tmp_path)]
+    longer = [j.key for j in jobs_for(tmp_path, SWEEP.replace("timeout_s: 120", "timeout_s: 900"))]
+    more = [j.key for j in jobs_for(tmp_path, SWEEP.replace("repetitions: 5", "repetitions: 6"))]
+    assert longer == base
+    assert not set(more) & set(base)
+
+
+def test_same_job_in_a_smaller_matrix_keeps_its_key(tmp_path: Path) -> None:
+    # Shrinking a matrix must not re-key the jobs that remain.
+    full = {j.key for j in jobs_for(tmp_path)}
+    smaller = jobs_for(tmp_path, SWEEP.replace("threads: [2, 4]", "threads: 4"))
+    assert len(smaller) == 36 and {j.key for j in smaller} <= full
+
+
+def test_agent_spec(tmp_path: Path) -> None:
+    job = jobs_for(tmp_path)[0]
+    spec = job.to_agent_spec()
+    assert spec == {
+        "schema": AGENT_SPEC_SCHEMA,
+        "job_key": job.key,
+        "model": {"id": "moe", "arch": "moe", "source": {"preset": "tiny-moe", "quant": "Q4_0"}},
+        "params": {
+            "prompt_tokens": 64,
+            "gen_tokens": 32,
+            "threads": 2,
+            "gpu_layers": 0,
+            "repetitions": 5,
+            "warmup": 2,
+        },
+        "backend": "sleep",
+        "timeout_s": 120,
+    }
+    assert json.loads(json.dumps(spec)) == spec
+    # The spec is a copy: editing it cannot change the (frozen) job.
+    spec["model"]["source"]["quant"] = "F16"
+    assert job.model_source["quant"] == "Q4_0"
+
+
+def test_plan_table_rows(tmp_path: Path) -> None:
+    jobs = jobs_for(tmp_path)
+    rows = plan_table_rows(jobs)
+    assert PLAN_TABLE_COLUMNS == (
+        "device",
+        "model",
+        "arch",
+        "prompt",
+        "gen",
+        "threads",
+        "ngl",
+        "reps",
+        "key",
+    )
+    assert rows[0] == ("mac", "moe", "moe", "64", "32", "2", "0", "5", jobs[0].key)
+    assert all(len(row) == len(PLAN_TABLE_COLUMNS) for row in rows)
+
+
+def test_quickstart_plan() -> None:
+    sweep, inventory = load_sweep_with_inventory(
+        REPO / "sweeps" / "quickstart.yaml", REPO / "inventory" / "local.yaml"
+    )
+    jobs = plan(sweep, inventory)
+    assert [(j.device, j.model_id) for j in jobs] == [
+        ("local", "tiny-moe"),
+        ("local", "tiny-dense"),
+    ]
+    assert all(j.timeout_s == 300 and j.repetitions == 3 and j.warmup == 1 for j in jobs)
+
+
+def test_plan_rejects_unknown_device_without_files() -> None:
+    # Objects built in code get the same checks, reported by key path.
+    inventory = Inventory.model_validate(
+        {"devices": [{"name": "local", "transport": "local", "platform": "linux-cpu"}]}
+    )
+    sweep = Sweep.model_validate(
+        {
+            "name": "s",
+            "models": [{"id": "m", "arch": "moe", "source": {"preset": "tiny-moe"}}],
+            "devices": {"names": ["ghost"]},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        plan(sweep, inventory)
+    assert str(info.value) == "devices.names[0]: unknown device 'ghost'; known devices: local"
+
+
+def test_plan_rejects_empty_selection_at_sweep_line(tmp_path: Path) -> None:
+    sweep_path = tmp_path / "s.yaml"
+    sweep_path.write_text(SWEEP.replace("[jetson, apple-silicon]", "[nvidia-gpu]"))
+    inventory_path = tmp_path / "i.yaml"
+    inventory_path.write_text(INVENTORY)
+    with pytest.raises(ConfigError) as info:
+        plan(Sweep.load(sweep_path), Inventory.load(inventory_path))
+    assert info.value.line == 15 and info.value.key_path == "devices"
+    assert "selects no device" in str(info.value)
+
+
+def test_jobs_round_trip_and_pickle(tmp_path: Path) -> None:
+    # The store keeps model_dump() output; Ray pickles jobs to the gateways.
+    for job in jobs_for(tmp_path)[:3]:
+        again = Job.model_validate(job.model_dump(mode="json"))
+        assert again == job and again.key == job.key
+        copy = pickle.loads(pickle.dumps(job))
+        assert copy == job and copy.key == job.key
+    assert len(set(jobs_for(tmp_path))) == 72
+
+
+def test_job_is_frozen(tmp_path: Path) -> None:
+    job = jobs_for(tmp_path)[0]
+    with pytest.raises(ValueError):
+        job.threads = 8  # type: ignore[misc]
