@@ -236,7 +236,9 @@ class Device(ConfigModel):
         default="python3",
         description=(
             "Python interpreter (3.8 or newer) that runs the agent on the device: a "
-            "command on PATH or an absolute path, e.g. `/usr/bin/python3`."
+            "command on PATH or an absolute path, e.g. `/usr/bin/python3`. A `local` "
+            "device that leaves it unset uses the controller's own interpreter, which "
+            "has the xllamacpp wheel edgefarm installs."
         ),
     )
     llama_bench: DevicePath | None = Field(
