@@ -86,6 +86,10 @@ def ensure_ray(sites: list[str], address: str | None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray announces on every start that it enabled token authentication (it
+    # did, and we keep it); users of a benchmark CLI need not read that.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
