@@ -1,0 +1,80 @@
+"""Smaller CLI paths: Ctrl-C during a sweep, models, inventory listing, --help."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import gguf
+from helpers import EDGEFARM, REPO, edgefarm, sleep_models, write_inventory, write_sweep
+
+
+def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path, ["dev-a"])
+    sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2),
+                        backend="sleep", repetitions=2, warmup=0,
+                        matrix={"prompt_tokens": 1, "gen_tokens": 3000, "threads": 1,
+                                "gpu_layers": 0})
+    results = tmp_path / "results"
+    proc = subprocess.Popen([*EDGEFARM, "sweep", "run", str(sweep), "-i", str(inv), "-r",
+                             str(results)], cwd=REPO, env=dict(os.environ, COLUMNS="200"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    sweep_id = proc.stdout.readline().split()[1]
+    pid_files = tmp_path / "devices" / "dev-a" / "jobs" / sweep_id
+    deadline = time.monotonic() + 60
+    while not list(pid_files.glob("*/agent.pid")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert f"edgefarm sweep resume {sweep_id}" in out
+    (pid_file,) = list(pid_files.glob("*/agent.pid"))
+    assert not Path(f"/proc/{int(pid_file.read_text())}/cmdline").exists() or \
+        "Z" in Path(f"/proc/{int(pid_file.read_text())}/stat").read_text().split(")")[1][:3]
+    with sqlite3.connect(results / "edgefarm.sqlite") as db:
+        assert db.execute("SELECT state FROM sweeps").fetchone()[0] == "interrupted"
+        states = sorted(r[0] for r in db.execute("SELECT state FROM jobs"))
+    assert states == ["cancelled", "pending"]
+
+    resumed = edgefarm("sweep", "resume", sweep_id, "-r", str(results), tmp=tmp_path,
+                       timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "done 2" in resumed.stdout
+
+
+def test_models_synth_writes_a_gguf_the_reference_reader_accepts(tmp_path: Path) -> None:
+    out = tmp_path / "m.gguf"
+    run = edgefarm("models", "synth", "tiny-moe", "--quant", "Q8_0", "--out", str(out),
+                   tmp=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "checked with gguf-py" in run.stdout
+    reader = gguf.GGUFReader(str(out))
+    fields = {f.name: f for f in reader.fields.values()}
+    assert "edgefarm.params.active" in fields
+    assert any(t.tensor_type == gguf.GGMLQuantizationType.Q8_0 for t in reader.tensors)
+
+    bad = edgefarm("models", "synth", "gpt-5", "--out", str(tmp_path / "x.gguf"), tmp=tmp_path)
+    assert bad.returncode == 2 and "olmoe-1b-7b" in bad.stderr
+    assert not (tmp_path / "x.gguf").exists()
+    listing = edgefarm("models", "presets", tmp=tmp_path)
+    assert listing.returncode == 0 and "6,919,161,856" in listing.stdout
+
+
+def test_inventory_commands_and_help(tmp_path: Path) -> None:
+    run = edgefarm("inventory", "list", "-i", "inventory/devices.example.yaml", tmp=tmp_path)
+    assert run.returncode == 0
+    for name in ("m2pro", "orin-nano", "apple-silicon", "jetson", "nvidia-gpu"):
+        assert name in run.stdout
+    ok = edgefarm("inventory", "validate", "-i", "inventory/local.yaml", tmp=tmp_path)
+    assert ok.returncode == 0 and "1 device" in ok.stdout
+    for args in (["--help"], ["sweep", "run", "--help"], ["report", "--help"]):
+        helped = edgefarm(*args, tmp=tmp_path)
+        assert helped.returncode == 0 and "Usage" in helped.stdout
+    plan = edgefarm("sweep", "plan", "sweeps/seed-shapes-local.yaml", tmp=tmp_path)
+    assert plan.returncode == 0 and "3 job(s)" in plan.stdout
