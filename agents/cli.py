@@ -11,8 +11,7 @@ from typing import List, Optional
 from agents import __version__
 
 
-def main(argv=None):
-    # type: (Optional[List[str]]) -> int
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="edgefarm-agent",
                                      description="edgefarm device agent (standard library only)")
     parser.add_argument("--version", action="version", version=__version__)

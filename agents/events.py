@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 import time
-from typing import IO, Dict, Optional
+from typing import IO, Dict, List, Optional, Tuple
 
 from agents import EVENT_SCHEMA
 
@@ -34,8 +34,8 @@ KINDS = ("hello", "phase", "sample", "repetition", "result", "error", "heartbeat
 class EventWriter(object):
     """Writes numbered events to the job log (and optionally a stream), thread-safe."""
 
-    def __init__(self, log_path, job_key, attempt, echo=None):
-        # type: (str, str, int, Optional[IO[str]]) -> None
+    def __init__(self, log_path: str, job_key: str, attempt: int,
+                 echo: Optional[IO[str]] = None) -> None:
         self.job_key = job_key
         self.attempt = attempt
         self._echo = echo
@@ -46,12 +46,11 @@ class EventWriter(object):
         # process loses nothing already emitted.
         self._log = open(log_path, "a", buffering=1, encoding="utf-8")
 
-    def emit(self, kind, fields=None):
-        # type: (str, Optional[Dict[str, object]]) -> Dict[str, object]
+    def emit(self, kind: str, fields: Optional[Dict[str, object]] = None) -> Dict[str, object]:
         if kind not in KINDS:
             raise ValueError("unknown event kind %r (known: %s)" % (kind, ", ".join(KINDS)))
         with self._lock:
-            event = {
+            event: Dict[str, object] = {
                 "v": EVENT_SCHEMA,
                 "seq": self._seq,
                 "kind": kind,
@@ -59,7 +58,7 @@ class EventWriter(object):
                 "attempt": self.attempt,
                 "t": round(time.time(), 6),
                 "mono": round(time.monotonic(), 6),
-            }  # type: Dict[str, object]
+            }
             if fields:
                 for key, value in fields.items():
                     if key not in event:
@@ -77,8 +76,7 @@ class EventWriter(object):
             self._seq += 1
             return event
 
-    def close(self):
-        # type: () -> None
+    def close(self) -> None:
         with self._lock:
             try:
                 self._log.flush()
@@ -91,25 +89,21 @@ class EventWriter(object):
 class Heartbeat(object):
     """Emits a ``heartbeat`` event every ``interval`` seconds from a daemon thread."""
 
-    def __init__(self, writer, interval=5.0):
-        # type: (EventWriter, float) -> None
+    def __init__(self, writer: EventWriter, interval: float = 5.0) -> None:
         self._writer = writer
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
-    def __enter__(self):
-        # type: () -> Heartbeat
+    def __enter__(self) -> "Heartbeat":
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
-        # type: (object) -> None
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self._interval + 1)
 
-    def _loop(self):
-        # type: () -> None
+    def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             try:
                 self._writer.emit("heartbeat", {"pid": os.getpid()})
@@ -117,20 +111,19 @@ class Heartbeat(object):
                 return
 
 
-def read_events(path, offset=0):
+def read_events(path: str, offset: int = 0) -> Tuple[List[Dict[str, object]], int]:
     """Return ``(events, new_offset)`` for the complete lines after ``offset``.
 
     A partly written last line is left for the next call, so a reader racing
     the writer never sees half an event.
     """
-    # type: (str, int) -> tuple
     with open(path, "rb") as handle:
         handle.seek(offset)
         data = handle.read()
     end = data.rfind(b"\n")
     if end < 0:
         return [], offset
-    events = []
+    events: List[Dict[str, object]] = []
     for raw in data[: end + 1].splitlines():
         if raw.strip():
             try:

@@ -11,8 +11,7 @@ import sys
 from typing import Optional, Tuple
 
 
-def reset_peak():
-    # type: () -> bool
+def reset_peak() -> bool:
     """Reset the peak-RSS mark; return False where the OS cannot."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -22,8 +21,7 @@ def reset_peak():
         return False
 
 
-def _vm_hwm_bytes():
-    # type: () -> Optional[int]
+def _vm_hwm_bytes() -> Optional[int]:
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -34,16 +32,14 @@ def _vm_hwm_bytes():
     return None
 
 
-def rusage_maxrss_bytes(usage):
-    # type: (resource.struct_rusage) -> int
+def rusage_maxrss_bytes(usage: "resource.struct_rusage") -> int:
     """``ru_maxrss`` in bytes: macOS reports bytes, Linux KiB."""
     if sys.platform == "darwin":
         return int(usage.ru_maxrss)
     return int(usage.ru_maxrss) * 1024
 
 
-def peak_rss_bytes():
-    # type: () -> Tuple[int, str]
+def peak_rss_bytes() -> Tuple[int, str]:
     """Return ``(bytes, scope)``; scope is ``since-reset`` or ``since-start``."""
     hwm = _vm_hwm_bytes()
     if hwm is not None:

@@ -17,8 +17,7 @@ from typing import Dict, Optional
 from agents import EVENT_SCHEMA, __version__
 
 
-def _read(path):
-    # type: (str) -> Optional[str]
+def _read(path: str) -> Optional[str]:
     try:
         with open(path, "rb") as handle:
             return handle.read().decode("utf-8", "replace").strip("\x00 \n")
@@ -26,8 +25,7 @@ def _read(path):
         return None
 
 
-def _sysctl(name):
-    # type: (str) -> Optional[str]
+def _sysctl(name: str) -> Optional[str]:
     if not shutil.which("sysctl"):
         return None
     try:
@@ -39,8 +37,7 @@ def _sysctl(name):
     return text or None
 
 
-def cpu_model():
-    # type: () -> Optional[str]
+def cpu_model() -> Optional[str]:
     info = _read("/proc/cpuinfo")
     if info:
         for key in ("model name", "Hardware", "Processor"):
@@ -50,8 +47,7 @@ def cpu_model():
     return _sysctl("machdep.cpu.brand_string") or platform.processor() or None
 
 
-def ram_total_bytes():
-    # type: () -> Optional[int]
+def ram_total_bytes() -> Optional[int]:
     info = _read("/proc/meminfo")
     if info:
         match = re.search(r"^MemTotal:\s+(\d+) kB", info, re.MULTILINE)
@@ -61,9 +57,8 @@ def ram_total_bytes():
     return int(value) if value and value.isdigit() else None
 
 
-def jetson_facts():
-    # type: () -> Dict[str, object]
-    facts = {}  # type: Dict[str, object]
+def jetson_facts() -> Dict[str, object]:
+    facts: Dict[str, object] = {}
     release = _read("/etc/nv_tegra_release")
     if release:
         facts["l4t_release"] = release.splitlines()[0]
@@ -73,10 +68,9 @@ def jetson_facts():
     return facts
 
 
-def backends(llama_bench=None):
-    # type: (Optional[str]) -> Dict[str, Dict[str, object]]
+def backends(llama_bench: Optional[str] = None) -> Dict[str, Dict[str, object]]:
     """Which inference backends this device can run, with versions or reasons."""
-    found = {}  # type: Dict[str, Dict[str, object]]
+    found: Dict[str, Dict[str, object]] = {}
     try:
         import importlib.util
 
@@ -86,7 +80,7 @@ def backends(llama_bench=None):
     if spec is None:
         found["xllamacpp"] = {"present": False, "reason": "python package xllamacpp not installed"}
     else:
-        entry = {"present": True}  # type: Dict[str, object]
+        entry: Dict[str, object] = {"present": True}
         try:
             from importlib import metadata
 
@@ -104,10 +98,9 @@ def backends(llama_bench=None):
     return found
 
 
-def facts(llama_bench=None):
-    # type: (Optional[str]) -> Dict[str, object]
+def facts(llama_bench: Optional[str] = None) -> Dict[str, object]:
     uname = platform.uname()
-    result = {
+    result: Dict[str, object] = {
         "agent_version": __version__,
         "event_schema": EVENT_SCHEMA,
         "hostname": socket.gethostname(),
@@ -118,7 +111,7 @@ def facts(llama_bench=None):
         "python_executable": sys.executable,
         "cpu_count": os.cpu_count(),
         "backends": backends(llama_bench),
-    }  # type: Dict[str, object]
+    }
     if uname.system == "Darwin":
         result["macos_version"] = platform.mac_ver()[0]
         chip = _sysctl("machdep.cpu.brand_string")

@@ -15,11 +15,11 @@ import json
 import os
 import sys
 import traceback
-from typing import Dict
+from typing import Dict, Optional
 
 from agents import probe
 from agents.backends import get_backend
-from agents.backends.base import BackendError, JobParams
+from agents.backends.base import BackendError, Emit, JobParams
 from agents.events import EventWriter, Heartbeat
 from agents.gguf_info import read_gguf_info
 
@@ -28,8 +28,7 @@ EVENTS_FILE = "events.jsonl"
 PID_FILE = "agent.pid"
 
 
-def resolve_model(source, models_dir, emit):
-    # type: (Dict[str, object], str, object) -> str
+def resolve_model(source: Dict[str, object], models_dir: str, emit: Emit) -> str:
     """Return a local path for the model source, synthesizing presets once."""
     if "path" in source:
         path = os.path.expanduser(str(source["path"]))
@@ -38,36 +37,37 @@ def resolve_model(source, models_dir, emit):
         return path
     from agents.models.synth import cached_model
 
-    def progress(done, total):
-        # type: (int, int) -> None
+    def progress(done: int, total: int) -> None:
         emit("phase", {"phase": "synth", "done_bytes": done, "total_bytes": total})
 
     try:
         return cached_model(os.path.expanduser(models_dir), str(source["preset"]),
-                            str(source.get("quant", "Q4_0")), int(source.get("seed", 0)),  # type: ignore[call-overload]
+                            str(source.get("quant", "Q4_0")),
+                            int(source.get("seed", 0)),  # type: ignore[call-overload]
                             progress=progress)
     except ValueError as exc:
-        raise BackendError("bad-job", str(exc))
+        raise BackendError("bad-job", str(exc)) from exc
     except OSError as exc:
-        raise BackendError("model-missing", "could not synthesize %s: %s" % (source, exc))
+        raise BackendError("model-missing",
+                           "could not synthesize %s: %s" % (source, exc)) from exc
 
 
-def model_facts(path):
-    # type: (str) -> Dict[str, object]
+def model_facts(path: str) -> Dict[str, object]:
     """Parameter counts and architecture from the GGUF header, or the reason they are absent."""
     try:
         gguf = read_gguf_info(path)
     except (OSError, ValueError) as exc:
         return {"model_facts_error": str(exc)}
     meta = gguf["metadata"]
+    if not isinstance(meta, dict):
+        meta = {}
     return {"params_total": gguf["params_total"], "params_active": gguf["params_active"],
             "architecture": gguf["architecture"],
-            "synthetic": bool(meta.get("edgefarm.synthetic", False)),  # type: ignore[union-attr]
-            "preset": meta.get("edgefarm.preset")}  # type: ignore[union-attr]
+            "synthetic": bool(meta.get("edgefarm.synthetic", False)),
+            "preset": meta.get("edgefarm.preset")}
 
 
-def run_job(job_dir, echo=False):
-    # type: (str, bool) -> int
+def run_job(job_dir: str, echo: bool = False) -> int:
     """Run the job in ``job_dir``; return the process exit status (0 = ok)."""
     with open(os.path.join(job_dir, JOB_FILE)) as handle:
         spec = json.load(handle)
@@ -78,11 +78,11 @@ def run_job(job_dir, echo=False):
     device = spec.get("device", {})
     writer.emit("hello", {"facts": probe.facts(device.get("llama_bench"))})
 
-    def emit(kind, fields=None):
-        # type: (str, object) -> None
-        writer.emit(kind, fields)  # type: ignore[arg-type]
+    def emit(kind: str, fields: Optional[Dict[str, object]] = None) -> None:
+        writer.emit(kind, fields)
 
     status = 1
+    result: Dict[str, object] = {"status": "failed", "error_kind": "agent-error"}
     with Heartbeat(writer, float(spec.get("heartbeat_s", 5.0))):
         try:
             emit("phase", {"phase": "model"})
@@ -97,20 +97,24 @@ def run_job(job_dir, echo=False):
             info["model_path"] = model_path
             info["model_size_bytes"] = os.path.getsize(model_path)
             info.update(model_facts(model_path))
-            writer.emit("result", {"status": "ok", "info": info})
+            result = {"status": "ok", "info": info}
             status = 0
         except BackendError as exc:
             writer.emit("error", {"error_kind": exc.kind, "message": exc.message})
-            writer.emit("result", {"status": "failed", "error_kind": exc.kind})
+            result = {"status": "failed", "error_kind": exc.kind}
         except MemoryError:
             writer.emit("error", {"error_kind": "out-of-memory",
                                   "message": "the agent ran out of memory"})
-            writer.emit("result", {"status": "failed", "error_kind": "out-of-memory"})
+            result = {"status": "failed", "error_kind": "out-of-memory"}
         except Exception as exc:  # the agent must report, never die silently
             frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
             writer.emit("error", {"error_kind": "agent-error",
                                   "message": "%s: %s" % (type(exc).__name__, exc),
                                   "traceback": frames[-12:]})
-            writer.emit("result", {"status": "failed", "error_kind": "agent-error"})
+            result = {"status": "failed", "error_kind": "agent-error"}
+    # Emitted only once the heartbeat thread has stopped, so that ``result``
+    # really is the last event of the attempt (a heartbeat could otherwise
+    # land after it).
+    writer.emit("result", result)
     writer.close()
     return status

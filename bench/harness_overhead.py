@@ -52,7 +52,9 @@ def direct(model: str, prompt: int, gen: int, threads: int, reps: int, warmup: i
                                             "cache_prompt": False})
         timings = result["timings"]
         if i >= warmup:
-            out.append(timings["predicted_n"] / (timings["predicted_ms"] / 1000.0))
+            # llama.cpp's own decode rate: the first token comes out of the
+            # prefill, so it counts predicted_n - 1 decode steps (as the agent does).
+            out.append(timings["predicted_per_second"])
     return out
 
 

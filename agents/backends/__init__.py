@@ -12,8 +12,7 @@ from agents.backends.base import Backend, BackendError
 KNOWN = ("auto", "xllamacpp", "llama-bench", "sleep")
 
 
-def get_backend(name, llama_bench=None):
-    # type: (str, Optional[str]) -> Backend
+def get_backend(name: str, llama_bench: Optional[str] = None) -> Backend:
     """Return the backend called ``name``; modules are imported only when chosen."""
     if name == "auto":
         name = "llama-bench" if llama_bench else "xllamacpp"

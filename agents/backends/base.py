@@ -21,8 +21,7 @@ class BackendError(Exception):
     ``backend-error``, ``out-of-memory``, ``timeout``, ``bad-job``.
     """
 
-    def __init__(self, kind, message):
-        # type: (str, str) -> None
+    def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -31,9 +30,9 @@ class BackendError(Exception):
 class JobParams(object):
     """One job's configuration, as the controller planned it."""
 
-    def __init__(self, prompt_tokens, gen_tokens, threads, gpu_layers, repetitions, warmup,
-                 ctx_size=None, seed=0):
-        # type: (int, int, int, int, int, int, Optional[int], int) -> None
+    def __init__(self, prompt_tokens: int, gen_tokens: int, threads: int, gpu_layers: int,
+                 repetitions: int, warmup: int, ctx_size: Optional[int] = None,
+                 seed: int = 0) -> None:
         self.prompt_tokens = prompt_tokens
         self.gen_tokens = gen_tokens
         self.threads = threads
@@ -64,13 +63,11 @@ class Backend(object):
 
     name = "base"
 
-    def available(self):
-        # type: () -> Tuple[bool, str]
+    def available(self) -> Tuple[bool, str]:
         """Return ``(True, version)`` or ``(False, reason)`` without side effects."""
         raise NotImplementedError("%s does not implement available()" % type(self).__name__)
 
-    def run(self, model_path, params, emit):
-        # type: (str, JobParams, Emit) -> Dict[str, object]
+    def run(self, model_path: str, params: JobParams, emit: Emit) -> Dict[str, object]:
         """Run warm-ups and repetitions, emitting ``phase`` and ``repetition``.
 
         Returns facts about the run for the ``result`` event (backend version,

@@ -23,12 +23,10 @@ class SleepBackend(Backend):
 
     name = "sleep"
 
-    def available(self):
-        # type: () -> Tuple[bool, str]
+    def available(self) -> Tuple[bool, str]:
         return True, "test-only"
 
-    def run(self, model_path, params, emit):
-        # type: (str, JobParams, Emit) -> Dict[str, object]
+    def run(self, model_path: str, params: JobParams, emit: Emit) -> Dict[str, object]:
         fail = os.environ.get("EDGEFARM_SLEEP_FAIL", "")
         if fail == "error":
             raise BackendError("backend-error", "sleep backend asked to fail (EDGEFARM_SLEEP_FAIL)")

@@ -7,6 +7,13 @@ a list of token ids, so its length is exact whatever the tokenizer.
 
 Prefill and decode times come from llama.cpp's own timings; TTFT is measured
 here, from sending the request to the first streamed token.
+
+The first generated token is sampled from the prefill's logits, so llama.cpp's
+``predicted_ms`` covers the ``predicted_n - 1`` decode steps after it (one
+token gives ``predicted_ms`` of about 0). ``decode_tps`` is therefore
+``(gen_tokens - 1) / decode_s``, the same rate llama.cpp reports as
+``predicted_per_second`` and llama-bench's ``tg`` test measures; it is left
+out for a single generated token.
 """
 
 import json
@@ -20,9 +27,7 @@ from agents.backends.base import Backend, BackendError, Emit, JobParams
 from agents.gguf_info import read_gguf_info
 
 
-
-def prompt_id_range(model_path):
-    # type: (str) -> Tuple[int, int]
+def prompt_id_range(model_path: str) -> Tuple[int, int]:
     """Token ids to draw prompts from: ordinary tokens of this model's vocab.
 
     Past the control and byte tokens that come first in SentencePiece vocabs
@@ -43,7 +48,20 @@ def prompt_id_range(model_path):
     low = 259 if vocab > 300 else min(3, vocab - 1)
     return low, min(vocab, low + 5000)
 
+
 _OOM_WORDS = ("out of memory", "failed to allocate", "cannot allocate", "bad_alloc")
+
+
+def decode_rate(predicted_n: int, decode_s: float) -> Optional[float]:
+    """Decode steps per second: ``predicted_ms`` spans ``predicted_n - 1`` decodes."""
+    if predicted_n < 2 or decode_s <= 0:
+        return None
+    return (predicted_n - 1) / decode_s
+
+
+def _failure_kind(text: str) -> str:
+    """``out-of-memory`` when llama.cpp's message says so, else ``backend-error``."""
+    return "out-of-memory" if any(w in text.lower() for w in _OOM_WORDS) else "backend-error"
 
 
 class XllamacppBackend(Backend):
@@ -51,16 +69,14 @@ class XllamacppBackend(Backend):
 
     name = "xllamacpp"
 
-    def available(self):
-        # type: () -> Tuple[bool, str]
+    def available(self) -> Tuple[bool, str]:
         try:
             import xllamacpp
         except ImportError as exc:
             return False, "python package xllamacpp not importable: %s" % exc
         return True, getattr(xllamacpp, "__version__", "unknown")
 
-    def run(self, model_path, params, emit):
-        # type: (str, JobParams, Emit) -> Dict[str, object]
+    def run(self, model_path: str, params: JobParams, emit: Emit) -> Dict[str, object]:
         ok, version = self.available()
         if not ok:
             raise BackendError("backend-missing", version)
@@ -84,8 +100,8 @@ class XllamacppBackend(Backend):
             server = xllamacpp.Server(cparams)
         except Exception as exc:  # the bindings raise plain RuntimeError
             text = str(exc)
-            kind = "out-of-memory" if any(w in text.lower() for w in _OOM_WORDS) else "backend-error"
-            raise BackendError(kind, "llama.cpp could not load %s: %s" % (model_path, text))
+            raise BackendError(_failure_kind(text),
+                               "llama.cpp could not load %s: %s" % (model_path, text)) from exc
         load_s = time.monotonic() - start
 
         rng = random.Random(params.seed)
@@ -104,8 +120,8 @@ class XllamacppBackend(Backend):
         del server
         return {"backend": "xllamacpp", "backend_version": version, "load_s": load_s}
 
-    def _one_completion(self, server, prompt, params):
-        # type: (object, List[int], JobParams) -> Dict[str, object]
+    def _one_completion(self, server: object, prompt: List[int],
+                        params: JobParams) -> Dict[str, object]:
         request = {
             "prompt": prompt,
             "n_predict": params.gen_tokens,
@@ -114,10 +130,9 @@ class XllamacppBackend(Backend):
             "stream": True,
             "seed": params.seed,
         }
-        state = {"first": None, "final": None, "error": None}  # type: Dict[str, Optional[object]]
+        state: Dict[str, Optional[object]] = {"first": None, "final": None, "error": None}
 
-        def on_chunk(chunk):
-            # type: (object) -> None
+        def on_chunk(chunk: object) -> None:
             data = json.loads(chunk) if isinstance(chunk, (str, bytes)) else chunk
             if isinstance(data, dict) and "error" in data:
                 state["error"] = data["error"]
@@ -134,8 +149,8 @@ class XllamacppBackend(Backend):
         if state["error"] is not None:
             text = json.dumps(state["error"]) if not isinstance(state["error"], str) \
                 else state["error"]
-            kind = "out-of-memory" if any(w in text.lower() for w in _OOM_WORDS) else "backend-error"
-            raise BackendError(kind, "llama.cpp completion failed: %s" % text[-2000:])
+            raise BackendError(_failure_kind(text),
+                               "llama.cpp completion failed: %s" % text[-2000:])
         final = state["final"]
         if not isinstance(final, dict):
             raise BackendError("backend-error", "llama.cpp returned no timings for a completion")
@@ -147,14 +162,18 @@ class XllamacppBackend(Backend):
         if predicted_n != params.gen_tokens:
             raise BackendError("backend-error", "asked for %d tokens, llama.cpp generated %d"
                                % (params.gen_tokens, predicted_n))
-        rep = {
+        rates = {
+            "prefill_tps": prompt_n / prefill_s if prefill_s > 0 else None,
+            "decode_tps": decode_rate(predicted_n, decode_s),
+        }
+        rep: Dict[str, object] = {
             "prompt_tokens": prompt_n,
             "gen_tokens": predicted_n,
             "prefill_s": prefill_s,
             "decode_s": decode_s,
-            "prefill_tps": prompt_n / prefill_s if prefill_s > 0 else None,
-            "decode_tps": predicted_n / decode_s if decode_s > 0 else None,
-        }  # type: Dict[str, object]
+        }
+        # Absent values are left out, never zero or null (see REPETITION_FIELDS).
+        rep.update((key, value) for key, value in rates.items() if value is not None)
         first = state["first"]
         if isinstance(first, float):
             rep["ttft_s"] = first - sent
