@@ -40,7 +40,7 @@ def _tail(text: str, lines: int = 20) -> str:
 def run_attempt(transport: Transport, job_dir: str, spec: dict[str, Any], agent_path: str,
                 timeout_s: float, on_events: Callable[[Events], None],
                 stop: threading.Event | None = None, attach: bool = False,
-                poll_s: float = 0.1) -> Outcome:
+                poll_s: float = 0.25) -> Outcome:
     """Start (or re-attach to) the attempt in ``job_dir`` and follow it to its end."""
     stop = stop or threading.Event()
     offset = 0

@@ -69,9 +69,18 @@ class Summary:
 #: local transport are meant to outlive the controller (detached jobs that a
 #: resume re-attaches to), so the raylet must leave them alone. Nodes joined
 #: with ``--ray-address`` need the same settings at ``ray start`` (docs).
+#:
+#: The rest keeps Ray quiet: on a small board or a 2-core controller that is
+#: also the device under test, every background wake-up steals time from the
+#: benchmark (bench/harness_overhead.py measures this). edgefarm needs no idle
+#: workers, no Ray-internal metrics and no task-event timeline.
 RAY_SYSTEM_CONFIG = {
     "kill_child_processes_on_worker_exit": False,
     "kill_child_processes_on_worker_exit_with_raylet_subreaper": False,
+    "enable_worker_prestart": False,
+    "prestart_worker_first_driver": False,
+    "enable_metrics_collection": False,
+    "task_events_report_interval_ms": 0,
 }
 
 
@@ -108,7 +117,7 @@ def agent_spec(job: dict[str, Any], device: Device) -> dict[str, Any]:
 
 
 def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
-              progress: Progress | None = None, poll_s: float = 0.5,
+              progress: Progress | None = None, poll_s: float = 1.0,
               should_stop: Callable[[], bool] | None = None) -> Summary:
     """Run every job of ``sweep_id`` that is not done; return a summary."""
     import ray

@@ -16,7 +16,7 @@ class RichProgress:
         self.bars = Progress(
             TextColumn("{task.fields[label]:<18}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-            transient=False)
+            transient=False, refresh_per_second=2)
         total = sum(jobs_per_device.values())
         self.overall = self.bars.add_task("", total=total, completed=done, label="all devices")
         self.device_tasks = {
