@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
@@ -178,6 +178,38 @@ class ConfigModel(BaseModel):
         if not isinstance(other, BaseModel):
             return NotImplemented
         return type(self) is type(other) and self.__dict__ == other.__dict__
+
+
+class FileModel(ConfigModel):
+    """A configuration that is a whole file (an inventory, a sweep).
+
+    It remembers the parsed file, so checks that need another file (a sweep
+    naming devices of an inventory) can still point at the right line.
+    """
+
+    _loaded: LoadedYaml | None = PrivateAttr(default=None)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Load and validate a file; problems raise ``ConfigError`` at file:line:col."""
+        return cls.from_loaded(load_yaml(path))
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedYaml) -> Self:
+        """Validate an already-parsed file, remembering it for later located messages."""
+        model = validate_loaded(cls, loaded)
+        model._loaded = loaded
+        return model
+
+    @property
+    def source(self) -> LoadedYaml | None:
+        """The parsed file this came from (``None`` when built in code)."""
+        return self._loaded
+
+    @property
+    def source_path(self) -> str | None:
+        """Path of the file this came from (``None`` when built in code)."""
+        return self._loaded.path if self._loaded else None
 
 
 def _find_password_keys(value: Any, at: tuple[LocPart, ...] = ()) -> list[tuple[LocPart, ...]]:
@@ -397,15 +429,13 @@ class DeviceSelector(ConfigModel):
         return True
 
 
-class Inventory(ConfigModel):
+class Inventory(FileModel):
     """Every device the controller may use, loaded from one inventory file."""
 
     devices: list[Device] = Field(
         min_length=1,
         description="The devices, in the order plans and reports list them.",
     )
-
-    _loaded: LoadedYaml | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Inventory:
@@ -426,28 +456,6 @@ class Inventory(ConfigModel):
         if problems:
             raise LocatedValueError.many(problems)
         return self
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Inventory:
-        """Load and validate an inventory file; problems raise ``ConfigError`` at file:line:col."""
-        return cls.from_loaded(load_yaml(path))
-
-    @classmethod
-    def from_loaded(cls, loaded: LoadedYaml) -> Inventory:
-        """Validate an already-parsed file, remembering it for later located messages."""
-        inventory = validate_loaded(cls, loaded)
-        inventory._loaded = loaded
-        return inventory
-
-    @property
-    def source(self) -> LoadedYaml | None:
-        """The parsed file this inventory came from (``None`` when built in code)."""
-        return self._loaded
-
-    @property
-    def source_path(self) -> str | None:
-        """Path of the file this inventory came from (``None`` when built in code)."""
-        return self._loaded.path if self._loaded else None
 
     @property
     def names(self) -> list[str]:

@@ -16,24 +16,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from orchestrator.config.inventory import (
     ConfigModel,
     DeviceSelector,
+    FileModel,
     Inventory,
     Name,
     as_list,
     check_path,
 )
 from orchestrator.config.yaml_loader import (
-    LoadedYaml,
     LocatedValueError,
     LocPart,
-    load_yaml,
     problem_at,
     short_repr,
-    validate_loaded,
 )
 from orchestrator.errors import ConfigError, ConfigProblem
 
@@ -273,7 +271,7 @@ class Matrix(ConfigModel):
         ]
 
 
-class Sweep(ConfigModel):
+class Sweep(FileModel):
     """A benchmark sweep loaded from one sweep file."""
 
     name: Name = Field(description="Name of the sweep; results are grouped under it.")
@@ -343,8 +341,6 @@ class Sweep(ConfigModel):
         description="Extra attempts after a failed job attempt (0 = no retry).",
     )
 
-    _loaded: LoadedYaml | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
     def _consistent_models_and_pairs(self) -> Sweep:
         """Ids are unique and every pair compares an existing MoE with existing dense models."""
@@ -398,28 +394,6 @@ class Sweep(ConfigModel):
         if problems:
             raise LocatedValueError.many(problems)
         return self
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Sweep:
-        """Load and validate a sweep file (without the inventory checks)."""
-        return cls.from_loaded(load_yaml(path))
-
-    @classmethod
-    def from_loaded(cls, loaded: LoadedYaml) -> Sweep:
-        """Validate an already-parsed file, remembering it for later located messages."""
-        sweep = validate_loaded(cls, loaded)
-        sweep._loaded = loaded
-        return sweep
-
-    @property
-    def source(self) -> LoadedYaml | None:
-        """The parsed file this sweep came from (``None`` when built in code)."""
-        return self._loaded
-
-    @property
-    def source_path(self) -> str | None:
-        """Path of the file this sweep came from (``None`` when built in code)."""
-        return self._loaded.path if self._loaded else None
 
     def model(self, model_id: str) -> ModelSpec:
         """The model with id ``model_id``; an unknown id raises ``ConfigError``."""
