@@ -83,7 +83,7 @@ def run_job(job_dir: str, echo: bool = False) -> int:
 
     status = 1
     result: Dict[str, object] = {"status": "failed", "error_kind": "agent-error"}
-    with Heartbeat(writer, float(spec.get("heartbeat_s", 5.0))):
+    with Heartbeat(writer, max(0.01, float(spec.get("heartbeat_s", 5.0)))):
         try:
             emit("phase", {"phase": "model"})
             model_path = resolve_model(spec["model"]["source"],

@@ -120,7 +120,42 @@ def _rebuild_config_error(
 
 
 class TransportError(EdgefarmError, OSError):
-    """Reaching a device failed (connection, authentication, file copy, remote exec)."""
+    """Reaching a device failed (connection, authentication, file copy, remote exec).
+
+    ``kind`` is what the job store records; the scheduler quarantines a device
+    at once for the device-level kinds (unreachable, host-key, auth,
+    device-leased), since its other jobs would fail the same way.
+    """
+
+    kind = "transport-error"
+
+
+class UnreachableError(TransportError):
+    """The device did not answer (refused, timed out, no route) for too long."""
+
+    kind = "unreachable"
+
+
+class HostKeyError(TransportError):
+    """The device's host key is unknown or has changed: edgefarm will not connect."""
+
+    kind = "host-key"
+
+
+class AuthError(TransportError):
+    """The device refused the controller's key."""
+
+    kind = "auth"
+
+
+class LeaseError(TransportError):
+    """Another controller holds the device's lease."""
+
+    kind = "device-leased"
+
+
+#: Failure kinds that say the device, not the job, is broken.
+DEVICE_FAILURE_KINDS = frozenset({"unreachable", "host-key", "auth", "device-leased"})
 
 
 class AgentError(EdgefarmError, RuntimeError):

@@ -10,34 +10,67 @@ The driver calls ``start`` for a job and long-polls ``poll`` for messages:
 
 * ``{"type": "events", "device", "job", "attempt", "events": [...]}`` as the
   agent writes them;
-* ``{"type": "end", "device", "job", "attempt", "outcome": {...}}`` once.
+* ``{"type": "end", "device", "job", "attempt", "outcome": {...}}`` once;
+* ``{"type": "warning", "device", "message"}`` for things the user should see
+  (a stale lease taken over).
+
+Before a device's first job the gateway takes the device's lease (a file the
+agent manages on the device) and refreshes it until ``release_all``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 from dataclasses import asdict
 from typing import Any
 
+from orchestrator.errors import LeaseError, TransportError
 from orchestrator.jobrunner import Outcome, run_attempt
 from orchestrator.transport import Transport, make_transport
 
 log = logging.getLogger("edgefarm.gateway")
 
 
+def holder_is_dead(holder: str) -> bool:
+    """Is a lease holder (``host:pid:sweep``) a controller process that died on this host?
+
+    A heartbeat can be fresh for up to its ttl after a controller is killed;
+    when the holder ran on this very host, its pid tells at once.
+    """
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Gateway:
     """Runs jobs on the devices of one site. Plain class; ``remote_gateway`` wraps it for Ray."""
 
     def __init__(self, site: str, devices: list[dict[str, Any]], bundle_path: str,
-                 bundle_sha256: str) -> None:
+                 bundle_sha256: str, settings: dict[str, Any] | None = None) -> None:
         from orchestrator.config.inventory import Device
 
         self.site = site
         self.devices = {d["name"]: Device.model_validate(d) for d in devices}
         self.bundle_path = bundle_path
         self.bundle_sha256 = bundle_sha256
+        self.settings = settings or {}
+        self.owner = str(self.settings.get("owner") or f"{socket.gethostname()}:{os.getpid()}")
+        self.lease_ttl = float(self.settings.get("lease_ttl_s", 120.0))
+        self.leased: dict[str, str] = {}
+        self.refresher: threading.Thread | None = None
+        self.closing = threading.Event()
         self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.busy: dict[str, threading.Thread] = {}
         self.stops: dict[str, threading.Event] = {}
@@ -48,7 +81,7 @@ class Gateway:
         with self.lock:
             transport = self.transports.get(device)
             if transport is None:
-                transport = make_transport(self.devices[device])
+                transport = make_transport(self.devices[device], self.settings)
                 transport.connect()
                 self.transports[device] = transport
             return transport
@@ -79,15 +112,79 @@ class Gateway:
         try:
             transport = self._transport(device)
             agent = transport.ensure_agent(self.bundle_path, self.bundle_sha256)
+            self._ensure_lease(device, transport, agent)
             job_dir = transport.job_dir(payload["sweep_id"], key, attempt)
             spec = dict(payload["spec"], attempt=attempt)
             outcome = run_attempt(transport, job_dir, spec, agent, float(payload["timeout_s"]),
                                   forward, stop=stop, attach=bool(payload.get("attach")))
-        except Exception as exc:  # a broken device fails its job, not the gateway
+            transport.forget(job_dir)
+        except TransportError as exc:  # a broken device fails its job, not the gateway
+            log.warning("job %s on %s: %s", key, device, exc)
+            outcome = Outcome("failed", exc.kind, str(exc))
+            self._drop_transport(device)
+        except Exception as exc:
             log.exception("job %s on %s failed in the gateway", key, device)
             outcome = Outcome("failed", "transport-error", f"{type(exc).__name__}: {exc}")
+            self._drop_transport(device)
         self.outbox.put({"type": "end", "device": device, "job": key, "attempt": attempt,
                          "outcome": asdict(outcome)})
+
+    def _drop_transport(self, device: str) -> None:
+        """Forget a transport after an error, so the next job connects afresh."""
+        with self.lock:
+            transport = self.transports.pop(device, None)
+        if transport is not None:
+            try:
+                transport.close()
+            except Exception:  # closing a broken link may fail too; nothing to keep
+                log.debug("closing the transport of %s failed", device, exc_info=True)
+
+    # -- device leases ------------------------------------------------------------
+    def _ensure_lease(self, device: str, transport: Transport, agent: str) -> None:
+        """Hold the device's lease before its first job, so no other controller runs there."""
+        if device in self.leased:
+            return
+        work_dir = self.devices[device].work_dir
+        answer = transport.lease(agent, "acquire", work_dir, self.owner, self.lease_ttl)
+        if not answer.get("ok") and holder_is_dead(str(answer.get("holder"))):
+            answer = transport.lease(agent, "takeover", work_dir, self.owner, self.lease_ttl)
+        if not answer.get("ok"):
+            raise LeaseError(
+                f"device {device} is in use by another controller ({answer.get('holder')}, "
+                f"heartbeat {answer.get('age_s')} s ago); its lease expires "
+                f"{self.lease_ttl:g} s after that controller stops refreshing it")
+        took = answer.get("took_over")
+        if isinstance(took, dict):
+            self.outbox.put({"type": "warning", "device": device,
+                             "message": f"took over the stale lease of {device} from "
+                                        f"{took.get('owner')}"})
+        with self.lock:
+            self.leased[device] = agent
+            if self.refresher is None:
+                self.refresher = threading.Thread(target=self._refresh_leases, daemon=True,
+                                                  name="lease-refresh")
+                self.refresher.start()
+
+    def _refresh_leases(self) -> None:
+        while not self.closing.wait(self.lease_ttl / 3):
+            for device, agent in list(self.leased.items()):
+                try:
+                    self._transport(device).lease(agent, "refresh",
+                                                  self.devices[device].work_dir, self.owner,
+                                                  self.lease_ttl)
+                except Exception:  # a device that is down is handled by its job
+                    log.warning("could not refresh the lease of %s", device, exc_info=True)
+
+    def release_all(self) -> None:
+        """Release every lease this gateway holds (end of the sweep)."""
+        self.closing.set()
+        for device, agent in list(self.leased.items()):
+            try:
+                self._transport(device).lease(agent, "release", self.devices[device].work_dir,
+                                              self.owner, self.lease_ttl)
+            except Exception:
+                log.warning("could not release the lease of %s", device, exc_info=True)
+        self.leased.clear()
 
     def poll(self, timeout: float = 0.5, max_messages: int = 1000) -> list[dict[str, Any]]:
         """Return the messages waiting, blocking up to ``timeout`` for the first."""

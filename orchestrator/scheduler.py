@@ -8,13 +8,18 @@ Rules it keeps:
 * a failed attempt is retried per the sweep's ``retries`` while the rest of
   the sweep goes on; the job keeps its last reason;
 * a job that was running when a previous controller died is *re-attached*
-  (same attempt, same job directory on the device), not run again.
+  (same attempt, same job directory on the device), not run again;
+* a device that is unreachable, refuses its host key or login, is leased by
+  another controller, or fails ``quarantine_after`` jobs in a row is
+  quarantined: its remaining jobs fail with that reason, the others go on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from typing import Any, Protocol
 
 from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
+from orchestrator.errors import DEVICE_FAILURE_KINDS
 from orchestrator.gateway import remote_gateway
 from orchestrator.store import Store
 
@@ -53,6 +59,9 @@ class NullProgress:
                      retrying: bool) -> None:
         pass
 
+    def device_warning(self, device: str, message: str) -> None:
+        pass
+
 
 @dataclass
 class Summary:
@@ -61,6 +70,7 @@ class Summary:
     sweep_id: str
     counts: dict[str, int]
     failed: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -116,118 +126,201 @@ def agent_spec(job: dict[str, Any], device: Device) -> dict[str, Any]:
     return spec
 
 
+class SweepRun:
+    """One run of the driver loop over a sweep's jobs that are not done yet."""
+
+    def __init__(self, store: Store, sweep_id: str, progress: Progress,
+                 transport_settings: dict[str, Any], poll_s: float,
+                 quarantine_after: int) -> None:
+        self.store = store
+        self.sweep_id = sweep_id
+        self.progress = progress
+        self.poll_s = poll_s
+        self.quarantine_after = quarantine_after
+        self.settings = dict(transport_settings)
+        self.settings.setdefault("owner", f"{socket.gethostname()}:{os.getpid()}:{sweep_id}")
+        inventory = Inventory.model_validate(json.loads(store.sweep(sweep_id)["inventory_json"]))
+        self.devices = {d.name: d for d in inventory.devices}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.queues: dict[str, deque[tuple[dict[str, Any], int, bool]]] = {}
+        for row in store.jobs(sweep_id):
+            if row["state"] == "done":
+                continue
+            job = json.loads(row["spec_json"])
+            self.jobs[row["key"]] = job
+            # A job left "running" by a controller that died is re-attached:
+            # same attempt, same job directory on the device.
+            orphan = row["state"] == "running" and row["attempts"] > 0
+            attempt = row["attempts"] if orphan else row["attempts"] + 1
+            self.queues.setdefault(row["device"], deque()).append((job, attempt, orphan))
+        # Each run gives unfinished jobs a fresh retry budget from their next attempt.
+        self.first_attempt = {job["key"]: attempt
+                              for q in self.queues.values() for job, attempt, _ in q}
+        self.running: dict[str, tuple[dict[str, Any], int]] = {}
+        self.failures_in_a_row: dict[str, int] = {}
+        self.summary = Summary(sweep_id, store.job_counts(sweep_id))
+        self.gateways: dict[str, Any] = {}
+        self.stopping = False
+
+    def start_gateways(self, ray_address: str | None) -> None:
+        sites = sorted({self.devices[d].site for d in self.queues})
+        ensure_ray(sites, ray_address)
+        bundle = build_bundle(self.store.dir / "agent")
+        for site in sites:
+            members = [self.devices[d].model_dump(mode="json", exclude_unset=True)
+                       for d in self.queues if self.devices[d].site == site]
+            actor_cls = remote_gateway(max_concurrency=len(members) + 4)
+            self.gateways[site] = actor_cls.options(resources={site_resource(site): 1}).remote(
+                site, members, str(bundle.path), bundle.sha256, self.settings)
+
+    def launch(self, device: str) -> None:
+        import ray
+
+        job, attempt, attach = self.queues[device].popleft()
+        self.store.start_attempt(self.sweep_id, job["key"], attempt)
+        ray.get(self.gateways[self.devices[device].site].start.remote({
+            "device": device, "sweep_id": self.sweep_id, "job": job["key"], "attempt": attempt,
+            "spec": agent_spec(job, self.devices[device]), "timeout_s": job["timeout_s"],
+            "attach": attach}))
+        self.running[device] = (job, attempt)
+        self.progress.job_started(job, attempt)
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        device = msg["device"]
+        if msg["type"] == "warning":
+            log.warning("%s: %s", device, msg["message"])
+            warn = getattr(self.progress, "device_warning", None)
+            if warn is not None:
+                warn(device, msg["message"])
+            return
+        job = self.jobs[msg["job"]]
+        if msg["type"] == "events":
+            self.store.add_events(self.sweep_id, device, msg["events"])
+            for ev in msg["events"]:
+                self.progress.job_event(job, ev)
+            return
+        self.job_ended(device, job, msg["attempt"], msg["outcome"])
+
+    def job_ended(self, device: str, job: dict[str, Any], attempt: int,
+                  outcome: dict[str, Any]) -> None:
+        key = job["key"]
+        self.running.pop(device, None)
+        self.store.end_attempt(self.sweep_id, key, attempt, outcome["state"],
+                               outcome["error_kind"], outcome["error"])
+        if outcome["state"] == "done":
+            self.failures_in_a_row[device] = 0
+            self.store.finish_job(self.sweep_id, key, "done", attempt, result=outcome["result"])
+            self.progress.job_finished(job, "done", None, False)
+            return
+        device_broken = outcome["error_kind"] in DEVICE_FAILURE_KINDS
+        used = attempt - self.first_attempt[key] + 1
+        retry = (outcome["state"] == "failed" and used <= int(job.get("retries", 0))
+                 and not self.stopping and not device_broken)
+        if retry:
+            self.store.requeue(self.sweep_id, key, outcome["error_kind"], outcome["error"])
+            self.queues[device].appendleft((job, attempt + 1, False))
+        else:
+            self.fail(device, job, attempt, outcome["state"], outcome["error_kind"],
+                      outcome["error"], outcome["result"] or None)
+        self.progress.job_finished(job, outcome["state"], outcome["error"], retry)
+        if outcome["state"] == "failed" and not retry:
+            self.failures_in_a_row[device] = self.failures_in_a_row.get(device, 0) + 1
+            if device_broken or self.failures_in_a_row[device] >= self.quarantine_after:
+                self.quarantine(device, f"[{outcome['error_kind']}] {outcome['error']}")
+
+    def fail(self, device: str, job: dict[str, Any], attempt: int | None, state: str,
+             kind: str | None, error: str | None, result: dict[str, Any] | None = None) -> None:
+        self.store.finish_job(self.sweep_id, job["key"], state, attempt, error_kind=kind,
+                              error=error, result=result)
+        self.summary.failed.append({"key": job["key"], "device": device,
+                                    "model": job["model_id"], "error_kind": kind,
+                                    "error": error})
+
+    def quarantine(self, device: str, reason: str) -> None:
+        """Stop using a device: its remaining jobs fail with the reason; the rest go on."""
+        self.summary.quarantined[device] = reason
+        while self.queues[device]:
+            job, attempt, _ = self.queues[device].popleft()
+            message = f"device {device} quarantined: {reason}"
+            self.fail(device, job, None, "failed", "quarantined", message)
+            self.progress.job_finished(job, "failed", message, False)
+
+    def stop(self) -> None:
+        import ray
+
+        if not self.stopping:
+            self.stopping = True
+            ray.get([gw.cancel_all.remote() for gw in self.gateways.values()])
+
+    def poll_once(self, timeout: float) -> None:
+        import ray
+
+        for batch in ray.get([gw.poll.remote(timeout) for gw in self.gateways.values()]):
+            for msg in batch:
+                self.handle(msg)
+
+    def loop(self, should_stop: Callable[[], bool] | None) -> None:
+        while self.running or (not self.stopping and any(self.queues.values())):
+            if not self.stopping:
+                for device, queue in self.queues.items():
+                    if queue and device not in self.running:
+                        self.launch(device)
+            self.poll_once(self.poll_s)
+            if should_stop is not None and should_stop():
+                self.stop()
+
+    def drain(self, seconds: float) -> None:
+        """After a stop: collect the cancelled jobs' last events and outcomes."""
+        deadline = time.monotonic() + seconds
+        while self.running and time.monotonic() < deadline:
+            self.poll_once(0.5)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.gateways.values():
+            try:
+                ray.get(actor.release_all.remote(), timeout=60)
+            except Exception:  # a gateway that cannot release leaves a stale lease (TTL)
+                log.warning("a gateway could not release its leases", exc_info=True)
+            ray.kill(actor)
+
+
 def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
               progress: Progress | None = None, poll_s: float = 1.0,
-              should_stop: Callable[[], bool] | None = None) -> Summary:
-    """Run every job of ``sweep_id`` that is not done; return a summary."""
-    import ray
+              should_stop: Callable[[], bool] | None = None,
+              transport_settings: dict[str, Any] | None = None,
+              quarantine_after: int = 3) -> Summary:
+    """Run every job of ``sweep_id`` that is not done; return a summary.
 
-    progress = progress or NullProgress()
+    ``should_stop`` is polled once per loop; when it says so the running jobs
+    are cancelled and the sweep ends as interrupted (resumable). A sweep whose
+    store state says ``cancelling`` (``edgefarm sweep cancel``) stops too.
+    """
     started = time.monotonic()
-    sweep_row = store.sweep(sweep_id)
-    inventory = Inventory.model_validate(json.loads(sweep_row["inventory_json"]))
-    devices = {d.name: d for d in inventory.devices}
-    rows = store.jobs(sweep_id)
-    todo = [r for r in rows if r["state"] != "done"]
-    jobs: dict[str, dict[str, Any]] = {}
-    queues: dict[str, deque[tuple[dict[str, Any], int, bool]]] = {}
-    for row in todo:
-        job = json.loads(row["spec_json"])
-        jobs[row["key"]] = job
-        orphan = row["state"] == "running" and row["attempts"] > 0
-        attempt = row["attempts"] if orphan else row["attempts"] + 1
-        queues.setdefault(row["device"], deque()).append((job, attempt, orphan))
-    # Each resume gives failed jobs a fresh retry budget from their next attempt.
-    first_attempt = {job["key"]: attempt for q in queues.values() for job, attempt, _ in q}
-
+    run = SweepRun(store, sweep_id, progress or NullProgress(), transport_settings or {},
+                   poll_s, quarantine_after)
     store.set_sweep_state(sweep_id, "running")
-    summary = Summary(sweep_id, store.job_counts(sweep_id))
-    if not jobs:
-        store.set_sweep_state(sweep_id, "finished")
-        return summary
+    if run.jobs:
+        run.start_gateways(ray_address)
 
-    sites = sorted({devices[d].site for d in queues})
-    ensure_ray(sites, ray_address)
-    bundle = build_bundle(store.dir / "agent")
-    gateways: dict[str, Any] = {}
-    for site in sites:
-        members = [devices[d].model_dump(mode="json", exclude_unset=True)
-                   for d in queues if devices[d].site == site]
-        actor_cls = remote_gateway(max_concurrency=len(members) + 4)
-        gateways[site] = actor_cls.options(resources={site_resource(site): 1}).remote(
-            site, members, str(bundle.path), bundle.sha256)
+        def stop_requested() -> bool:
+            if should_stop is not None and should_stop():
+                return True
+            return store.sweep(sweep_id)["state"] == "cancelling"
 
-    running: dict[str, tuple[dict[str, Any], int]] = {}
-    stopping = False
-
-    def launch(device: str) -> None:
-        job, attempt, attach = queues[device].popleft()
-        store.start_attempt(sweep_id, job["key"], attempt)
-        site = devices[device].site
-        ray.get(gateways[site].start.remote({
-            "device": device, "sweep_id": sweep_id, "job": job["key"], "attempt": attempt,
-            "spec": agent_spec(job, devices[device]), "timeout_s": job["timeout_s"],
-            "attach": attach}))
-        running[device] = (job, attempt)
-        progress.job_started(job, attempt)
-
-    def handle(msg: dict[str, Any]) -> None:
-        device = msg["device"]
-        job = jobs[msg["job"]]
-        if msg["type"] == "events":
-            store.add_events(sweep_id, device, msg["events"])
-            for ev in msg["events"]:
-                progress.job_event(job, ev)
-            return
-        outcome = msg["outcome"]
-        attempt = msg["attempt"]
-        running.pop(device, None)
-        store.end_attempt(sweep_id, job["key"], attempt, outcome["state"],
-                          outcome["error_kind"], outcome["error"])
-        if outcome["state"] == "done":
-            store.finish_job(sweep_id, job["key"], "done", attempt, result=outcome["result"])
-            progress.job_finished(job, "done", None, False)
-            return
-        used = attempt - first_attempt[job["key"]] + 1
-        retry = outcome["state"] == "failed" and used <= int(job.get("retries", 0)) \
-            and not stopping
-        if retry:
-            store.requeue(sweep_id, job["key"], outcome["error_kind"], outcome["error"])
-            queues[device].appendleft((job, attempt + 1, False))
-        else:
-            store.finish_job(sweep_id, job["key"], outcome["state"], attempt,
-                             error_kind=outcome["error_kind"], error=outcome["error"],
-                             result=outcome["result"] or None)
-            summary.failed.append({"key": job["key"], "device": device,
-                                   "model": job["model_id"], "error_kind": outcome["error_kind"],
-                                   "error": outcome["error"]})
-        progress.job_finished(job, outcome["state"], outcome["error"], retry)
-
-    try:
-        while running or (not stopping and any(queues.values())):
-            if not stopping:
-                for device, q in queues.items():
-                    if q and device not in running:
-                        launch(device)
-            polls = [gw.poll.remote(poll_s) for gw in gateways.values()]
-            for batch in ray.get(polls):
-                for msg in batch:
-                    handle(msg)
-            if should_stop is not None and should_stop() and not stopping:
-                stopping = True
-                ray.get([gw.cancel_all.remote() for gw in gateways.values()])
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        ray.get([gw.cancel_all.remote() for gw in gateways.values()])
-        deadline = time.monotonic() + 15
-        while running and time.monotonic() < deadline:
-            for batch in ray.get([gw.poll.remote(0.5) for gw in gateways.values()]):
-                for msg in batch:
-                    handle(msg)
-    summary.interrupted = summary.interrupted or stopping
-    store.set_sweep_state(sweep_id, "interrupted" if summary.interrupted else "finished")
-    for actor in gateways.values():
-        ray.kill(actor)
-    summary.counts = store.job_counts(sweep_id)
-    summary.seconds = time.monotonic() - started
-    return summary
+        try:
+            run.loop(stop_requested)
+        except KeyboardInterrupt:
+            run.summary.interrupted = True
+            run.stop()
+            run.drain(15)
+        finally:
+            run.shutdown()
+    cancelled = store.sweep(sweep_id)["state"] == "cancelling"
+    run.summary.interrupted = run.summary.interrupted or run.stopping
+    store.set_sweep_state(sweep_id, "cancelled" if cancelled else
+                         "interrupted" if run.summary.interrupted else "finished")
+    run.summary.counts = store.job_counts(sweep_id)
+    run.summary.seconds = time.monotonic() - started
+    return run.summary

@@ -60,3 +60,19 @@ def edgefarm(*args: str, tmp: Path, timeout: float = 300) -> subprocess.Complete
     env = dict(os.environ, COLUMNS="200", EDGEFARM_DEBUG_LOG=str(tmp / "edgefarm-debug.log"))
     return subprocess.run([*EDGEFARM, *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=REPO)
+
+
+def write_ssh_inventory(tmp: Path, devices: list[Any], *, trust: bool = True,
+                        site: str = "local") -> tuple[Path, Path]:
+    """An inventory of sshd test devices and a known_hosts file that trusts them."""
+    known_hosts = tmp / "known_hosts"
+    if trust:
+        known_hosts.write_text("".join(d.known_hosts_line() + "\n" for d in devices))
+    entries = [{"name": d.name, "transport": "ssh", "site": site, "platform": "linux-cpu",
+                "host": "127.0.0.1", "port": d.port, "user": "root",
+                "identity_file": str(d.client_key), "python": sys.executable,
+                "work_dir": str(d.work_dir), "models_dir": str(tmp / "models")}
+               for d in devices]
+    path = tmp / "inventory-ssh.yaml"
+    path.write_text(yaml.safe_dump({"devices": entries}, sort_keys=False))
+    return path, known_hosts

@@ -290,13 +290,20 @@ def test_agent_process_exit_status_and_crash(tmp_path, stand_in_model):
     assert (crash / PID_FILE).read_text().strip().isdigit()
 
 
-def test_echo_writes_events_to_stdout(tmp_path, stand_in_model):
+def test_run_writes_events_to_stdout_and_the_log(tmp_path, stand_in_model):
     job = write_job(tmp_path / "job", {"path": str(stand_in_model)}, gen_tokens=1)
-    proc = subprocess.run([sys.executable, "-m", "agents", "run", "--echo", str(job)],
+    proc = subprocess.run([sys.executable, "-m", "agents", "run", str(job)],
                           cwd=str(job), env=agent_env(), capture_output=True, timeout=60,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == (job / EVENTS_FILE).read_text()
+
+    quiet = write_job(tmp_path / "quiet", {"path": str(stand_in_model)}, gen_tokens=1)
+    proc = subprocess.run([sys.executable, "-m", "agents", "run", "--quiet", str(quiet)],
+                          cwd=str(quiet), env=agent_env(), capture_output=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0 and proc.stdout == b""
+    assert (quiet / EVENTS_FILE).read_text().count("\n") >= 3
 
 
 # -- probe ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import ConfigError, EdgefarmError, StoreError
@@ -65,13 +66,16 @@ def cli_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ConfigError as exc:
             for problem in exc.problems:
-                err_console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+                err_console.print(f"[red]error:[/] {escape(str(problem))}", highlight=False,
+                                  soft_wrap=True)
             raise typer.Exit(2) from None
         except StoreError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
         except EdgefarmError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(1) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
@@ -83,7 +87,8 @@ def cli_errors(func: F) -> F:
             with open(log_path, "a") as handle:
                 handle.write(f"--- {dt.datetime.now().isoformat()} {' '.join(sys.argv)}\n")
                 handle.write(traceback.format_exc())
-            err_console.print(f"[red]unexpected error:[/] {type(exc).__name__}: {exc}\n"
+            err_console.print(f"[red]unexpected error:[/] {type(exc).__name__}: "
+                              f"{escape(str(exc))}\n"
                               f"The traceback is in {log_path}; please report it.",
                               highlight=False)
             raise typer.Exit(1) from None
@@ -290,7 +295,10 @@ def _execute(store: Any, sweep_id: str, ray_address: str | None, report: bool) -
                   f"in {summary.seconds:.1f} s: {counts}", highlight=False)
     for failure in summary.failed:
         console.print(f"[red]failed[/] {failure['device']} {failure['model']} "
-                      f"[{failure['error_kind']}]: {failure['error']}", highlight=False)
+                      f"[{failure['error_kind']}]: {escape(str(failure['error']))}",
+                      highlight=False)
+    for device, reason in summary.quarantined.items():
+        console.print(f"[red]quarantined[/] {device}: {escape(reason)}", highlight=False)
     if report:
         print_report(console, build_report(store, sweep_id))
     if summary.interrupted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -52,14 +53,19 @@ class RichProgress:
                              description=f"{label}: rep {event.get('index', 0) + 1} "
                                          f"{event['decode_tps']:.1f} tok/s")
 
+    def device_warning(self, device: str, message: str) -> None:
+        self.console.print(f"[yellow]warning[/] {device}: {escape(message)}", highlight=False)
+
     def job_finished(self, job: dict[str, Any], state: str, error: str | None,
                      retrying: bool) -> None:
         task = self.device_tasks[job["device"]]
         if retrying:
-            self.console.print(f"[yellow]retrying[/] {job['device']} {job['model_id']}: {error}")
+            self.console.print(f"[yellow]retrying[/] {job['device']} {job['model_id']}: "
+                               f"{escape(str(error))}", highlight=False)
             return
         self.bars.advance(task)
         self.bars.advance(self.overall)
         if state != "done":
-            self.console.print(f"[red]{state}[/] {job['device']} {job['model_id']}: {error}")
+            self.console.print(f"[red]{state}[/] {job['device']} {job['model_id']}: "
+                               f"{escape(str(error))}", highlight=False)
         self.bars.update(task, description="idle")

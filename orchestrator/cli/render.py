@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.report import ROW_HEADERS, comparison_title, model_row, ratio_line
@@ -17,12 +18,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     if not report["comparisons"]:
         console.print("No comparison pairs with results in this sweep.")
     for c in report["comparisons"]:
-        table = Table(title=comparison_title(c), title_justify="left", caption=ratio_line(c),
-                      caption_justify="left")
+        table = Table(title=escape(comparison_title(c)), title_justify="left",
+                      caption=escape(ratio_line(c)), caption_justify="left")
         for header in ROW_HEADERS:
-            table.add_column(header)
+            table.add_column(escape(header))
         for side in (c["moe"], c["dense"]):
-            table.add_row(*model_row(side))
+            table.add_row(*(escape(cell) for cell in model_row(side)))
         console.print(table)
 
 
@@ -34,5 +35,5 @@ def print_jobs(console: Console, rows: list[dict[str, Any]], title: str) -> None
     for header in rows[0]:
         table.add_column(str(header))
     for row in rows:
-        table.add_row(*(str(v) if v is not None else "" for v in row.values()))
+        table.add_row(*(escape(str(v)) if v is not None else "" for v in row.values()))
     console.print(table)

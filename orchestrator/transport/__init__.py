@@ -12,15 +12,21 @@ __all__ = ["CommandResult", "JobStatus", "Transport", "make_transport", "KNOWN"]
 KNOWN = ("local", "ssh")
 
 
-def make_transport(device: Any) -> Transport:
-    """Build the transport an inventory device names."""
+def make_transport(device: Any, settings: dict[str, Any] | None = None) -> Transport:
+    """Build the transport an inventory device names.
+
+    ``settings`` are the controller's transport options (for ssh: the
+    known_hosts file and how long a device may stay unreachable).
+    """
+    settings = settings or {}
     if device.transport == "local":
         from orchestrator.transport.local import LocalTransport
 
         return LocalTransport(device)
     if device.transport == "ssh":
-        raise NotImplementedError(
-            f"device {device.name}: the ssh transport is not available in this version yet; "
-            "use transport: local")
+        from orchestrator.transport.ssh import SshTransport
+
+        return SshTransport(device, known_hosts=settings.get("known_hosts"),
+                            unreachable_after_s=float(settings.get("unreachable_after_s", 120)))
     raise ConfigError(f"device {device.name}: unknown transport {device.transport!r} "
                              f"(known: {', '.join(KNOWN)})")

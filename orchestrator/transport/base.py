@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ class Transport(ABC):
     """Base class of all transports; see the module docstring for the contract."""
 
     name = "base"
+    #: The interpreter that runs the agent on the device.
+    python = "python3"
 
     def __init__(self, device_name: str) -> None:
         self.device_name = device_name
@@ -93,8 +96,9 @@ class Transport(ABC):
 
     # -- plain remote operations ---------------------------------------------
     @abstractmethod
-    def run(self, argv: list[str], *, timeout: float) -> CommandResult:
-        """Run ``argv`` (never a shell string) and wait for it."""
+    def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None
+            ) -> CommandResult:
+        """Run ``argv`` (never a shell string), feeding ``stdin``, and wait for it."""
 
     @abstractmethod
     def put(self, local: str, remote: str) -> None:
@@ -132,6 +136,28 @@ class Transport(ABC):
     @abstractmethod
     def job_dir(self, sweep_id: str, job_key: str, attempt: int) -> str:
         """Where on the device one attempt of one job lives."""
+
+    def forget(self, job_dir: str) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Drop whatever the transport keeps for a finished job (channels, handles)."""
+
+    def expand_path(self, path: str) -> str:
+        """A device path with ``~`` expanded as the device sees it."""
+        return os.path.expanduser(path)
+
+    def agent_argv(self, agent_path: str, *args: str) -> list[str]:
+        return [self.python, agent_path, *args]
+
+    def lease(self, agent_path: str, action: str, work_dir: str, owner: str,
+              ttl: float) -> dict[str, Any]:
+        """Acquire, refresh or release the device lease (see ``agents/jobctl.py``)."""
+        result = self.run(self.agent_argv(agent_path, "lease", action, "--work-dir",
+                                          self.expand_path(work_dir), "--owner", owner,
+                                          "--ttl", str(ttl)), timeout=60)
+        try:
+            return dict(json.loads(result.stdout))
+        except ValueError:
+            raise TransportError(f"device {self.device_name}: agent lease {action} failed: "
+                                 f"{result.stderr.strip()[-500:]}") from None
 
 
 def parse_event_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:

@@ -55,9 +55,11 @@ class LocalTransport(Transport):
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     @check_connected
-    def run(self, argv: list[str], *, timeout: float) -> CommandResult:
+    def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None
+            ) -> CommandResult:
         start = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
+                              input=stdin)
         return CommandResult(proc.returncode, proc.stdout.decode(errors="replace"),
                              proc.stderr.decode(errors="replace"), time.monotonic() - start)
 
@@ -90,7 +92,7 @@ class LocalTransport(Transport):
         (path / "job.json").write_text(json.dumps(spec, sort_keys=True))
         with open(path / "agent.stderr", "ab") as err:
             child = subprocess.Popen(
-                [self.python, agent_path, "run", str(path)],
+                [self.python, agent_path, "run", "--quiet", str(path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 start_new_session=True,  # survives the controller, like nohup/setsid
                 cwd=str(path), env=self._agent_env())

@@ -1,0 +1,235 @@
+"""Job control on the device: start detached, follow, status, cancel, lease.
+
+These are what a transport calls, so one remote exec does one whole thing:
+
+* ``start JOB_DIR [--follow]`` reads the job spec from stdin, writes
+  ``job.json``, starts the runner *detached* (double fork + ``setsid``: it
+  survives the SSH session and the controller) and, with ``--follow``, streams
+  the job's event log to stdout until the job ends. A job therefore costs one
+  exec, however long it runs.
+* ``follow JOB_DIR --offset N`` resumes streaming after a dropped link, from
+  the byte the controller already has. The bytes written are exactly the log's,
+  so the controller's offset stays exact.
+* ``status JOB_DIR`` and ``cancel JOB_DIR`` print one JSON object.
+* ``lease acquire|refresh|release`` keeps two controllers off one device.
+
+Exit status of ``start --follow`` / ``follow``: 0 when the job's ``result``
+event was streamed, 3 when the runner died without one.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Dict, Optional, Tuple
+
+JOB_FILE = "job.json"
+EVENTS_FILE = "events.jsonl"
+PID_FILE = "agent.pid"
+EXIT_FILE = "agent.exit"
+STDERR_FILE = "agent.stderr"
+LEASE_FILE = "lease.json"
+
+FOLLOW_DONE = 0
+FOLLOW_DIED = 3
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    try:
+        with open("/proc/%d/stat" % pid) as handle:  # Linux: a zombie is dead
+            return handle.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _read_pid(job_dir: str) -> Optional[int]:
+    try:
+        with open(os.path.join(job_dir, PID_FILE)) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def status(job_dir: str) -> Dict[str, object]:
+    """``{"state": "absent"|"running"|"exited", "pid", "exit_code", "log_bytes"}``."""
+    if not os.path.exists(os.path.join(job_dir, JOB_FILE)):
+        return {"state": "absent"}
+    pid = _read_pid(job_dir)
+    result: Dict[str, object] = {"pid": pid}
+    try:
+        result["log_bytes"] = os.path.getsize(os.path.join(job_dir, EVENTS_FILE))
+    except OSError:
+        result["log_bytes"] = 0
+    try:
+        with open(os.path.join(job_dir, EXIT_FILE)) as handle:
+            result["exit_code"] = int(handle.read().strip())
+    except (OSError, ValueError):
+        pass
+    if "exit_code" in result:
+        result["state"] = "exited"
+    elif pid is None:
+        # job.json is written before the fork; the pid follows within
+        # milliseconds. Treat the gap as running.
+        result["state"] = "running"
+    else:
+        result["state"] = "running" if _pid_alive(pid) else "exited"
+    return result
+
+
+def start(job_dir: str, spec_text: str) -> int:
+    """Write job.json and start the runner detached; return its pid."""
+    from agents.runner import run_job
+
+    spec = json.loads(spec_text)
+    if not os.path.isdir(job_dir):
+        os.makedirs(job_dir)
+    tmp = os.path.join(job_dir, JOB_FILE + ".tmp")
+    with open(tmp, "w") as handle:
+        json.dump(spec, handle, sort_keys=True)
+    os.replace(tmp, os.path.join(job_dir, JOB_FILE))
+    read_end, write_end = os.pipe()
+    first = os.fork()
+    if first == 0:  # intermediate child: new session, then fork the runner
+        os.close(read_end)
+        os.setsid()
+        second = os.fork()
+        if second != 0:
+            os.write(write_end, str(second).encode())
+            os._exit(0)
+        os.close(write_end)
+        _detach_stdio(job_dir)
+        code = 1
+        try:
+            code = run_job(job_dir, echo=False)
+        finally:
+            _write_exit(job_dir, code)
+            os._exit(code)
+    os.close(write_end)
+    os.waitpid(first, 0)
+    pid = int(os.read(read_end, 32).decode() or "0")
+    os.close(read_end)
+    return pid
+
+
+def _detach_stdio(job_dir: str) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    err = os.open(os.path.join(job_dir, STDERR_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                  0o644)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(err, 2)
+    os.close(null)
+    os.close(err)
+
+
+def _write_exit(job_dir: str, code: int) -> None:
+    try:
+        with open(os.path.join(job_dir, EXIT_FILE), "w") as handle:
+            handle.write(str(code))
+    except OSError:
+        pass
+
+
+def follow(job_dir: str, offset: int, out=None, max_idle: float = 0.5) -> int:
+    """Copy the event log from ``offset`` to ``out`` until the job ends."""
+    out = out or sys.stdout.buffer
+    path = os.path.join(job_dir, EVENTS_FILE)
+    wait = 0.02
+    dead_checks = 0
+    while True:
+        data = b""
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except OSError:
+            pass
+        end = data.rfind(b"\n")
+        if end >= 0:
+            chunk = data[: end + 1]
+            out.write(chunk)
+            out.flush()
+            offset += len(chunk)
+            wait = 0.02
+            if b'"kind":"result"' in chunk:
+                return FOLLOW_DONE
+            continue
+        state = status(job_dir)
+        if state.get("state") == "exited":
+            dead_checks += 1
+            if dead_checks >= 3:  # read once more after the exit, then stop
+                return FOLLOW_DIED
+        time.sleep(wait)
+        wait = min(max_idle, wait * 2)
+
+
+def cancel(job_dir: str, grace: float = 5.0) -> Dict[str, object]:
+    """Stop the runner's process group: SIGTERM, then SIGKILL after ``grace``."""
+    pid = _read_pid(job_dir)
+    if pid is None or not _pid_alive(pid):
+        return {"cancelled": False, "reason": "not running"}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except OSError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return {"cancelled": True, "signal": int(sig)}
+            time.sleep(0.05)
+    return {"cancelled": not _pid_alive(pid)}
+
+
+def lease(action: str, work_dir: str, owner: str, ttl: float) -> Tuple[int, Dict[str, object]]:
+    """Acquire, refresh, release or take over the device lease in ``work_dir``.
+
+    The lease file names its owner and a heartbeat time; an owner whose
+    heartbeat is older than its ttl is stale and ``acquire`` takes it over.
+    ``takeover`` also takes a fresh lease: the controller uses it only when it
+    has proved the holder dead (same host, pid gone). Updates happen under
+    ``flock`` so two controllers racing for it cannot both win.
+    """
+    if not os.path.isdir(work_dir):
+        os.makedirs(work_dir)
+    path = os.path.join(work_dir, LEASE_FILE)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current: Dict[str, object] = {}
+        try:
+            with open(path) as handle:
+                current = json.load(handle)
+        except (OSError, ValueError):
+            current = {}
+        now = time.time()
+        holder = current.get("owner")
+        fresh = bool(holder) and now - float(current.get("heartbeat", 0)) <= float(  # type: ignore[arg-type]
+            current.get("ttl", ttl))  # type: ignore[arg-type]
+        if action == "release":
+            if holder == owner:
+                os.remove(path)
+                return 0, {"ok": True, "released": True}
+            return 0, {"ok": True, "released": False, "holder": holder}
+        if holder and holder != owner and fresh and action != "takeover":
+            return 1, {"ok": False, "holder": holder,
+                       "age_s": round(now - float(current.get("heartbeat", 0)), 1)}  # type: ignore[arg-type]
+        if action == "refresh" and holder != owner:
+            return 1, {"ok": False, "holder": holder, "reason": "lease lost"}
+        record = {"owner": owner, "heartbeat": now, "ttl": ttl, "host": socket.gethostname(),
+                  "since": current.get("since", now) if holder == owner else now}
+        tmp = path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(record, handle)
+        os.replace(tmp, path)
+        answer: Dict[str, object] = {"ok": True}
+        if holder and holder != owner:
+            answer["took_over"] = current
+        return 0, answer
