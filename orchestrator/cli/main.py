@@ -52,6 +52,12 @@ DEFAULT_RESULTS = "edgefarm-results"
 InventoryOpt = Annotated[Path, typer.Option(
     "--inventory", "-i", envvar="EDGEFARM_INVENTORY",
     help="Inventory file listing the devices.")]
+KnownHostsOpt = Annotated[Path | None, typer.Option(
+    "--known-hosts", envvar="EDGEFARM_KNOWN_HOSTS",
+    help="edgefarm's known_hosts file for ssh devices [default: ~/.config/edgefarm/known_hosts]")]
+UnreachableOpt = Annotated[float, typer.Option(
+    "--unreachable-after", help="Seconds an ssh device may stay unreachable before it is "
+    "quarantined.")]
 ResultsOpt = Annotated[Path, typer.Option(
     "--results-dir", "-r", envvar="EDGEFARM_RESULTS_DIR",
     help="Directory of the results store (SQLite).")]
@@ -234,6 +240,8 @@ def sweep_run(
     ray_address: Annotated[str | None, typer.Option(
         help="Join this Ray cluster instead of starting Ray on this machine.")] = None,
     report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
+    known_hosts: KnownHostsOpt = None,
+    unreachable_after: UnreachableOpt = 120.0,
 ) -> None:
     """Run a sweep across the selected devices, with live progress."""
     from orchestrator.store import Store
@@ -248,7 +256,8 @@ def sweep_run(
     console.print(f"sweep {sweep_id}", highlight=False)
     console.print(f"{sweep.name}: {len(jobs)} job(s); results in {store.path}",
                   highlight=False)
-    _execute(store, sweep_id, ray_address, report)
+    _execute(store, sweep_id, ray_address, report, _transport_settings(known_hosts,
+                                                                      unreachable_after))
 
 
 @sweep_app.command("resume")
@@ -259,6 +268,8 @@ def sweep_resume(
     ray_address: Annotated[str | None, typer.Option(
         help="Join this Ray cluster instead of starting Ray on this machine.")] = None,
     report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
+    known_hosts: KnownHostsOpt = None,
+    unreachable_after: UnreachableOpt = 120.0,
 ) -> None:
     """Run the jobs of a sweep that are not done; re-attach to jobs still on devices."""
     from orchestrator.store import Store
@@ -269,10 +280,19 @@ def sweep_resume(
     console.print(f"sweep {sweep_id}", highlight=False)
     console.print(f"resuming: {counts['done']} done, "
                   f"{sum(counts.values()) - counts['done']} to run", highlight=False)
-    _execute(store, sweep_id, ray_address, report)
+    _execute(store, sweep_id, ray_address, report, _transport_settings(known_hosts,
+                                                                      unreachable_after))
 
 
-def _execute(store: Any, sweep_id: str, ray_address: str | None, report: bool) -> None:
+def _transport_settings(known_hosts: Path | None, unreachable_after: float) -> dict[str, Any]:
+    from orchestrator.transport.ssh import known_hosts_path
+
+    return {"known_hosts": str(known_hosts_path(str(known_hosts) if known_hosts else None)),
+            "unreachable_after_s": unreachable_after}
+
+
+def _execute(store: Any, sweep_id: str, ray_address: str | None, report: bool,
+             settings: dict[str, Any]) -> None:
     from orchestrator.cli.progress import RichProgress
     from orchestrator.cli.render import print_report
     from orchestrator.report import build_report
@@ -289,7 +309,8 @@ def _execute(store: Any, sweep_id: str, ray_address: str | None, report: bool) -
         if row["state"] == "done":
             progress.bars.advance(progress.device_tasks[row["device"]])
     with progress:
-        summary = run_sweep(store, sweep_id, ray_address=ray_address, progress=progress)
+        summary = run_sweep(store, sweep_id, ray_address=ray_address, progress=progress,
+                            transport_settings=settings)
     counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
     console.print(f"sweep {sweep_id} {'interrupted' if summary.interrupted else 'finished'} "
                   f"in {summary.seconds:.1f} s: {counts}", highlight=False)

@@ -86,9 +86,10 @@ class _Follower:
                 with self.lock:
                     self.data.extend(chunk)
             if self.channel.exit_status_ready():
-                self.exit_code = self.channel.recv_exit_status()
-            else:
-                self.broken = True
+                # paramiko reports -1 when the channel closed without a status:
+                # the link died, not the follower.
+                code = self.channel.recv_exit_status()
+                self.exit_code = code if code >= 0 else None
         except (OSError, EOFError, paramiko.SSHException):
             self.broken = True
         finally:
@@ -170,8 +171,24 @@ class SshTransport(Transport):
         return gateway
 
     def connect(self) -> None:
+        """Open the connection, retrying an unreachable device until its deadline.
+
+        A device that is rebooting or whose link flaps gets
+        ``unreachable_after_s`` to answer; host-key and login failures are
+        final at once.
+        """
+        deadline = time.monotonic() + self.unreachable_after_s
+        delay = 0.5
         with self._lock:
-            self._open()
+            while True:
+                try:
+                    self._open()
+                    break
+                except UnreachableError:
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 10.0)
             self.state = "connected"
 
     def _open(self) -> None:
@@ -217,6 +234,15 @@ class SshTransport(Transport):
                 self.conn.close()
             self.conn = None
             self.state = "closed"
+
+    def _mark_down(self) -> None:
+        with self._lock:
+            if self.conn is not None:
+                try:
+                    self.conn.close()
+                except Exception:  # closing a dead link may fail; it is gone either way
+                    pass
+            self.conn = None
 
     def _alive(self) -> bool:
         return bool(self.conn is not None and self.conn.transport is not None
@@ -388,13 +414,23 @@ class SshTransport(Transport):
         follower = self._followers.get(job_dir)
         if follower is not None and not follower.broken:
             return follower
+        if follower is not None and follower.broken and self._alive():
+            # The follow channel died, so the link probably did too, even if
+            # the transport has not noticed yet.
+            self._mark_down()
         try:
             self._ensure_link()
         except _StillDown:
             return None
         agent = self._agent_path_for(job_dir)
-        channel = self._exec(self.agent_argv(agent, "follow", self._remote_path(job_dir),
-                                              "--offset", str(offset)))
+        try:
+            channel = self._exec(self.agent_argv(agent, "follow", self._remote_path(job_dir),
+                                                 "--offset", str(offset)))
+        except (OSError, EOFError, paramiko.SSHException):
+            # The transport looked alive but is not (keep-alives have not
+            # noticed yet): drop it so the next call reconnects.
+            self._mark_down()
+            return None
         follower = _Follower(channel, offset)
         self._followers[job_dir] = follower
         return follower
