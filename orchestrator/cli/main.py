@@ -43,6 +43,16 @@ app.add_typer(models_app, name="models")
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(agent_app, name="agent")
 
+
+def _register_subcommands() -> None:
+    """Sub-apps that live in their own modules (one area each)."""
+    from orchestrator.cli.dashboards_cmd import dashboards_app
+
+    app.add_typer(dashboards_app, name="dashboards")
+
+
+_register_subcommands()
+
 console = Console()
 err_console = Console(stderr=True)
 

@@ -1,0 +1,94 @@
+"""``edgefarm dashboards``: write the generated Grafana JSON, push it to a Grafana server.
+
+Registered in ``orchestrator/cli/main.py`` as
+``app.add_typer(dashboards_app, name="dashboards")``. The work lives in
+``orchestrator.dashboards`` and ``orchestrator.grafana_push``; this module only
+parses options and prints. Errors print one line and exit 2 for bad input or
+1 for server trouble.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from orchestrator import dashboards
+from orchestrator.grafana_push import (
+    DEFAULT_FOLDER,
+    DEFAULT_PROMETHEUS_URL,
+    GrafanaPushError,
+    PushResult,
+    push,
+    token_from_env,
+)
+
+__all__ = ["dashboards_app"]
+
+dashboards_app = typer.Typer(help="Grafana dashboards: generate the JSON, push it to Grafana.",
+                             no_args_is_help=True)
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_COLOURS = {"created": "green", "updated": "yellow", "unchanged": "dim"}
+
+
+def _print_result(result: PushResult) -> None:
+    colour = _COLOURS.get(result.action.split(" ")[0], "yellow")
+    console.print(f"[{colour}]{result.action}[/] {result.kind} {result.uid} ({result.title})"
+                  + (f"; {result.detail}" if result.detail else ""))
+
+
+@dashboards_app.command("push")
+def push_cmd(
+    url: Annotated[str, typer.Option("--url", help="Grafana base URL, e.g. http://127.0.0.1:3000.")],
+    token_env: Annotated[str, typer.Option(
+        "--token-env", help="Name of the environment variable holding a Grafana "
+                            "service-account token (never the token itself).")],
+    folder: Annotated[str, typer.Option(
+        "--folder", help="Folder (title and uid) to put the dashboards in.")] = DEFAULT_FOLDER,
+    prometheus_url: Annotated[str, typer.Option(
+        "--prometheus-url", help="Prometheus URL as the Grafana server reaches it.")]
+        = DEFAULT_PROMETHEUS_URL,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each request.")] = 10.0,
+) -> None:
+    """Create or update the Prometheus datasource, the folder and every dashboard.
+
+    Idempotent: items already as wanted are reported "unchanged" and not written.
+    """
+    try:
+        token = token_from_env(token_env)
+        results = push(url, token, folder=folder, prometheus_url=prometheus_url,
+                       timeout=timeout, on_result=_print_result)
+    except GrafanaPushError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    counts: dict[str, int] = {}
+    for result in results:
+        key = result.action.split(" ")[0]
+        counts[key] = counts.get(key, 0) + 1
+    console.print(f"{url}: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
+
+
+@dashboards_app.command("write")
+def write_cmd(
+    out: Annotated[Path, typer.Option(help="Directory for the JSON files.")]
+        = dashboards.DEFAULT_OUT_DIR,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Write nothing; exit 1 if the files differ from the code.")] = False,
+) -> None:
+    """Render the dashboards from orchestrator/dashboards/ to JSON (what provisioning loads)."""
+    if check:
+        problems = dashboards.check(out)
+        for problem in problems:
+            err_console.print(f"[red]error:[/] {problem}")
+        if problems:
+            err_console.print("run: edgefarm dashboards write")
+            raise typer.Exit(1)
+        console.print(f"{out}: up to date")
+        return
+    for path in dashboards.write(out):
+        console.print(f"wrote {path}")

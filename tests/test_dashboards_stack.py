@@ -1,0 +1,118 @@
+"""The monitoring stack files: provisioning, Prometheus configs, docker-compose.
+
+No Docker engine runs here. Where the compose plugin is installed,
+``docker compose config`` validates the compose file; where it is not (the
+docker CLI alone, as on the machines this was written on) that test is skipped
+with the reason, and only the PyYAML structure check below has run: the
+summary line then says plainly that compose itself did not check the file.
+The Prometheus configs are checked by the real ``promtool``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import REPO
+
+from orchestrator.dashboards import DATASOURCE_UID
+from orchestrator.grafana_push import DATASOURCE_FIELDS, DEFAULT_FOLDER
+
+STACK = REPO / "dashboards"
+COMPOSE = STACK / "docker-compose.yml"
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def compose_plugin() -> str | None:
+    """Why ``docker compose`` cannot run, or None when it can."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return "docker CLI not installed"
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
+                           timeout=30)
+    if probe.returncode != 0:
+        return ("docker compose plugin missing (`docker compose version`: "
+                f"{(probe.stderr or probe.stdout).strip().splitlines()[0]})")
+    return None
+
+
+def test_datasource_provisioning_matches_the_push() -> None:
+    doc = load(STACK / "provisioning" / "datasources" / "edgefarm.yaml")
+    assert doc["apiVersion"] == 1
+    (ds,) = doc["datasources"]
+    assert ds["uid"] == DATASOURCE_UID
+    assert {k: ds[k] for k in DATASOURCE_FIELDS} == DATASOURCE_FIELDS
+    assert ds["url"] == "http://prometheus:9090"  # the compose service name
+
+
+def test_dashboard_provider_points_at_the_mounted_json() -> None:
+    doc = load(STACK / "provisioning" / "dashboards" / "edgefarm.yaml")
+    (provider,) = doc["providers"]
+    assert provider["type"] == "file"
+    assert provider["folderUid"] == DEFAULT_FOLDER
+    grafana = load(COMPOSE)["services"]["grafana"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"]
+                  if v.startswith("./"))
+    assert mounts["./grafana"] == provider["options"]["path"]
+    assert mounts["./provisioning"] == "/etc/grafana/provisioning"
+    assert sorted(p.name for p in (STACK / "grafana").glob("*.json")) == [
+        "farm-overview.json", "moe-vs-dense.json", "sweep-progress.json"]
+
+
+@pytest.mark.parametrize(("name", "target"), [("prometheus.yml", "127.0.0.1:9464"),
+                                              ("prometheus-compose.yml",
+                                               "host.docker.internal:9464")])
+def test_prometheus_configs(name: str, target: str) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (Debian package 'prometheus')")
+    path = STACK / name
+    checked = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    doc = load(path)
+    (job,) = doc["scrape_configs"]
+    assert job["static_configs"] == [{"targets": [target]}]
+    # $__rate_interval is computed from the datasource's timeInterval: keep them equal.
+    assert doc["global"]["scrape_interval"] == DATASOURCE_FIELDS["jsonData"]["timeInterval"]
+
+
+def test_compose_file_structure() -> None:
+    """What PyYAML can check: services, pinned images, loopback ports, mounts that exist."""
+    doc = load(COMPOSE)
+    services = doc["services"]
+    assert set(services) == {"prometheus", "grafana"}
+    for name, service in services.items():
+        image = service["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest" and tag[0] in "v0123456789", (name, image)
+        for port in service["ports"]:
+            assert port.startswith("127.0.0.1:"), (name, port)
+        for volume in service["volumes"]:
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (STACK / source).exists(), (name, source)
+            else:
+                assert source in doc["volumes"], (name, source)
+    prom = services["prometheus"]
+    assert "host.docker.internal:host-gateway" in prom["extra_hosts"]
+    assert "./prometheus-compose.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def test_compose_config_by_docker_compose() -> None:
+    """``docker compose config`` itself; skipped, with the reason, where the plugin is missing."""
+    reason = compose_plugin()
+    if reason is not None:
+        pytest.skip(f"{reason}: compose did not check {COMPOSE.name}; only "
+                    "test_compose_file_structure (PyYAML) did")
+    checked = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
