@@ -47,8 +47,10 @@ app.add_typer(agent_app, name="agent")
 def _register_subcommands() -> None:
     """Sub-apps that live in their own modules (one area each)."""
     from orchestrator.cli.dashboards_cmd import dashboards_app
+    from orchestrator.cli.telemetry_cmd import telemetry_app
 
     app.add_typer(dashboards_app, name="dashboards")
+    app.add_typer(telemetry_app, name="telemetry")
 
 
 _register_subcommands()
