@@ -142,8 +142,12 @@ def follow(job_dir: str, offset: int, out=None, max_idle: float = 0.5) -> int:
     """Copy the event log from ``offset`` to ``out`` until the job ends."""
     out = out or sys.stdout.buffer
     path = os.path.join(job_dir, EVENTS_FILE)
-    wait = 0.02
+    wait = 0.01
     dead_checks = 0
+    # Poll quickly while the job starts (short jobs end within it, and the
+    # controller's per-job overhead is what it waits here), then back off so
+    # a long benchmark is not disturbed by its own follower.
+    eager_until = time.monotonic() + 2.0
     while True:
         data = b""
         try:
@@ -158,7 +162,7 @@ def follow(job_dir: str, offset: int, out=None, max_idle: float = 0.5) -> int:
             out.write(chunk)
             out.flush()
             offset += len(chunk)
-            wait = 0.02
+            wait = 0.01
             if b'"kind":"result"' in chunk:
                 return FOLLOW_DONE
             continue
@@ -168,7 +172,8 @@ def follow(job_dir: str, offset: int, out=None, max_idle: float = 0.5) -> int:
             if dead_checks >= 3:  # read once more after the exit, then stop
                 return FOLLOW_DIED
         time.sleep(wait)
-        wait = min(max_idle, wait * 2)
+        if time.monotonic() > eager_until:
+            wait = min(max_idle, wait * 2)
 
 
 def cancel(job_dir: str, grace: float = 5.0) -> Dict[str, object]:
@@ -176,9 +181,15 @@ def cancel(job_dir: str, grace: float = 5.0) -> Dict[str, object]:
     pid = _read_pid(job_dir)
     if pid is None or not _pid_alive(pid):
         return {"cancelled": False, "reason": "not running"}
+    try:
+        # The runner shares the session's process group with anything it
+        # started (llama-bench), so the whole group goes.
+        group = os.getpgid(pid)
+    except OSError:
+        return {"cancelled": False, "reason": "not running"}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(pid, sig)
+            os.killpg(group, sig)
         except OSError:
             break
         deadline = time.monotonic() + grace

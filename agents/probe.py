@@ -98,6 +98,46 @@ def backends(llama_bench: Optional[str] = None) -> Dict[str, Dict[str, object]]:
     return found
 
 
+def telemetry_sources() -> Dict[str, object]:
+    """Which power/thermal sources this device offers, and why not where absent."""
+    import glob
+
+    found: Dict[str, object] = {}
+    for tool in ("tegrastats", "macmon", "powermetrics", "nvidia-smi"):
+        path = shutil.which(tool)
+        if path:
+            found[tool] = path
+    if glob.glob("/sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label") or glob.glob(
+            "/sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power*_input"):
+        found["ina3221"] = True
+    zones = glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj")
+    if zones:
+        readable = os.access(zones[0], os.R_OK)
+        found["rapl"] = True if readable else "present, not readable (root only)"
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("pynvml") is not None:
+            found["nvml"] = True
+    except (ImportError, ValueError):
+        pass
+    return found
+
+
+def power_mode() -> Optional[str]:
+    """Jetson nvpmodel mode (``nvpmodel -q``), when the tool exists."""
+    if not shutil.which("nvpmodel"):
+        return None
+    try:
+        out = subprocess.run(["nvpmodel", "-q"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = out.stdout.decode("utf-8", "replace")
+    match = re.search(r"NV Power Mode:\s*(\S+)", text)
+    return match.group(1) if match else (text.strip().splitlines() or [None])[0]
+
+
 def facts(llama_bench: Optional[str] = None) -> Dict[str, object]:
     uname = platform.uname()
     result: Dict[str, object] = {
@@ -128,4 +168,8 @@ def facts(llama_bench: Optional[str] = None) -> Dict[str, object]:
         result["jetson"] = jetson
     if shutil.which("nvidia-smi"):
         result["nvidia_smi"] = shutil.which("nvidia-smi")
+    result["telemetry"] = telemetry_sources()
+    mode = power_mode()
+    if mode:
+        result["power_mode"] = mode
     return result

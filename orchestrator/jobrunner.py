@@ -92,4 +92,4 @@ def run_attempt(transport: Transport, job_dir: str, spec: dict[str, Any], agent_
             if events:
                 on_events(events)
             return Outcome("cancelled", "cancelled", "cancelled by the controller")
-        stop.wait(poll_s)
+        transport.wait_for_events(job_dir, poll_s, stop)

@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS repetitions (
     body TEXT NOT NULL,
     PRIMARY KEY (sweep_id, job_key, attempt, warmup, idx)
 );
+CREATE TABLE IF NOT EXISTS probes (
+    device TEXT NOT NULL,
+    probed_at REAL NOT NULL,
+    reachable INTEGER NOT NULL,
+    facts_json TEXT,                -- what `agent probe` printed, when it could
+    error TEXT,                     -- why not, otherwise
+    PRIMARY KEY (device, probed_at)
+);
 CREATE TABLE IF NOT EXISTS device_facts (
     sweep_id TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -99,6 +107,29 @@ CREATE TABLE IF NOT EXISTS device_facts (
     PRIMARY KEY (sweep_id, device)
 );
 """
+
+# -- telemetry samples: schema ---------------------------------------------------
+# Added for live metrics (orchestrator/metrics.py, bench/ingest.py). A
+# ``sample`` event is stored in ``events`` like every other event; this table
+# adds the numbers a power or memory plot needs as columns, keyed like
+# ``events`` (so storing twice stores once). Rails and temperatures stay in the
+# event's body, not copied here: encoding them a second time halved the
+# ingest rate (bench/ingest.py), and reading them back is rare.
+SCHEMA += """
+CREATE TABLE IF NOT EXISTS samples (
+    sweep_id TEXT NOT NULL,
+    job_key TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    t REAL,
+    total_w REAL,                   -- the designated total rail, when the device has one
+    ram_used_bytes INTEGER,
+    ram_total_bytes INTEGER,
+    PRIMARY KEY (sweep_id, job_key, attempt, seq)
+);
+"""
+# -- end of telemetry samples: schema --------------------------------------------
 
 REPETITION_COLUMNS = ("prompt_tokens", "gen_tokens", "prefill_s", "decode_s", "ttft_s",
                       "prefill_tps", "decode_tps", "peak_rss_bytes")
@@ -285,6 +316,128 @@ class Store:
             " WHERE r.sweep_id = ? AND j.state = 'done' AND r.attempt = j.ok_attempt"
             " AND r.warmup = 0 ORDER BY j.ordinal, r.idx", (sweep_id,)))
 
+    def add_probe(self, device: str, reachable: bool, facts: dict | None,
+                  error: str | None) -> None:
+        """Record one ``inventory probe`` answer (kept as history, newest wins)."""
+        self.db.execute(
+            "INSERT INTO probes (device, probed_at, reachable, facts_json, error)"
+            " VALUES (?, ?, ?, ?, ?)", (device, time.time(), int(reachable),
+                                        _dumps(facts) if facts else None, error))
+
+    def latest_probes(self) -> dict[str, sqlite3.Row]:
+        return {r["device"]: r for r in self.db.execute(
+            "SELECT p.* FROM probes p JOIN (SELECT device, MAX(probed_at) AS at FROM probes"
+            " GROUP BY device) m ON m.device = p.device AND m.at = p.probed_at")}
+
     def device_facts(self, sweep_id: str) -> dict[str, dict]:
         return {r["device"]: json.loads(r["facts_json"]) for r in self.db.execute(
             "SELECT device, facts_json FROM device_facts WHERE sweep_id = ?", (sweep_id,))}
+
+    # -- telemetry samples ----------------------------------------------------
+    # A separate block, added for live metrics: the rest of the class does not
+    # depend on it. ``add_sample_events`` is the batched path for telemetry
+    # (one transaction, one executemany per table); ``add_events`` stays the
+    # path for every other kind.
+    def add_samples(self, sweep_id: str, device: str, events: Iterable[dict]) -> int:
+        """Index the ``sample`` events of a batch in ``samples`` (idempotent); return new rows.
+
+        For events already stored through ``add_events``.
+        """
+        rows = [_sample_row(sweep_id, device, ev) for ev in events if ev.get("kind") == "sample"]
+        if not rows:
+            return 0
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany(_INSERT_SAMPLE, rows)
+            return db.total_changes - before
+
+    def add_sample_events(self, sweep_id: str, device: str, events: Iterable[dict]) -> int:
+        """Store ``sample`` events in ``events`` and ``samples`` in one transaction.
+
+        The same rows ``add_events`` + ``add_samples`` write, with one
+        ``executemany`` per table instead of a statement per event: a farm
+        sampling power at 10 Hz per device sends far more samples than
+        anything else. Other kinds are refused, since they need the per-event
+        logic of ``add_events`` (repetitions, device facts). Returns how many
+        events were new.
+        """
+        events = list(events)
+        bad = sorted({str(ev.get("kind")) for ev in events if ev.get("kind") != "sample"})
+        if bad:
+            raise ValueError(f"add_sample_events takes sample events only, got {bad}")
+        if not events:
+            return 0
+        encode = _COMPACT_SORTED.encode  # the same text as _dumps, without a new encoder each
+        raw = [(sweep_id, ev["job"], int(ev["attempt"]), int(ev["seq"]), "sample", ev.get("t"),
+                encode(ev)) for ev in events]
+        rows = [_sample_row(sweep_id, device, ev) for ev in events]
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO events (sweep_id, job_key, attempt, seq, kind, t, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)", raw)
+            new = db.total_changes - before
+            db.executemany(_INSERT_SAMPLE, rows)
+        return new
+
+    def samples(self, sweep_id: str, device: str | None = None,
+                job_key: str | None = None) -> list[dict]:
+        """Stored samples in time order: ``{device, job, attempt, seq, t, total_w, rails_w, ...}``.
+
+        Fields a sample did not carry are absent.
+        """
+        sql = ("SELECT s.*, e.body FROM samples s LEFT JOIN events e ON e.sweep_id = s.sweep_id"
+               " AND e.job_key = s.job_key AND e.attempt = s.attempt AND e.seq = s.seq"
+               " WHERE s.sweep_id = ?")
+        args: list[Any] = [sweep_id]
+        if device is not None:
+            sql += " AND s.device = ?"
+            args.append(device)
+        if job_key is not None:
+            sql += " AND s.job_key = ?"
+            args.append(job_key)
+        sql += " ORDER BY s.t, s.job_key, s.attempt, s.seq"
+        out = []
+        for r in self.db.execute(sql, args):
+            sample: dict[str, Any] = {"device": r["device"], "job": r["job_key"],
+                                      "attempt": r["attempt"], "seq": r["seq"], "t": r["t"]}
+            for column in ("total_w", "ram_used_bytes", "ram_total_bytes"):
+                if r[column] is not None:
+                    sample[column] = r[column]
+            body = json.loads(r["body"]) if r["body"] else {}
+            for key in ("rails_w", "temps_c"):
+                if isinstance(body.get(key), dict):
+                    sample[key] = body[key]
+            out.append(sample)
+        return out
+
+    def sample_count(self, sweep_id: str) -> int:
+        """How many samples a sweep has stored."""
+        row = self.db.execute("SELECT COUNT(*) AS n FROM samples WHERE sweep_id = ?",
+                              (sweep_id,)).fetchone()
+        return int(row["n"])
+
+
+_INSERT_SAMPLE = (
+    "INSERT OR IGNORE INTO samples (sweep_id, job_key, attempt, seq, device, t, total_w,"
+    " ram_used_bytes, ram_total_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+#: ``_dumps`` as a reusable encoder (json.dumps builds a new one per call).
+_COMPACT_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+#: MiB, the unit tegrastats and friends call "MB".
+_MIB = 1 << 20
+
+
+def sample_memory_bytes(ev: dict, name: str) -> int | None:
+    """``ram_used``/``ram_total`` of a sample in bytes: ``*_bytes`` if sent, else ``*_mb`` (MiB)."""
+    value = ev.get(f"{name}_bytes")
+    if value is not None:
+        return int(value)
+    value = ev.get(f"{name}_mb")
+    return None if value is None else int(float(value) * _MIB)
+
+
+def _sample_row(sweep_id: str, device: str, ev: dict) -> tuple[Any, ...]:
+    return (sweep_id, ev["job"], int(ev["attempt"]), int(ev["seq"]), device, ev.get("t"),
+            ev.get("total_w"), sample_memory_bytes(ev, "ram_used"),
+            sample_memory_bytes(ev, "ram_total"))
+# -- end of telemetry samples -----------------------------------------------------

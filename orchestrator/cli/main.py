@@ -17,6 +17,7 @@ import secrets
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -47,10 +48,13 @@ app.add_typer(agent_app, name="agent")
 def _register_subcommands() -> None:
     """Sub-apps that live in their own modules (one area each)."""
     from orchestrator.cli.dashboards_cmd import dashboards_app
+    from orchestrator.cli.monitor_cmd import monitor_app, serve_cmd
     from orchestrator.cli.telemetry_cmd import telemetry_app
 
     app.add_typer(dashboards_app, name="dashboards")
     app.add_typer(telemetry_app, name="telemetry")
+    app.add_typer(monitor_app, name="monitor")
+    app.command("serve")(serve_cmd)
 
 
 _register_subcommands()
@@ -70,6 +74,14 @@ KnownHostsOpt = Annotated[Path | None, typer.Option(
 UnreachableOpt = Annotated[float, typer.Option(
     "--unreachable-after", help="Seconds an ssh device may stay unreachable before it is "
     "quarantined.")]
+MetricsAddrOpt = Annotated[str | None, typer.Option(
+    "--metrics-addr", envvar="EDGEFARM_METRICS_ADDR",
+    help="Serve live Prometheus metrics at HOST:PORT while the sweep runs, e.g. "
+    "127.0.0.1:9464 (docs/monitoring.md).")]
+MetricsLingerOpt = Annotated[float, typer.Option(
+    "--metrics-linger", min=0,
+    help="Keep serving metrics this many seconds after the sweep ends, so a last scrape "
+    "sees the final values.")]
 ResultsOpt = Annotated[Path, typer.Option(
     "--results-dir", "-r", envvar="EDGEFARM_RESULTS_DIR",
     help="Directory of the results store (SQLite).")]
@@ -141,6 +153,96 @@ def inventory_list(inventory: InventoryOpt = Path(DEFAULT_INVENTORY)) -> None:
         backend = f"llama-bench {d.llama_bench}" if d.llama_bench else "xllamacpp"
         table.add_row(d.name, d.transport, address, d.site, d.platform, labels, backend)
     console.print(table)
+
+
+def _select(inv: Any, names: list[str] | None) -> list[Any]:
+    if not names:
+        return list(inv.devices)
+    return [inv.device(n) for n in names]  # an unknown name is a ConfigError (exit 2)
+
+
+@inventory_app.command("probe")
+@cli_errors
+def inventory_probe(
+    names: Annotated[list[str] | None, typer.Argument(
+        help="Devices to probe; default: all.")] = None,
+    inventory: InventoryOpt = Path(DEFAULT_INVENTORY),
+    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+    known_hosts: KnownHostsOpt = None,
+    timeout: Annotated[float, typer.Option(
+        help="Seconds an unreachable device gets before its row says so.")] = 10.0,
+) -> None:
+    """Connect to devices in parallel and show what each one is; store the facts."""
+    from orchestrator.fleet_probe import probe_all
+    from orchestrator.store import Store
+
+    inv = _load_inventory(inventory)
+    devices = _select(inv, names)
+    store = Store(results_dir)
+    with console.status(f"probing {len(devices)} device(s)"):
+        results = probe_all(devices, store.dir / "agent",
+                            _transport_settings(known_hosts, timeout))
+    table = Table(title=f"{inventory}: {len(devices)} device(s)", title_justify="left")
+    for col in ("device", "reachable", "OS", "chip / module", "RAM", "Python",
+                "llama.cpp backends", "telemetry", "power mode", "agent"):
+        table.add_column(col)
+    for r in results:
+        store.add_probe(r.device, r.reachable, r.facts or None, r.error)
+        f = r.facts
+        if r.error or not f:
+            table.add_row(r.device, "yes" if r.reachable else "[red]no[/]",
+                          escape(r.error or ""), "", "", "", "", "", "", "")
+            continue
+        backends = ", ".join(k for k, v in f.get("backends", {}).items() if v.get("present"))
+        chip = (f.get("jetson", {}).get("module") or f.get("chip") or f.get("cpu_model")
+                or f.get("machine", ""))
+        ram = f.get("ram_total_bytes")
+        os_name = f"{f.get('os', '')} {f.get('macos_version') or f.get('os_release', '')}"
+        table.add_row(r.device, "yes", escape(os_name), escape(str(chip)),
+                      f"{ram / 2**30:.1f} GiB" if ram else "", f.get("python", ""),
+                      escape(backends or "none"), escape(", ".join(f.get("telemetry", {}))
+                                                         or "none"),
+                      escape(str(f.get("power_mode", ""))), f.get("agent_version", ""))
+    console.print(table)
+    down = [r.device for r in results if not r.reachable]
+    if down:
+        raise typer.Exit(1)
+
+
+@inventory_app.command("trust")
+@cli_errors
+def inventory_trust(
+    name: Annotated[str, typer.Argument(help="Device whose host key to trust.")],
+    inventory: InventoryOpt = Path(DEFAULT_INVENTORY),
+    known_hosts: KnownHostsOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y",
+                                      help="Record the key without asking.")] = False,
+) -> None:
+    """Show a device's ssh host-key fingerprint and, once confirmed, trust it."""
+    from orchestrator.transport.hostkeys import fetch_server_key, record
+    from orchestrator.transport.ssh import known_hosts_path
+
+    device = _load_inventory(inventory).device(name)
+    if device.transport != "ssh":
+        raise ConfigError(f"device {name} uses transport {device.transport!r}; only ssh "
+                          "devices have host keys", path=str(inventory), key_path=name)
+    path = known_hosts_path(str(known_hosts) if known_hosts else None)
+    server = fetch_server_key(device, str(path))
+    console.print(f"{name} ({server.name}) presents a {server.key.get_name()} key\n"
+                  f"  fingerprint {server.fingerprint}\n"
+                  "Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on "
+                  "the device itself.", highlight=False)
+    if not yes and not typer.confirm(f"Trust this key for {name}?", default=False):
+        console.print("not trusted")
+        raise typer.Exit(1)
+    outcome = record(path, server)
+    console.print(f"{name}: {outcome} in {path}", highlight=False)
+
+
+def _load_inventory(path: Path) -> Any:
+    from orchestrator.config.inventory import Inventory
+
+    return Inventory.load(path)
 
 
 # -- models --------------------------------------------------------------------
@@ -254,6 +356,8 @@ def sweep_run(
     report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
     known_hosts: KnownHostsOpt = None,
     unreachable_after: UnreachableOpt = 120.0,
+    metrics_addr: MetricsAddrOpt = None,
+    metrics_linger: MetricsLingerOpt = 0.0,
 ) -> None:
     """Run a sweep across the selected devices, with live progress."""
     from orchestrator.store import Store
@@ -268,8 +372,9 @@ def sweep_run(
     console.print(f"sweep {sweep_id}", highlight=False)
     console.print(f"{sweep.name}: {len(jobs)} job(s); results in {store.path}",
                   highlight=False)
-    _execute(store, sweep_id, ray_address, report, _transport_settings(known_hosts,
-                                                                      unreachable_after))
+    _execute(store, sweep_id, RunOptions(ray_address, report,
+                                         _transport_settings(known_hosts, unreachable_after),
+                                         metrics_addr, metrics_linger))
 
 
 @sweep_app.command("resume")
@@ -282,6 +387,8 @@ def sweep_resume(
     report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
     known_hosts: KnownHostsOpt = None,
     unreachable_after: UnreachableOpt = 120.0,
+    metrics_addr: MetricsAddrOpt = None,
+    metrics_linger: MetricsLingerOpt = 0.0,
 ) -> None:
     """Run the jobs of a sweep that are not done; re-attach to jobs still on devices."""
     from orchestrator.store import Store
@@ -292,8 +399,9 @@ def sweep_resume(
     console.print(f"sweep {sweep_id}", highlight=False)
     console.print(f"resuming: {counts['done']} done, "
                   f"{sum(counts.values()) - counts['done']} to run", highlight=False)
-    _execute(store, sweep_id, ray_address, report, _transport_settings(known_hosts,
-                                                                      unreachable_after))
+    _execute(store, sweep_id, RunOptions(ray_address, report,
+                                         _transport_settings(known_hosts, unreachable_after),
+                                         metrics_addr, metrics_linger))
 
 
 def _transport_settings(known_hosts: Path | None, unreachable_after: float) -> dict[str, Any]:
@@ -303,10 +411,40 @@ def _transport_settings(known_hosts: Path | None, unreachable_after: float) -> d
             "unreachable_after_s": unreachable_after}
 
 
-def _execute(store: Any, sweep_id: str, ray_address: str | None, report: bool,
-             settings: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class RunOptions:
+    """How `sweep run` and `sweep resume` execute a sweep."""
+
+    ray_address: str | None
+    report: bool
+    settings: dict[str, Any]
+    metrics_addr: str | None = None
+    metrics_linger: float = 0.0
+
+
+def _execute(store: Any, sweep_id: str, options: RunOptions) -> None:
+    """Run the sweep, serving live metrics when asked (they outlive the report by the linger)."""
+    from orchestrator.exporter import start_sweep_exporter
+
+    exporter = None
+    if options.metrics_addr:
+        exporter = start_sweep_exporter(store.dir, options.metrics_addr, sweep_id=sweep_id,
+                                        linger_s=options.metrics_linger)
+        console.print(f"metrics at {exporter.url}", highlight=False)
+    try:
+        _run(store, sweep_id, options, exporter.live if exporter is not None else None)
+    finally:
+        if exporter is not None:
+            if options.metrics_linger:
+                console.print(f"metrics stay up {options.metrics_linger:g} s more "
+                              "(Ctrl-C ends that)", highlight=False)
+            exporter.stop()
+
+
+def _run(store: Any, sweep_id: str, options: RunOptions, live: Any) -> None:
     from orchestrator.cli.progress import RichProgress
     from orchestrator.cli.render import print_report
+    from orchestrator.metrics import MultiProgress
     from orchestrator.report import build_report
     from orchestrator.scheduler import run_sweep
 
@@ -320,25 +458,47 @@ def _execute(store: Any, sweep_id: str, ray_address: str | None, report: bool,
     for row in rows:
         if row["state"] == "done":
             progress.bars.advance(progress.device_tasks[row["device"]])
+    sink = MultiProgress(progress, live) if live is not None else progress
     with progress:
-        summary = run_sweep(store, sweep_id, ray_address=ray_address, progress=progress,
-                            transport_settings=settings)
+        summary = run_sweep(store, sweep_id, ray_address=options.ray_address, progress=sink,
+                            transport_settings=options.settings)
     counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
     console.print(f"sweep {sweep_id} {'interrupted' if summary.interrupted else 'finished'} "
                   f"in {summary.seconds:.1f} s: {counts}", highlight=False)
     for failure in summary.failed:
-        console.print(f"[red]failed[/] {failure['device']} {failure['model']} "
-                      f"[{failure['error_kind']}]: {escape(str(failure['error']))}",
+        console.print(f"[red]{failure['state']}[/] {failure['device']} {failure['model']} "
+                      f"{escape('[' + str(failure['error_kind']) + ']')}: "
+                      f"{escape(str(failure['error']))}",
                       highlight=False)
     for device, reason in summary.quarantined.items():
         console.print(f"[red]quarantined[/] {device}: {escape(reason)}", highlight=False)
-    if report:
+    if options.report:
         print_report(console, build_report(store, sweep_id))
+    if store.sweep(sweep_id)["state"] == "cancelled":
+        raise typer.Exit(1)
     if summary.interrupted:
         console.print(f"resume with: edgefarm sweep resume {sweep_id}", highlight=False)
         raise typer.Exit(130)
     if summary.counts.get("failed") or summary.counts.get("cancelled"):
         raise typer.Exit(1)
+
+
+@sweep_app.command("cancel")
+@cli_errors
+def sweep_cancel(
+    sweep_id: Annotated[str, typer.Argument(help="Sweep id.")],
+    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+    known_hosts: KnownHostsOpt = None,
+    wait: Annotated[float, typer.Option(
+        help="Seconds to let a running controller stop the sweep itself.")] = 15.0,
+) -> None:
+    """Stop a sweep: its running jobs' processes on the devices, and their leases."""
+    from orchestrator.cancel import cancel_sweep
+    from orchestrator.store import Store
+
+    store = Store(results_dir)
+    outcome = cancel_sweep(store, sweep_id, _transport_settings(known_hosts, 30.0), wait)
+    console.print(f"sweep {sweep_id}: {outcome}", highlight=False)
 
 
 @sweep_app.command("status")

@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +137,14 @@ class Transport(ABC):
     @abstractmethod
     def job_dir(self, sweep_id: str, job_key: str, attempt: int) -> str:
         """Where on the device one attempt of one job lives."""
+
+    def wait_for_events(self, job_dir: str, timeout: float, stop: threading.Event) -> None:
+        """Block until the job may have new events, ``timeout`` passes or ``stop`` is set.
+
+        The default just waits; a transport that streams events (ssh) wakes up
+        as soon as bytes arrive, so a job's end is seen without polling delay.
+        """
+        stop.wait(timeout)
 
     def forget(self, job_dir: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop whatever the transport keeps for a finished job (channels, handles)."""

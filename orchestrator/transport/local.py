@@ -142,9 +142,13 @@ class LocalTransport(Transport):
         status = self.job_status(job_dir)
         if status.state != "running" or status.pid is None:
             return
+        try:
+            group = os.getpgid(status.pid)
+        except ProcessLookupError:
+            return
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(status.pid, sig)
+                os.killpg(group, sig)
             except ProcessLookupError:
                 break
             deadline = time.monotonic() + wait

@@ -72,6 +72,7 @@ class _Follower:
         self.data = bytearray()
         self.lock = threading.Lock()
         self.finished = threading.Event()
+        self.arrived = threading.Event()  # set whenever bytes arrive or the channel ends
         self.exit_code: int | None = None
         self.broken = False
         self.thread = threading.Thread(target=self._pump, daemon=True, name="ssh-follow")
@@ -85,6 +86,7 @@ class _Follower:
                     break
                 with self.lock:
                     self.data.extend(chunk)
+                self.arrived.set()
             if self.channel.exit_status_ready():
                 # paramiko reports -1 when the channel closed without a status:
                 # the link died, not the follower.
@@ -97,6 +99,7 @@ class _Follower:
             if self.exit_code is None:
                 self.broken = True
             self.finished.set()
+            self.arrived.set()
 
     def take(self, offset: int) -> tuple[bytes, int]:
         """Bytes from log ``offset`` on; drops what the caller has consumed."""
@@ -488,6 +491,14 @@ class SshTransport(Transport):
         follower = self._followers.pop(job_dir, None)
         if follower is not None:
             follower.channel.close()
+
+    def wait_for_events(self, job_dir: str, timeout: float, stop: threading.Event) -> None:
+        follower = self._followers.get(job_dir)
+        if follower is None or follower.finished.is_set():
+            stop.wait(timeout)
+            return
+        follower.arrived.wait(timeout)
+        follower.arrived.clear()
 
     def forget(self, job_dir: str) -> None:
         """Drop a finished job's follow channel."""

@@ -1,0 +1,163 @@
+"""What does the ssh transport cost per job? Two ratios, measured side by side.
+
+1. Per-job orchestration overhead on a warm connection: the wall time the
+   controller needs for a no-op job (start it, follow it, see its result)
+   minus the agent's own run time (hello -> result, as the agent timed it),
+   divided by the time of one bare ``true`` exec on that same connection.
+   Target <= 2.0: a job must cost about one exec, not a handful.
+2. A no-op job on 32 loopback sshd devices through edgefarm's gateway code
+   (cold connections, agent check, lease, start + follow) against fabric's
+   ThreadingGroup running the same agent command on the same 32 (cold
+   connections too). Target <= 1.0.
+
+Needs OpenSSH's sshd (Debian openssh-server) and runs only on 127.0.0.1:
+
+    .venv/bin/python bench/ssh_overhead.py [--jobs 20] [--devices 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import sleep_models, write_ssh_inventory  # noqa: E402
+from sshd_fixture import keygen, make_device  # noqa: E402
+
+from orchestrator.bundle import build  # noqa: E402
+from orchestrator.config.inventory import Inventory  # noqa: E402
+from orchestrator.gateway import Gateway  # noqa: E402
+from orchestrator.jobrunner import run_attempt  # noqa: E402
+from orchestrator.transport.ssh import SshTransport  # noqa: E402
+
+
+def noop_spec(model: dict[str, Any], key: str) -> dict[str, Any]:
+    return {"schema": 1, "job_key": key, "attempt": 1, "model": model, "backend": "sleep",
+            "device": {}, "params": {"prompt_tokens": 1, "gen_tokens": 0, "threads": 1,
+                                     "gpu_layers": 0, "repetitions": 1, "warmup": 0}}
+
+
+def warm_overhead(tmp: Path, n_jobs: int) -> None:
+    tmp.mkdir(parents=True)
+    key_path = tmp / "id"
+    device = make_device(tmp, "warm", key_path, keygen(key_path))
+    try:
+        inv, known = write_ssh_inventory(tmp, [device])
+        t = SshTransport(Inventory.load(inv).devices[0], known_hosts=str(known))
+        t.connect()
+        bundle = build(tmp / "bundle")
+        agent = t.ensure_agent(str(bundle.path), bundle.sha256)
+        model = sleep_models(tmp, 1)[0]
+        for _ in range(3):  # warm the connection and the page cache
+            t.run(["true"], timeout=30)
+        bare = [t.run(["true"], timeout=30).duration_s for _ in range(n_jobs)]
+        overheads, walls = [], []
+        for i in range(n_jobs + 2):
+            events: list[dict[str, Any]] = []
+            job_dir = t.job_dir("bench", f"k{i}", 1)
+            started = time.monotonic()
+            outcome = run_attempt(t, job_dir, noop_spec(model, f"k{i}"), agent, 60,
+                                  events.extend)
+            wall = time.monotonic() - started
+            assert outcome.state == "done", outcome
+            t.forget(job_dir)
+            hello = next(e for e in events if e["kind"] == "hello")
+            result = next(e for e in events if e["kind"] == "result")
+            if i >= 2:  # the first two jobs warm the agent's imports
+                walls.append(wall)
+                overheads.append(wall - (result["mono"] - hello["mono"]))
+        t.close()
+    finally:
+        device.stop()
+    b, o = statistics.median(bare), statistics.median(overheads)
+    print(f"[1] warm connection, {n_jobs} jobs: bare `true` exec median {b * 1000:.0f} ms; "
+          f"no-op job wall median {statistics.median(walls) * 1000:.0f} ms, of which "
+          f"orchestration overhead {o * 1000:.0f} ms")
+    print(f"    overhead / bare exec = {o / b:.2f}   (target <= 2.0)")
+
+
+def fleet(tmp: Path, n_devices: int) -> None:
+    from fabric import ThreadingGroup
+
+    tmp.mkdir(parents=True)
+    key_path = tmp / "id"
+    pub = keygen(key_path)
+    devices = []
+    try:
+        for i in range(n_devices):
+            devices.append(make_device(tmp, f"d{i:02d}", key_path, pub))
+        inv, known = write_ssh_inventory(tmp, devices)
+        inventory = Inventory.load(inv)
+        bundle = build(tmp / "bundle")
+        model = sleep_models(tmp, 1)[0]
+        # Deploy the agent once everywhere so both sides find it in place.
+        for dev in inventory.devices:
+            with SshTransport(dev, known_hosts=str(known)) as t:
+                t.ensure_agent(str(bundle.path), bundle.sha256)
+        agent_name = bundle.path.name
+
+        # edgefarm: the gateway's own code path, cold connections.
+        gateway = Gateway("bench", [d.model_dump(mode="json", exclude_unset=True)
+                                    for d in inventory.devices], str(bundle.path),
+                          bundle.sha256, {"known_hosts": str(known), "owner": "bench:1:x"})
+        started = time.monotonic()
+        for dev in inventory.devices:
+            gateway.start({"device": dev.name, "sweep_id": "fleet", "job": "noop",
+                           "attempt": 1, "spec": noop_spec(model, "noop"), "timeout_s": 120})
+        ends = 0
+        while ends < n_devices:
+            for msg in gateway.poll(0.5):
+                if msg["type"] == "end":
+                    assert msg["outcome"]["state"] == "done", msg
+                    ends += 1
+        ours = time.monotonic() - started
+        gateway.release_all()
+
+        # fabric: the same agent command on the same devices, cold connections.
+        spec = shlex.quote(json.dumps(noop_spec(model, "noop-fabric")))
+        cmd = (f"W=$(echo $SSH_CONNECTION | cut -d' ' -f4); "
+               f"printf %s {spec} | {shlex.quote(sys.executable)} "
+               f"$(ls -d {shlex.quote(str(tmp))}/sshd-d*/work/agent/{agent_name} | head -1) "
+               f"start --follow {shlex.quote(str(tmp))}/fabric-jobs/$W")
+        hosts = [f"root@127.0.0.1:{d.port}" for d in devices]
+        group = ThreadingGroup(*hosts, connect_kwargs={"key_filename": str(key_path)})
+        for conn in group:
+            conn.client.load_host_keys(str(known))
+        started = time.monotonic()
+        results = group.run(cmd, hide=True, warn=True)
+        theirs = time.monotonic() - started
+        failed = [c for c, r in results.items() if getattr(r, "exited", 1) != 0]
+        assert not failed, [results[c] for c in failed][:1]
+        group.close()
+    finally:
+        for dev in devices:
+            dev.stop()
+    print(f"[2] no-op job on {n_devices} loopback devices: edgefarm gateway {ours:.2f} s, "
+          f"fabric ThreadingGroup {theirs:.2f} s")
+    print(f"    edgefarm / fabric = {ours / theirs:.2f}   (target <= 1.0)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, default=20)
+    ap.add_argument("--devices", type=int, default=32)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edgefarm-ssh-bench-") as tmp:
+        warm_overhead(Path(tmp) / "warm", args.jobs)
+    with tempfile.TemporaryDirectory(prefix="edgefarm-ssh-bench-") as tmp:
+        fleet(Path(tmp) / "fleet", args.devices)
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda a: None  # quiet follower threads at shutdown
+    main()

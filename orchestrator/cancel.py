@@ -1,0 +1,76 @@
+"""``edgefarm sweep cancel``: stop a sweep whether or not its controller still runs.
+
+A running controller polls its sweep's state once a loop; ``cancelling``
+makes it cancel its jobs and end the sweep as ``cancelled``. If nobody
+answers within the wait (the controller was killed, or the sweep was already
+interrupted), this module stops the jobs on the devices itself: it kills each
+running job's process group through the agent and releases the device leases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from orchestrator.bundle import build
+from orchestrator.config.inventory import Inventory
+from orchestrator.errors import EdgefarmError
+from orchestrator.store import Store
+from orchestrator.transport import make_transport
+
+
+def cancel_sweep(store: Store, sweep_id: str, settings: dict[str, Any], wait: float) -> str:
+    state = store.sweep(sweep_id)["state"]
+    if state in ("finished", "cancelled"):
+        return f"nothing to cancel: the sweep is {state}"
+    store.set_sweep_state(sweep_id, "cancelling")
+    if state == "running":
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if store.sweep(sweep_id)["state"] == "cancelled":
+                return "cancelled by its controller"
+            time.sleep(0.5)
+    stopped, problems = stop_on_devices(store, sweep_id, settings)
+    for row in store.jobs(sweep_id, states=("pending", "running")):
+        store.finish_job(sweep_id, row["key"], "cancelled", error_kind="cancelled",
+                         error="cancelled by edgefarm sweep cancel")
+    store.set_sweep_state(sweep_id, "cancelled")
+    text = f"cancelled; stopped {stopped} running job(s) on the devices"
+    if problems:
+        text += "; could not reach: " + "; ".join(problems)
+    return text
+
+
+def stop_on_devices(store: Store, sweep_id: str,
+                    settings: dict[str, Any]) -> tuple[int, list[str]]:
+    """Kill the sweep's running jobs on their devices and release the leases."""
+    inventory = Inventory.model_validate(json.loads(store.sweep(sweep_id)["inventory_json"]))
+    devices = {d.name: d for d in inventory.devices}
+    running: dict[str, list[Any]] = {}
+    for row in store.jobs(sweep_id, states=("running",)):
+        running.setdefault(row["device"], []).append(row)
+    bundle = build(store.dir / "agent")
+    owner = f"{socket.gethostname()}:{os.getpid()}:cancel-{sweep_id}"
+    stopped, problems = 0, []
+    for name, rows in running.items():
+        device = devices[name]
+        try:
+            transport = make_transport(device, settings)
+            transport.connect()
+            try:
+                agent = transport.ensure_agent(str(bundle.path), bundle.sha256)
+                for row in rows:
+                    job_dir = transport.job_dir(sweep_id, row["key"], row["attempts"])
+                    transport.cancel(job_dir)
+                    stopped += 1
+                # The dead controller's lease: take it over, then give it back.
+                transport.lease(agent, "takeover", device.work_dir, owner, 60)
+                transport.lease(agent, "release", device.work_dir, owner, 60)
+            finally:
+                transport.close()
+        except EdgefarmError as exc:
+            problems.append(f"{name}: {exc}")
+    return stopped, problems

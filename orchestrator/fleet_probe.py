@@ -1,0 +1,66 @@
+"""``edgefarm inventory probe``: ask every device what it is, in parallel.
+
+Each device gets its own thread: connect, make sure the agent is there, run
+``agent probe``. An unreachable or misconfigured device becomes a row with
+its reason; nothing here raises for one device's trouble.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.bundle import build
+from orchestrator.errors import EdgefarmError
+from orchestrator.transport import make_transport
+
+
+@dataclass
+class ProbeResult:
+    """What one device said (``facts``) or why it could not say it (``error``)."""
+
+    device: str
+    reachable: bool
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def probe_device(device: Any, bundle_path: str, sha256: str,
+                 settings: dict[str, Any]) -> ProbeResult:
+    try:
+        transport = make_transport(device, settings)
+        transport.connect()
+        try:
+            agent = transport.ensure_agent(bundle_path, sha256)
+            argv = transport.agent_argv(agent, "probe")
+            if device.llama_bench:
+                argv += ["--llama-bench", device.llama_bench]
+            result = transport.run(argv, timeout=60)
+        finally:
+            transport.close()
+    except EdgefarmError as exc:
+        return ProbeResult(device.name, False, error=str(exc))
+    except Exception as exc:  # one device's surprise must not hide the others
+        return ProbeResult(device.name, False, error=f"{type(exc).__name__}: {exc}")
+    if result.exit_code != 0:
+        return ProbeResult(device.name, True, error=f"agent probe failed (status "
+                           f"{result.exit_code}): {result.stderr.strip()[-500:]}")
+    try:
+        return ProbeResult(device.name, True, facts=json.loads(result.stdout))
+    except ValueError:
+        return ProbeResult(device.name, True, error="agent probe printed no JSON")
+
+
+def probe_all(devices: Iterable[Any], cache_dir: Path, settings: dict[str, Any],
+              workers: int = 32) -> list[ProbeResult]:
+    """Probe ``devices`` in parallel; results in inventory order."""
+    devices = list(devices)
+    bundle = build(cache_dir)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(devices)))) as pool:
+        futures = [pool.submit(probe_device, d, str(bundle.path), bundle.sha256, settings)
+                   for d in devices]
+        return [f.result() for f in futures]

@@ -1,0 +1,85 @@
+"""Host-key trust for ssh devices: fetch a device's key, show it, record it.
+
+``edgefarm inventory trust NAME`` is the only way a key enters edgefarm's
+known_hosts: the user sees the fingerprint (compare it with
+``ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`` on the device) before it
+is written. A key that differs from a recorded one is never replaced here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from orchestrator.errors import HostKeyError, UnreachableError
+from orchestrator.transport.ssh import SshTransport, fingerprint, host_key_name
+
+
+@dataclass(frozen=True)
+class ServerKey:
+    """A device's host key as the server presented it."""
+
+    name: str  # known_hosts host field: host or [host]:port
+    key: paramiko.PKey
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.key)
+
+    def known_hosts_line(self) -> str:
+        return f"{self.name} {self.key.get_name()} {self.key.get_base64()}"
+
+
+def fetch_server_key(device: Any, known_hosts: str | None, timeout: float = 10.0) -> ServerKey:
+    """Ask the device's sshd for its host key (no login; through proxy_jump if set)."""
+    sock: Any
+    where = f"{device.host}:{device.port}"
+    try:
+        if device.proxy_jump:
+            jump = SshTransport(device, known_hosts=known_hosts)._jump_chain()
+            jump.open()
+            sock = jump.transport.open_channel("direct-tcpip", (device.host, device.port),
+                                               ("127.0.0.1", 0))
+        else:
+            sock = socket.create_connection((device.host, device.port), timeout=timeout)
+        transport = paramiko.Transport(sock)
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        transport.close()
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise UnreachableError(f"device {device.name}: cannot reach {where}: {exc}") from None
+    return ServerKey(host_key_name(device.host, device.port), key)
+
+
+def recorded_keys(path: Path, name: str) -> list[paramiko.PKey]:
+    """Keys known_hosts already holds for ``name``."""
+    if not path.exists():
+        return []
+    keys = paramiko.HostKeys(str(path)).lookup(name)
+    return list(keys.values()) if keys else []
+
+
+def record(path: Path, server: ServerKey) -> str:
+    """Write the key to known_hosts; return 'added' or 'already trusted'.
+
+    Refuses (``HostKeyError``) when a different key of the same type is recorded.
+    """
+    for known in recorded_keys(path, server.name):
+        if known.get_name() == server.key.get_name():
+            if known.asbytes() == server.key.asbytes():
+                return "already trusted"
+            raise HostKeyError(
+                f"{server.name} presents {server.fingerprint}, but known_hosts records "
+                f"{fingerprint(known)} for it; refusing to replace it. If the device was "
+                f"reinstalled, remove the old key first: ssh-keygen -R '{server.name}' -f "
+                f"{path}")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as handle:
+        handle.write(server.known_hosts_line() + "\n")
+    return "added"
