@@ -195,7 +195,14 @@ class SweepRun:
             return
         job = self.jobs[msg["job"]]
         if msg["type"] == "events":
-            self.store.add_events(self.sweep_id, device, msg["events"])
+            # Telemetry samples outnumber everything else: they take the
+            # batched path (one transaction, one executemany per table).
+            samples = [ev for ev in msg["events"] if ev.get("kind") == "sample"]
+            others = [ev for ev in msg["events"] if ev.get("kind") != "sample"]
+            if samples:
+                self.store.add_sample_events(self.sweep_id, device, samples)
+            if others:
+                self.store.add_events(self.sweep_id, device, others)
             for ev in msg["events"]:
                 self.progress.job_event(job, ev)
             return
@@ -233,8 +240,8 @@ class SweepRun:
         self.store.finish_job(self.sweep_id, job["key"], state, attempt, error_kind=kind,
                               error=error, result=result)
         self.summary.failed.append({"key": job["key"], "device": device,
-                                    "model": job["model_id"], "error_kind": kind,
-                                    "error": error})
+                                    "model": job["model_id"], "state": state,
+                                    "error_kind": kind, "error": error})
 
     def quarantine(self, device: str, reason: str) -> None:
         """Stop using a device: its remaining jobs fail with the reason; the rest go on."""
