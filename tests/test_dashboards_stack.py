@@ -66,10 +66,9 @@ def test_dashboard_provider_points_at_the_mounted_json() -> None:
         "farm-overview.json", "moe-vs-dense.json", "sweep-progress.json"]
 
 
-@pytest.mark.parametrize(("name", "target"), [("prometheus.yml", "127.0.0.1:9464"),
-                                              ("prometheus-compose.yml",
-                                               "host.docker.internal:9464")])
-def test_prometheus_configs(name: str, target: str) -> None:
+@pytest.mark.parametrize(("name", "host"), [("prometheus.yml", "127.0.0.1"),
+                                            ("prometheus-compose.yml", "host.docker.internal")])
+def test_prometheus_configs(name: str, host: str) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed (Debian package 'prometheus')")
@@ -79,7 +78,8 @@ def test_prometheus_configs(name: str, target: str) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     doc = load(path)
     (job,) = doc["scrape_configs"]
-    assert job["static_configs"] == [{"targets": [target]}]
+    # The running sweep's exporter and `edgefarm serve` (the last finished sweep).
+    assert job["static_configs"] == [{"targets": [f"{host}:9464", f"{host}:9465"]}]
     # $__rate_interval is computed from the datasource's timeInterval: keep them equal.
     assert doc["global"]["scrape_interval"] == DATASOURCE_FIELDS["jsonData"]["timeInterval"]
 

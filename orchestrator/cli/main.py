@@ -50,11 +50,13 @@ def _register_subcommands() -> None:
     from orchestrator.cli.dashboards_cmd import dashboards_app
     from orchestrator.cli.monitor_cmd import monitor_app, serve_cmd
     from orchestrator.cli.telemetry_cmd import telemetry_app
+    from orchestrator.cli.watch_cmd import watch_cmd
 
     app.add_typer(dashboards_app, name="dashboards")
     app.add_typer(telemetry_app, name="telemetry")
     app.add_typer(monitor_app, name="monitor")
     app.command("serve")(serve_cmd)
+    app.command("watch")(watch_cmd)
 
 
 _register_subcommands()
@@ -74,10 +76,10 @@ KnownHostsOpt = Annotated[Path | None, typer.Option(
 UnreachableOpt = Annotated[float, typer.Option(
     "--unreachable-after", help="Seconds an ssh device may stay unreachable before it is "
     "quarantined.")]
-MetricsAddrOpt = Annotated[str | None, typer.Option(
+MetricsAddrOpt = Annotated[str, typer.Option(
     "--metrics-addr", envvar="EDGEFARM_METRICS_ADDR",
-    help="Serve live Prometheus metrics at HOST:PORT while the sweep runs, e.g. "
-    "127.0.0.1:9464 (docs/monitoring.md).")]
+    help="Serve live Prometheus metrics at HOST:PORT while the sweep runs "
+    "(docs/monitoring.md); 'off' to serve none. A busy port is a warning, not an error.")]
 MetricsLingerOpt = Annotated[float, typer.Option(
     "--metrics-linger", min=0,
     help="Keep serving metrics this many seconds after the sweep ends, so a last scrape "
@@ -356,7 +358,7 @@ def sweep_run(
     report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
     known_hosts: KnownHostsOpt = None,
     unreachable_after: UnreachableOpt = 120.0,
-    metrics_addr: MetricsAddrOpt = None,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1:9464",
     metrics_linger: MetricsLingerOpt = 0.0,
 ) -> None:
     """Run a sweep across the selected devices, with live progress."""
@@ -387,7 +389,7 @@ def sweep_resume(
     report: Annotated[bool, typer.Option(help="Print the comparison at the end.")] = True,
     known_hosts: KnownHostsOpt = None,
     unreachable_after: UnreachableOpt = 120.0,
-    metrics_addr: MetricsAddrOpt = None,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1:9464",
     metrics_linger: MetricsLingerOpt = 0.0,
 ) -> None:
     """Run the jobs of a sweep that are not done; re-attach to jobs still on devices."""
@@ -424,13 +426,18 @@ class RunOptions:
 
 def _execute(store: Any, sweep_id: str, options: RunOptions) -> None:
     """Run the sweep, serving live metrics when asked (they outlive the report by the linger)."""
-    from orchestrator.exporter import start_sweep_exporter
+    from orchestrator.exporter import ExporterError, start_sweep_exporter
 
     exporter = None
-    if options.metrics_addr:
-        exporter = start_sweep_exporter(store.dir, options.metrics_addr, sweep_id=sweep_id,
-                                        linger_s=options.metrics_linger)
-        console.print(f"metrics at {exporter.url}", highlight=False)
+    if options.metrics_addr and options.metrics_addr != "off":
+        try:
+            exporter = start_sweep_exporter(store.dir, options.metrics_addr,
+                                            sweep_id=sweep_id, linger_s=options.metrics_linger)
+            console.print(f"metrics at {exporter.url}", highlight=False)
+        except ExporterError as exc:
+            # Metrics are a view; the benchmark goes on without them.
+            err_console.print(f"[yellow]warning:[/] no live metrics: {escape(str(exc))}",
+                              highlight=False)
     try:
         _run(store, sweep_id, options, exporter.live if exporter is not None else None)
     finally:
