@@ -18,12 +18,15 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     if not report["comparisons"]:
         console.print("No comparison pairs with results in this sweep.")
     for c in report["comparisons"]:
+        # One row per measure, one column per model: fits an 80-column terminal.
+        moe, dense = model_row(c["moe"]), model_row(c["dense"])
         table = Table(title=escape(comparison_title(c)), title_justify="left",
                       caption=escape(ratio_line(c)), caption_justify="left")
-        for header in ROW_HEADERS:
-            table.add_column(escape(header))
-        for side in (c["moe"], c["dense"]):
-            table.add_row(*(escape(cell) for cell in model_row(side)))
+        table.add_column("")
+        table.add_column(escape(moe[0]))
+        table.add_column(escape(dense[0]))
+        for header, a, b in zip(ROW_HEADERS[1:], moe[1:], dense[1:], strict=True):
+            table.add_row(escape(header), escape(a), escape(b))
         console.print(table)
 
 
