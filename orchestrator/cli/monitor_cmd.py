@@ -151,8 +151,8 @@ def monitor_up(
     if info["serve"]["running"]:
         console.print(f"edgefarm serve: http://{info['serve']['addr']}/metrics",
                       highlight=False)
-    console.print(f"run sweeps with --metrics-addr {sweep_exporter} to see them live",
-                  highlight=False)
+    console.print(f"sweeps serve live metrics on {sweep_exporter} while they run "
+                  "(their --metrics-addr default)", highlight=False)
 
 
 @monitor_app.command("down")
