@@ -401,8 +401,9 @@ class StoreCollector:
     running sweep (unless ``include_running`` is false) and the newest ended
     one (finished or interrupted). A fresh ``Store`` is opened per scrape
     (SQLite WAL lets it read while the driver writes). Aggregates come from
-    ``build_report`` and are cached per sweep until its state or job counts
-    change; a running sweep is rebuilt at most every ``rebuild_s`` seconds
+    ``build_report`` and are cached per sweep until its state, job counts or
+    number of repetitions change; a running sweep is rebuilt at most every
+    ``rebuild_s`` seconds
     (longer for a sweep whose report is slow to build), because
     ``build_report`` bootstraps confidence intervals and a scrape should not
     keep a 2-core controller busy.
@@ -410,7 +411,7 @@ class StoreCollector:
 
     def __init__(self, results_dir: str | Path, *, registry: CollectorRegistry | None = None,
                  sweep_id: str | None = None, include_running: bool = True,
-                 rebuild_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 rebuild_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.results_dir = Path(results_dir)
         self.sweep_id = sweep_id
         self.include_running = include_running
@@ -481,7 +482,11 @@ class StoreCollector:
                 out.append(("edgefarm_sweep_info", (sid, sweep["name"], sweep["state"]), 1.0))
                 out += [("edgefarm_sweep_jobs", (sid, state), float(counts.get(state, 0)))
                         for state in JOB_STATES]
-                fingerprint = (sweep["state"], tuple(sorted(counts.items())))
+                # Counted repetitions too, so a result shows up at the next
+                # scrape after it arrives, not only when its job ends.
+                reps = store.db.execute("SELECT COUNT(*) FROM repetitions WHERE sweep_id = ?",
+                                        (sid,)).fetchone()[0]
+                fingerprint = (sweep["state"], tuple(sorted(counts.items())), reps)
                 cached = self._cache.get(sid)
                 now = self._clock()
                 if cached is None or self._stale(cached, fingerprint, now):

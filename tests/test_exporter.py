@@ -236,3 +236,52 @@ def test_panel_queries_on_a_real_llama_cpp_sweep(tmp_path: Path, ray_cluster: An
             check_panel_queries(prom, skip=())
     finally:
         exporter.stop()
+
+
+def test_results_reach_prometheus_within_two_scrape_intervals(tmp_path: Path,
+                                                              ray_cluster: Any) -> None:
+    """From the moment a job's result is in the store to the moment Prometheus answers
+    with its series: at most two scrape intervals (1 s here), plus polling slack."""
+    import sqlite3
+    import threading
+
+    inv = write_inventory(tmp_path, ["dev-a"])
+    sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2),
+                        backend="sleep", repetitions=2, warmup=0, retries=0,
+                        matrix={"prompt_tokens": 1, "gen_tokens": 1500, "threads": 1,
+                                "gpu_layers": 0})
+    store = create_sweep(tmp_path, sweep, inv, "lat")
+    exporter = start_sweep_exporter(tmp_path / "results", "127.0.0.1:0", sweep_id="lat")
+    target = exporter.url.removeprefix("http://").removesuffix("/metrics")
+    seen: dict[str, float] = {}
+    done: dict[str, float] = {}
+    try:
+        with running_prometheus(tmp_path / "prom", [target], scrape_interval="1s") as prom:
+            prom.wait_for('up{job="edgefarm"} == 1')
+            stop = threading.Event()
+
+            def watch() -> None:
+                db = sqlite3.connect(store.path)
+                while not stop.is_set():
+                    now = time.monotonic()
+                    for (model,) in db.execute(
+                            "SELECT model_id FROM jobs WHERE sweep_id = 'lat' AND"
+                            " state = 'done'"):
+                        done.setdefault(model, now)
+                    for r in prom.query('edgefarm_decode_tokens_per_second{sweep="lat"}'):
+                        seen.setdefault(r["metric"]["model"], time.monotonic())
+                    time.sleep(0.05)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            run_sweep(store, "lat", poll_s=0.1, progress=exporter.live)
+            deadline = time.monotonic() + 10
+            while len(seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stop.set()
+            watcher.join()
+    finally:
+        exporter.stop()
+    assert set(done) == set(seen) == {"m-moe", "m-dense1"}
+    for model in done:
+        assert seen[model] - done[model] <= 2 * 1.0 + 0.5, (model, seen[model] - done[model])
