@@ -99,28 +99,23 @@ def backends(llama_bench: Optional[str] = None) -> Dict[str, Dict[str, object]]:
 
 
 def telemetry_sources() -> Dict[str, object]:
-    """Which power/thermal sources this device offers, and why not where absent."""
-    import glob
+    """Which power/thermal sources this device offers, and why not where absent.
+
+    ``{source: what it reads, ..., "unavailable": {source: reason}}``, from the
+    same selection the job's sampler makes (agents/telemetry/sources.py), so
+    the facts say exactly what a job will measure. Cheap: NVML's
+    initialisation and at most one ``sudo -n -l``, no tool is started.
+    """
+    from agents.telemetry.sources import select_sources
 
     found: Dict[str, object] = {}
-    for tool in ("tegrastats", "macmon", "powermetrics", "nvidia-smi"):
-        path = shutil.which(tool)
-        if path:
-            found[tool] = path
-    if glob.glob("/sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label") or glob.glob(
-            "/sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power*_input"):
-        found["ina3221"] = True
-    zones = glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj")
-    if zones:
-        readable = os.access(zones[0], os.R_OK)
-        found["rapl"] = True if readable else "present, not readable (root only)"
     try:
-        import importlib.util
-
-        if importlib.util.find_spec("pynvml") is not None:
-            found["nvml"] = True
-    except (ImportError, ValueError):
-        pass
+        chosen, missing = select_sources()
+    except Exception as exc:  # facts are best-effort; never fail a hello over them
+        return {"unavailable": {"all": "telemetry selection failed: %s" % exc}}
+    for source in chosen:
+        found[source.name] = source.detail or True
+    found["unavailable"] = missing
     return found
 
 

@@ -4,8 +4,15 @@ A job directory holds ``job.json`` (written by the controller) and, once the
 agent runs, ``agent.pid`` and ``events.jsonl``. The event log always opens
 with ``hello`` and, unless the process is killed, ends with ``result``::
 
-    hello -> phase(model) -> phase(load) -> [phase, repetition]* -> result
+    hello -> phase(model) -> phase(load) -> [phase(cooldown)] [phase(idle), sample]
+          -> [phase, repetition, [phase(cooldown)]]* -> result
                                   \\-> error -> result(status=failed)
+
+with ``sample`` events (telemetry, at most one a second) anywhere between
+hello and result. Every event a backend emits passes through the job's
+telemetry (``agents/telemetry/job.py``): it measures idle power before the
+first repetition, waits for the device to cool when the job asks, and adds
+energy, power, peak memory and temperature fields to each ``repetition``.
 
 Nothing here raises to the caller: every failure becomes an ``error`` event
 with a kind the controller understands (see ``backends/base.py``).
@@ -22,6 +29,7 @@ from agents.backends import get_backend
 from agents.backends.base import BackendError, Emit, JobParams
 from agents.events import EventWriter, Heartbeat
 from agents.gguf_info import read_gguf_info
+from agents.telemetry.job import JobTelemetry, TelemetryConfigError
 
 JOB_FILE = "job.json"
 EVENTS_FILE = "events.jsonl"
@@ -78,13 +86,25 @@ def run_job(job_dir: str, echo: bool = False) -> int:
     device = spec.get("device", {})
     writer.emit("hello", {"facts": probe.facts(device.get("llama_bench"))})
 
+    telemetry: Optional[JobTelemetry] = None
+
     def emit(kind: str, fields: Optional[Dict[str, object]] = None) -> None:
-        writer.emit(kind, fields)
+        body = dict(fields) if fields else {}
+        if telemetry is not None:
+            body = telemetry.before(kind, body)
+        writer.emit(kind, body)
+        if telemetry is not None:
+            telemetry.after(kind, body)
 
     status = 1
     result: Dict[str, object] = {"status": "failed", "error_kind": "agent-error"}
     with Heartbeat(writer, max(0.01, float(spec.get("heartbeat_s", 5.0)))):
         try:
+            try:
+                telemetry = JobTelemetry.from_spec(spec, writer.emit)
+            except TelemetryConfigError as exc:
+                raise BackendError("bad-job", str(exc)) from exc
+            telemetry.start()
             emit("phase", {"phase": "model"})
             model_path = resolve_model(spec["model"]["source"],
                                        device.get("models_dir", "~/.cache/edgefarm/models"), emit)
@@ -97,6 +117,8 @@ def run_job(job_dir: str, echo: bool = False) -> int:
             info["model_path"] = model_path
             info["model_size_bytes"] = os.path.getsize(model_path)
             info.update(model_facts(model_path))
+            telemetry.stop()
+            info.update(telemetry.result_info())
             result = {"status": "ok", "info": info}
             status = 0
         except BackendError as exc:
@@ -112,6 +134,11 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                                   "message": "%s: %s" % (type(exc).__name__, exc),
                                   "traceback": frames[-12:]})
             result = {"status": "failed", "error_kind": "agent-error"}
+        finally:
+            # Stops the sampler thread and any telemetry tool it started
+            # (tegrastats, macmon, powermetrics) before the result is written.
+            if telemetry is not None:
+                telemetry.stop()
     # Emitted only once the heartbeat thread has stopped, so that ``result``
     # really is the last event of the attempt (a heartbeat could otherwise
     # land after it).

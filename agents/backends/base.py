@@ -55,6 +55,24 @@ REPETITION_FIELDS = (
     "prefill_tps",
     "decode_tps",
     "peak_rss_bytes",  # high-water mark of the process that ran the inference
+    # Monotonic [t0, t1] windows (time.monotonic(), the clock of events' "mono")
+    # over which the runner measures energy; a backend reports what it knows.
+    "prefill_window_mono",   # request sent -> first token (xllamacpp)
+    "decode_window_mono",    # first token -> last chunk (xllamacpp)
+    "decode_window_tokens",  # tokens decoded in decode_window_mono
+    "process_window_mono",   # the whole child process (llama-bench)
+)
+
+#: Fields the runner adds to a ``repetition`` from the job's telemetry
+#: (agents/telemetry/job.py); absent when not measured, with
+#: ``energy_unmeasured_reason`` saying why.
+TELEMETRY_FIELDS = (
+    "energy_prefill_j", "energy_decode_j", "j_per_token", "avg_power_w", "peak_power_w",
+    "idle_power_w", "energy_decode_net_j", "energy_source", "energy_method",
+    "energy_process_j", "process_s", "energy_unmeasured_reason", "idle_unmeasured_reason",
+    "peak_mem_bytes", "peak_mem_scope", "peak_ram_used_bytes", "max_temp_c",
+    "max_temp_sensor", "warning", "cooldown_s", "cooldown_temp_c", "cooldown_sensor",
+    "cooldown_timed_out", "cooldown_skipped",
 )
 
 

@@ -41,6 +41,13 @@ How llama-bench measures, and what that means for the events:
   (``avg_ns`` as seconds, ``avg_ts`` as the rate, which is llama-bench's mean
   of per-run rates, not tokens / mean seconds).
 * Load time is not reported by llama-bench, so the result has no ``load_s``.
+* Energy: every repetition carries ``process_window_mono``, the monotonic
+  start and end of the llama-bench process. Power samples cannot tell which
+  of its pp or tg runs was going on, so the runner measures the energy of the
+  whole process (load and llama-bench's warm-ups included) and gives each
+  repetition its average power times the test's seconds
+  (``energy_method: "process-average"``): a pp run, which draws more power
+  than a tg run, is under-counted and a tg run over-counted by that average.
 
 The child runs in the agent's process group: whoever kills the agent's group
 kills llama-bench too. A timeout (``timeout_s``, constructor or ``run``
@@ -478,7 +485,9 @@ class LlamaBenchBackend(Backend):
                                "generation length > 0")
         argv = build_argv(self.binary, model_path, params)
         emit("phase", {"phase": "bench"})
+        started = time.monotonic()
         returncode, stdout, stderr, timed_out, peak = run_child(argv, timeout)
+        ended = time.monotonic()
         if timed_out or returncode != 0:
             raise classify_failure(returncode, stderr, timed_out, timeout, peak)
 
@@ -494,8 +503,11 @@ class LlamaBenchBackend(Backend):
                                % (" and ".join(missing), len(records), start))
 
         events = repetition_events(pp, tg, params, peak)
+        window = [round(started, 6), round(ended, 6)]
         for rep in events:
-            emit("repetition", rep)
+            # The whole process's window: samples cannot tell its pp runs from
+            # its tg runs (see "energy" in the module docstring).
+            emit("repetition", dict(rep, process_window_mono=window))
         first = pp if pp is not None else tg
         assert first is not None  # a job has a prompt or a generation test
         return self._result(first, argv, params, events, peak, stderr)

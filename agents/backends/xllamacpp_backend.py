@@ -6,7 +6,11 @@ with ``cache_prompt: false`` (no prompt-cache reuse between repetitions) and
 a list of token ids, so its length is exact whatever the tokenizer.
 
 Prefill and decode times come from llama.cpp's own timings; TTFT is measured
-here, from sending the request to the first streamed token.
+here, from sending the request to the first streamed token. Each repetition
+also reports its monotonic windows for energy: ``prefill_window_mono`` (request
+sent -> first streamed token, the TTFT span) and ``decode_window_mono`` (first
+token -> last chunk), with ``decode_window_tokens`` = ``gen_tokens - 1`` tokens
+decoded in it.
 
 The first generated token is sampled from the prefill's logits, so llama.cpp's
 ``predicted_ms`` covers the ``predicted_n - 1`` decode steps after it (one
@@ -130,15 +134,18 @@ class XllamacppBackend(Backend):
             "stream": True,
             "seed": params.seed,
         }
-        state: Dict[str, Optional[object]] = {"first": None, "final": None, "error": None}
+        state: Dict[str, Optional[object]] = {"first": None, "last": None, "final": None,
+                                              "error": None}
 
         def on_chunk(chunk: object) -> None:
+            now = time.monotonic()
             data = json.loads(chunk) if isinstance(chunk, (str, bytes)) else chunk
             if isinstance(data, dict) and "error" in data:
                 state["error"] = data["error"]
                 return
             if state["first"] is None:
-                state["first"] = time.monotonic()
+                state["first"] = now
+            state["last"] = now
             if isinstance(data, dict) and "timings" in data:
                 state["final"] = data
 
@@ -175,6 +182,14 @@ class XllamacppBackend(Backend):
         # Absent values are left out, never zero or null (see REPETITION_FIELDS).
         rep.update((key, value) for key, value in rates.items() if value is not None)
         first = state["first"]
+        last = state["last"]
         if isinstance(first, float):
             rep["ttft_s"] = first - sent
+            # Monotonic windows for the runner's energy accounting: prefill is
+            # the TTFT span, decode runs from the first token to the last chunk
+            # and covers the predicted_n - 1 decode steps after the first token.
+            rep["prefill_window_mono"] = [round(sent, 6), round(first, 6)]
+            if isinstance(last, float):
+                rep["decode_window_mono"] = [round(first, 6), round(last, 6)]
+                rep["decode_window_tokens"] = predicted_n - 1
         return rep

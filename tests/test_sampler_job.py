@@ -1,0 +1,409 @@
+"""Telemetry in the runner: energy per repetition, idle power, cooldown, sample events.
+
+The runner runs real jobs (the test-only sleep backend, a stand-in llama-bench
+and the real xllamacpp backend on a tiny synthetic model). Power comes from
+the TEST-ONLY source a job spec can name (``telemetry_test_source``), so every
+expected energy is exact: 12.5 W times the window's seconds. Without it the
+job measures what this machine offers, which is no power at all (no RAPL, no
+NVML): the events must say so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from agent_fixtures import (  # noqa: F401  (*_fixture: the fixtures stand_in_model, tiny_models)
+    load_events,
+    run_agent,
+    stand_in_model_fixture,
+    tiny_models_fixture,
+    write_job,
+)
+
+from agents.runner import run_job
+from agents.telemetry.job import JobTelemetry
+from agents.telemetry.sample import Sample
+from agents.telemetry.sources import Source
+
+LIVE_SAMPLE_FIELDS = {"rails_w", "total_w", "total_rail", "ram_used_mb", "ram_total_mb",
+                      "gpu_mem_used_mb", "temps_c"}
+ENVELOPE = {"v", "seq", "kind", "job", "attempt", "t", "mono"}
+
+
+def job_with(job_dir: Path, model: Path, *, backend: str = "sleep", device=None,
+             **extra) -> Path:
+    """A job.json written as the controller writes it, plus the telemetry keys in ``extra``."""
+    params = {k: extra.pop(k) for k in ("gen_tokens", "repetitions", "warmup", "prompt_tokens",
+                                        "gpu_layers") if k in extra}
+    write_job(job_dir, {"path": str(model)}, backend=backend, **params)
+    spec = json.loads((job_dir / "job.json").read_text())
+    spec.update(extra)
+    if device:
+        spec["device"].update(device)
+    (job_dir / "job.json").write_text(json.dumps(spec))
+    return job_dir
+
+
+def of(events, kind):
+    return [e for e in events if e["kind"] == kind]
+
+
+def span(window):
+    return window[1] - window[0]
+
+
+# -- the sleep backend with a constant 12.5 W --------------------------------------
+
+def test_constant_power_gives_exact_energy_per_repetition(tmp_path, stand_in_model):
+    job = job_with(tmp_path / "job", stand_in_model, gen_tokens=60, repetitions=3, warmup=1,
+                   idle_s=0.2, telemetry_interval_s=0.02, telemetry_test_source="constant:12.5")
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    kinds = [e["kind"] for e in events]
+    phases = [e["phase"] for e in of(events, "phase")]
+    assert phases[:3] == ["model", "idle", "warmup"]
+    # Idle power: on the sample event right after the idle phase.
+    idle = events[kinds.index("phase") + 2]
+    assert idle["kind"] == "sample" and idle["idle_power_w"] == pytest.approx(12.5)
+    assert idle["idle_s"] == pytest.approx(0.2, abs=0.05)
+    assert idle["energy_source"] == "integrated:test"
+    reps = of(events, "repetition")
+    assert len(reps) == 4
+    for rep in reps:
+        window = rep["decode_window_mono"]
+        assert span(window) == pytest.approx(rep["decode_s"], abs=0.005)
+        assert rep["energy_decode_j"] == pytest.approx(12.5 * span(window), rel=1e-9)
+        assert rep["j_per_token"] == pytest.approx(rep["energy_decode_j"] / 60, rel=1e-12)
+        assert rep["avg_power_w"] == pytest.approx(12.5) and rep["peak_power_w"] == 12.5
+        assert rep["idle_power_w"] == pytest.approx(12.5)
+        assert rep["energy_decode_net_j"] == pytest.approx(0.0, abs=1e-9)
+        assert rep["energy_source"] == "integrated:test"
+        assert rep["energy_method"] == "window"
+        assert rep["peak_mem_scope"] == "system" and rep["peak_mem_bytes"] > 2**20
+        assert "energy_unmeasured_reason" not in rep and "energy_prefill_j" not in rep
+        # The window lies between the phase event and the repetition event.
+        phase = events[rep["seq"] - 1]
+        assert phase["kind"] == "phase" and phase["mono"] <= window[0] <= window[1] <= rep["mono"]
+    info = events[-1]["info"]
+    assert info["energy"] == {"measured": True, "source": "integrated:test",
+                              "idle_power_w": pytest.approx(12.5)}
+    assert info["telemetry"]["sources"][0]["name"] == "test-constant"
+    assert info["telemetry"]["samples"] >= 10
+
+
+def test_counter_source_energy_in_the_runner(tmp_path, stand_in_model):
+    job = job_with(tmp_path / "job", stand_in_model, gen_tokens=80, repetitions=2, warmup=0,
+                   idle_s=0.1, telemetry_interval_s=0.02,
+                   telemetry_test_source="counter:12.5:5")  # wraps every 0.4 s
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    for rep in of(events, "repetition"):
+        assert rep["energy_source"] == "test-counter"
+        # rel: a reading's time stamp is the middle of the read, and the
+        # thread can be preempted in between on a loaded machine.
+        assert rep["energy_decode_j"] == pytest.approx(12.5 * span(rep["decode_window_mono"]),
+                                                       rel=0.03)
+        assert "peak_power_w" not in rep  # a counter reports no power
+        assert rep["avg_power_w"] == pytest.approx(12.5, rel=0.03)
+
+
+def test_this_machine_has_no_power_source_and_says_why(tmp_path, stand_in_model):
+    """The default job here: no RAPL, no NVML, not a Jetson: energy absent, memory present."""
+    job = job_with(tmp_path / "job", stand_in_model, gen_tokens=20, repetitions=2, warmup=1)
+    started = time.monotonic()
+    assert run_job(str(job)) == 0
+    assert time.monotonic() - started < 2.0  # no idle wait without a power source
+    events = load_events(job)
+    reps = of(events, "repetition")
+    info = events[-1]["info"]
+    if info["energy"]["measured"]:
+        pytest.skip(f"this machine measures power: {info['energy']['source']}")
+    reason = info["energy"]["reason"]
+    assert reason.startswith("energy not measured on this device: ")
+    assert "rapl" in reason and "nvml" in reason
+    assert "idle" not in [e["phase"] for e in of(events, "phase")]
+    for rep in reps:
+        assert rep["energy_unmeasured_reason"] == reason
+        for absent in ("energy_decode_j", "j_per_token", "avg_power_w", "energy_source",
+                       "idle_power_w"):
+            assert absent not in rep
+        assert rep["peak_mem_scope"] == "system" and rep["peak_mem_bytes"] > 2**20
+    assert info["telemetry"]["unavailable"]["rapl"]
+    samples = of(events, "sample")
+    assert samples and set(samples[0]) - ENVELOPE <= LIVE_SAMPLE_FIELDS
+    assert samples[0]["ram_used_mb"] > 0 and samples[0]["ram_total_mb"] > 0
+
+
+def test_telemetry_false_turns_everything_off(tmp_path, stand_in_model):
+    job = job_with(tmp_path / "job", stand_in_model, gen_tokens=5, repetitions=1, warmup=0,
+                   telemetry=False, telemetry_test_source="constant:12.5")
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    assert not of(events, "sample")
+    rep = of(events, "repetition")[0]
+    assert "telemetry: false" in rep["energy_unmeasured_reason"]
+    assert "peak_mem_bytes" not in rep
+    assert events[-1]["info"]["energy"]["measured"] is False
+    assert events[-1]["info"]["telemetry"] == {"enabled": False}
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"telemetry_interval_s": 0}, "telemetry_interval_s"),
+    ({"idle_s": "long"}, "idle_s"),
+    ({"cooldown": {"timeout_s": 5}}, "cooldown"),
+    ({"telemetry": "yes"}, "telemetry must be"),
+    ({"telemetry_test_source": "ramp:1"}, "telemetry_test_source"),
+])
+def test_malformed_telemetry_settings_are_bad_job(tmp_path, stand_in_model, extra, words):
+    job = job_with(tmp_path / "job", stand_in_model, **extra)
+    assert run_job(str(job)) == 1
+    events = load_events(job)
+    error = of(events, "error")[0]
+    assert error["error_kind"] == "bad-job" and words in error["message"]
+    assert events[-1]["kind"] == "result"
+
+
+def test_sample_events_are_at_most_one_a_second(tmp_path, stand_in_model):
+    job = job_with(tmp_path / "job", stand_in_model, gen_tokens=300, repetitions=4, warmup=0,
+                   idle_s=0, telemetry_interval_s=0.01, telemetry_test_source="constant:3:41")
+    started = time.monotonic()
+    assert run_job(str(job)) == 0
+    seconds = time.monotonic() - started
+    events = load_events(job)
+    samples = of(events, "sample")
+    info = events[-1]["info"]["telemetry"]
+    assert info["samples"] >= 30  # sampled at up to 100 Hz...
+    assert 1 <= len(samples) <= seconds + 1  # ...reported at most once a second
+    assert info["sample_events"] == len(samples)
+    for sample in samples:
+        assert set(sample) - ENVELOPE <= LIVE_SAMPLE_FIELDS
+        assert sample["total_w"] == 3.0 and sample["temps_c"] == {"test": 41.0}
+    monos = [s["mono"] for s in samples]
+    assert all(b - a >= 0.9 for a, b in zip(monos, monos[1:], strict=False))
+    assert events[-1]["kind"] == "result"
+    rep = of(events, "repetition")[0]
+    assert rep["max_temp_c"] == 41.0 and rep["max_temp_sensor"] == "test"
+    assert "idle_power_w" not in rep and "idle_s is 0" in rep["idle_unmeasured_reason"]
+
+
+# -- cooldown ------------------------------------------------------------------------
+
+def test_cooldown_times_out_on_a_hot_device(tmp_path, stand_in_model):
+    job = job_with(tmp_path / "job", stand_in_model, gen_tokens=5, repetitions=2, warmup=0,
+                   idle_s=0, telemetry_interval_s=0.02, telemetry_test_source="constant:5:70",
+                   cooldown={"max_temp_c": 60, "timeout_s": 0.2})
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    cooldowns = [e for e in of(events, "phase") if e["phase"] == "cooldown"]
+    # Before the first repetition and between the two; not after the last.
+    assert len(cooldowns) == 2
+    assert cooldowns[0]["temp_c"] == 70.0 and cooldowns[0]["max_temp_c"] == 60
+    for rep in of(events, "repetition"):
+        assert rep["cooldown_s"] >= 0.2 and rep["cooldown_timed_out"] is True
+        assert rep["cooldown_temp_c"] == 70.0
+    assert events[-1]["info"]["telemetry"]["cooldown"]["waits"] == 2
+
+
+def test_cooldown_not_needed_on_a_cool_device(tmp_path, stand_in_model):
+    job = job_with(tmp_path / "job", stand_in_model, gen_tokens=5, repetitions=2, warmup=0,
+                   idle_s=0, telemetry_test_source="constant:5:40",
+                   cooldown={"max_temp_c": 60})
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    assert "cooldown" not in [e["phase"] for e in of(events, "phase")]
+    for rep in of(events, "repetition"):
+        assert rep["cooldown_s"] == 0.0 and rep["cooldown_temp_c"] == 40.0
+        assert "cooldown_timed_out" not in rep
+
+
+class Cooling(Source):
+    """Temperature falls 10 °C per read from 80 °C; the clock drops when ``throttled``."""
+
+    name = "cooling"
+    power = True
+
+    def __init__(self):
+        self.temp = 90.0
+        self.throttled = False
+
+    def available(self):
+        return True, "fake"
+
+    def read(self, into):
+        self.temp = max(30.0, self.temp - 10.0)
+        into.total_w = 7.0
+        into.total_rail = "fake"
+        into.temps_c["soc"] = self.temp
+        into.clocks_mhz["cpu0"] = 1000.0 if self.throttled else 2000.0
+        return True
+
+
+def test_cooldown_waits_until_cool_and_reports_clock_changes():
+    events = []
+    source = Cooling()
+    telemetry = JobTelemetry(lambda kind, fields: events.append((kind, fields)), [source],
+                             interval=0.01, idle_s=0.0,
+                             cooldown={"max_temp_c": 50.0, "timeout_s": 10.0},
+                             expected_repetitions=2)
+    telemetry.start()
+    try:
+        start = time.monotonic()
+        telemetry.before("phase", {"phase": "decode"})
+        telemetry.after("phase", {"phase": "decode"})
+        time.sleep(0.1)
+        source.throttled = True  # under load, the clock falls
+        time.sleep(0.1)
+        rep = telemetry.before("repetition", {"gen_tokens": 10, "decode_s": 0.2})
+    finally:
+        telemetry.stop()
+    assert time.monotonic() - start < 5
+    phases = [fields for kind, fields in events if kind == "phase"]
+    assert phases[0] == ({"phase": "cooldown", "max_temp_c": 50.0, "timeout_s": 10.0,
+                          "temp_c": 80.0, "sensor": "soc"})
+    assert rep["cooldown_temp_c"] < 50.0 and rep["cooldown_s"] > 0
+    assert rep["energy_decode_j"] == pytest.approx(7.0 * span(rep["decode_window_mono"]))
+    assert rep["warning"] == "clock cpu0 fell from 2000 to 1000 MHz"
+
+
+# -- llama-bench: the process window -----------------------------------------------
+
+LLAMA_BENCH_JSON = Path(__file__).parent / "data" / "llama_bench" / "ggml_org_b5163_rtx4080.json"
+
+
+def test_llama_bench_energy_is_the_process_average(tmp_path, stand_in_model):
+    binary = tmp_path / "llama-bench"
+    binary.write_text(f"#!{sys.executable}\nimport sys, time\ntime.sleep(0.3)\n"
+                      f"sys.stdout.write(open({str(LLAMA_BENCH_JSON)!r}).read())\n")
+    binary.chmod(0o755)
+    job = job_with(tmp_path / "job", stand_in_model, backend="llama-bench", prompt_tokens=512,
+                   gen_tokens=128, repetitions=5, warmup=1, gpu_layers=99, idle_s=0.1,
+                   telemetry_interval_s=0.02, telemetry_test_source="constant:10:30",
+                   device={"llama_bench": str(binary)},
+                   cooldown={"max_temp_c": 200})
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    assert [e["phase"] for e in of(events, "phase")] == ["model", "idle", "bench"]
+    reps = of(events, "repetition")
+    assert len(reps) == 5
+    window = reps[0]["process_window_mono"]
+    assert span(window) >= 0.3
+    for rep in reps:
+        assert rep["process_window_mono"] == window
+        assert rep["energy_method"] == "process-average"
+        assert rep["energy_process_j"] == pytest.approx(10.0 * span(window), rel=1e-9)
+        assert rep["avg_power_w"] == pytest.approx(10.0)
+        assert rep["energy_prefill_j"] == pytest.approx(10.0 * rep["prefill_s"])
+        assert rep["energy_decode_j"] == pytest.approx(10.0 * rep["decode_s"])
+        assert rep["j_per_token"] == pytest.approx(10.0 * rep["decode_s"] / 128)
+        assert rep["energy_decode_net_j"] == pytest.approx(0.0, abs=1e-6)
+    # llama-bench's repetitions come after its process ends: no cooldown between them.
+    assert "cooldown_s" in reps[0] and "cooldown_s" not in reps[1]
+
+
+# -- the real xllamacpp backend --------------------------------------------------
+
+def test_xllamacpp_with_the_sampler_reports_consistent_windows(tmp_path, tiny_models):
+    job = job_with(tmp_path / "job", tiny_models["tiny-dense"], backend="xllamacpp",
+                   prompt_tokens=24, gen_tokens=32, repetitions=2, warmup=1, idle_s=0.1,
+                   telemetry_interval_s=0.05, telemetry_test_source="constant:12.5")
+    proc = run_agent(job)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    events = load_events(job)
+    assert events[-1]["status"] == "ok"
+    reps = of(events, "repetition")
+    assert len(reps) == 3
+    for rep in reps:
+        prefill, decode = rep["prefill_window_mono"], rep["decode_window_mono"]
+        assert prefill[1] == decode[0]  # the first token ends prefill and starts decode
+        assert span(prefill) == pytest.approx(rep["ttft_s"], abs=2e-6)
+        assert rep["ttft_s"] >= rep["prefill_s"] * 0.5
+        assert span(decode) == pytest.approx(rep["decode_s"], abs=0.05)
+        assert decode[1] <= rep["mono"]
+        assert rep["decode_window_tokens"] == 31
+        assert rep["energy_prefill_j"] == pytest.approx(12.5 * span(prefill), rel=1e-6,
+                                                        abs=1e-9)
+        assert rep["energy_decode_j"] == pytest.approx(12.5 * span(decode), rel=1e-6, abs=1e-9)
+        assert rep["j_per_token"] == pytest.approx(rep["energy_decode_j"] / 31)
+        assert rep["peak_rss_bytes"] > 10 * 2**20  # the backend's own fields are unchanged
+        assert rep["peak_mem_scope"] == "system"
+    phase = [e for e in of(events, "phase") if e["phase"] == "prefill"][0]
+    first_counted = [r for r in reps if not r["warmup"]][0]
+    assert phase["mono"] <= first_counted["prefill_window_mono"][0]
+    assert events[-1]["info"]["energy"]["measured"] is True
+
+
+def test_xllamacpp_default_telemetry_on_this_machine(tmp_path, tiny_models):
+    job = job_with(tmp_path / "job", tiny_models["tiny-moe"], backend="xllamacpp",
+                   prompt_tokens=16, gen_tokens=8, repetitions=1, warmup=0)
+    proc = run_agent(job)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    events = load_events(job)
+    rep = of(events, "repetition")[0]
+    info = events[-1]["info"]
+    assert rep["decode_tps"] > 0 and rep["peak_mem_bytes"] > 0
+    if not info["energy"]["measured"]:
+        assert rep["energy_unmeasured_reason"] == info["energy"]["reason"]
+
+
+def test_sampler_feeds_are_thread_safe_under_the_runner_hooks():
+    """The runner's thread asks for samples while the sampler thread takes them."""
+    telemetry = JobTelemetry(lambda kind, fields: None, [Cooling()], interval=0.001,
+                             idle_s=0.0, expected_repetitions=50)
+    telemetry.start()
+    try:
+        for _ in range(50):
+            telemetry.before("phase", {"phase": "decode"})
+            telemetry.after("phase", {"phase": "decode"})
+            rep = telemetry.before("repetition", {"gen_tokens": 1})
+            telemetry.after("repetition", rep)
+            assert rep["energy_decode_j"] == pytest.approx(
+                7.0 * span(rep["decode_window_mono"]), abs=1e-9)
+    finally:
+        telemetry.stop()
+    samples = telemetry.sampler.samples
+    assert [s.t for s in samples] == sorted(s.t for s in samples)
+    assert isinstance(samples[0], Sample)
+
+
+class Dying(Source):
+    """Reads 8 W a few times, then its device goes away."""
+
+    name = "dying"
+    power = True
+
+    def __init__(self):
+        self.reads = 0
+
+    def available(self):
+        return True, "fake"
+
+    def read(self, into):
+        self.reads += 1
+        if self.reads > 3:
+            raise OSError("device went away")
+        into.total_w = 8.0
+        into.total_rail = "fake"
+        return True
+
+
+def test_a_source_that_dies_leaves_energy_absent_with_the_reason():
+    telemetry = JobTelemetry(lambda kind, fields: None, [Dying()], interval=0.01, idle_s=0.0,
+                             expected_repetitions=1)
+    telemetry.start()
+    try:
+        telemetry.before("phase", {"phase": "decode"})
+        telemetry.after("phase", {"phase": "decode"})
+        time.sleep(0.1)
+        rep = telemetry.before("repetition", {"gen_tokens": 4})
+        info = telemetry.result_info()
+    finally:
+        telemetry.stop()
+    assert "energy_decode_j" not in rep
+    assert rep["energy_unmeasured_reason"].startswith("energy not measured: samples of total_w")
+    assert "dying: read failed: OSError: device went away" in rep["energy_unmeasured_reason"]
+    assert info["energy"] == {"measured": False, "reason": rep["energy_unmeasured_reason"]}
+    assert "device went away" in info["telemetry"]["errors"]["dying"]
