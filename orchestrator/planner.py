@@ -69,6 +69,10 @@ class Job(BaseModel):
     backend: str = Field(description="Backend name the agent is asked to use.")
     timeout_s: float = Field(description="Wall-clock limit per attempt; not part of the key.")
     retries: int = Field(description="Extra attempts after a failure; not part of the key.")
+    telemetry: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Telemetry settings for the agent (sampling interval, idle, cooldown); "
+        "part of the key, since a cooldown changes what is measured.")
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +123,7 @@ class Job(BaseModel):
             },
             "backend": self.backend,
             "timeout_s": self.timeout_s,
+            **self.telemetry,
         }
 
 
@@ -164,6 +169,7 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
                         backend=sweep.backend,
                         timeout_s=sweep.timeout_s,
                         retries=sweep.retries,
+                        telemetry=sweep.telemetry.to_spec(),
                     )
                 )
     return jobs

@@ -151,6 +151,7 @@ def test_job_fields_come_from_sweep(tmp_path: Path) -> None:
         "backend": "sleep",
         "timeout_s": 120,
         "retries": 2,
+        "telemetry": {"telemetry": True, "telemetry_interval_s": 0.1, "idle_s": 2.0},
     }
 
 
@@ -264,6 +265,10 @@ def test_agent_spec(tmp_path: Path) -> None:
         },
         "backend": "sleep",
         "timeout_s": 120,
+        # telemetry defaults, in the keys agents/telemetry/job.py reads
+        "telemetry": True,
+        "telemetry_interval_s": 0.1,
+        "idle_s": 2.0,
     }
     assert json.loads(json.dumps(spec)) == spec
     # The spec is a copy: editing it cannot change the (frozen) job.
@@ -343,3 +348,20 @@ def test_job_is_frozen(tmp_path: Path) -> None:
     job = jobs_for(tmp_path)[0]
     with pytest.raises(ValueError):
         job.threads = 8  # type: ignore[misc]
+
+
+def test_telemetry_settings_reach_the_agent_and_the_key(tmp_path: Path) -> None:
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("devices:\n  - {name: d, transport: local, platform: linux-cpu}\n")
+    base = ("name: t\nmodels:\n  - {id: m, arch: dense, source: {preset: tiny-dense}}\n"
+            "devices: {names: [d]}\n")
+    plain, cooled = tmp_path / "plain.yaml", tmp_path / "cooled.yaml"
+    plain.write_text(base)
+    cooled.write_text(base + "telemetry: {interval_s: 0.5, idle_s: 0, cooldown: "
+                             "{max_temp_c: 60, timeout_s: 30}}\n")
+    (job_plain,) = plan(*load_sweep_with_inventory(plain, inv))
+    (job_cooled,) = plan(*load_sweep_with_inventory(cooled, inv))
+    spec = job_cooled.to_agent_spec()
+    assert (spec["telemetry_interval_s"], spec["idle_s"]) == (0.5, 0)
+    assert spec["cooldown"] == {"max_temp_c": 60, "timeout_s": 30}
+    assert job_plain.key != job_cooled.key  # a cooldown changes what is measured

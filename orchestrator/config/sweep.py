@@ -271,6 +271,42 @@ class Matrix(ConfigModel):
         ]
 
 
+class Cooldown(ConfigModel):
+    """Wait between repetitions until the device has cooled down (thermal fairness)."""
+
+    max_temp_c: float = Field(
+        gt=0, le=150,
+        description="Start the next repetition once the hottest sensor is below this (°C).")
+    timeout_s: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="Give up waiting after this many seconds (the wait is recorded).")
+
+
+class Telemetry(ConfigModel):
+    """Power, energy, memory and temperature sampling during jobs (docs/telemetry.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Sample telemetry during jobs; `false` records why energy was not measured.")
+    interval_s: float = Field(
+        default=0.1, ge=0.01, le=10,
+        description="Sampling interval in seconds, where the source allows it.")
+    idle_s: float = Field(
+        default=2.0, ge=0, le=600,
+        description="Seconds of idle power measured before a job's first repetition.")
+    cooldown: Cooldown | None = Field(
+        default=None,
+        description="Optional cooldown between repetitions: `{max_temp_c: 60, timeout_s: 120}`.")
+
+    def to_spec(self) -> dict[str, Any]:
+        """The job.json keys the agent reads (agents/telemetry/job.py)."""
+        spec: dict[str, Any] = {"telemetry": self.enabled,
+                                "telemetry_interval_s": self.interval_s, "idle_s": self.idle_s}
+        if self.cooldown is not None:
+            spec["cooldown"] = self.cooldown.model_dump()
+        return spec
+
+
 class Sweep(FileModel):
     """A benchmark sweep loaded from one sweep file."""
 
@@ -339,6 +375,10 @@ class Sweep(FileModel):
         ge=0,
         le=10,
         description="Extra attempts after a failed job attempt (0 = no retry).",
+    )
+    telemetry: Telemetry = Field(
+        default_factory=Telemetry,
+        description="Telemetry sampling during jobs: interval, idle power, optional cooldown.",
     )
 
     @model_validator(mode="after")
