@@ -202,8 +202,8 @@ def inventory_probe(
         os_name = f"{f.get('os', '')} {f.get('macos_version') or f.get('os_release', '')}"
         table.add_row(r.device, "yes", escape(os_name), escape(str(chip)),
                       f"{ram / 2**30:.1f} GiB" if ram else "", f.get("python", ""),
-                      escape(backends or "none"), escape(", ".join(f.get("telemetry", {}))
-                                                         or "none"),
+                      escape(backends or "none"), escape(", ".join(k for k in f.get("telemetry", {})
+                                                         if k != "unavailable") or "none"),
                       escape(str(f.get("power_mode", ""))), f.get("agent_version", ""))
     console.print(table)
     down = [r.device for r in results if not r.reachable]
