@@ -41,6 +41,9 @@ class ModelStats:
     decode_tps: list[float]
     job_state: str
     error: str | None = None
+    j_per_token_median: float | None = None
+    idle_power_w: float | None = None
+    energy_note: str | None = None  # why energy is absent, when it is
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Comparison:
     decode_ratio_ci95: tuple[float, float] | None
     prefill_ratio: float | None
     verdict: str
+    energy_ratio: float | None = None  # MoE J/token ÷ dense J/token
 
 
 def _median(values: list[float]) -> float | None:
@@ -106,6 +110,12 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
         prefill = [r["prefill_tps"] for r in rows if r["prefill_tps"] is not None]
         ttft = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
         rss = [r["peak_rss_bytes"] for r in rows if r["peak_rss_bytes"] is not None]
+        bodies = [json.loads(r["body"]) for r in rows]
+        jpt = [b["j_per_token"] for b in bodies if isinstance(b.get("j_per_token"), int | float)]
+        idle = [b["idle_power_w"] for b in bodies
+                if isinstance(b.get("idle_power_w"), int | float)]
+        notes = [b["energy_unmeasured_reason"] for b in bodies
+                 if b.get("energy_unmeasured_reason")]
         return ModelStats(
             model_id=model["id"], arch=model["arch"], n=len(rows),
             decode_tps_median=_median(decode), decode_tps_min=min(decode, default=None),
@@ -114,7 +124,9 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
             model_size_bytes=result.get("model_size_bytes"),
             params_total=result.get("params_total"), params_active=result.get("params_active"),
             decode_tps=decode, job_state=job["state"] if job is not None else "not planned",
-            error=job["error"] if job is not None else None)
+            error=job["error"] if job is not None else None,
+            j_per_token_median=_median(jpt), idle_power_w=_median(idle),
+            energy_note=None if jpt else (notes[0] if notes else None))
 
     models = {m["id"]: m for m in sweep["models"]}
     devices = sorted({key[0] for key in jobs}, key=lambda d: min(
@@ -134,10 +146,14 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                         ci = bootstrap_ratio_ci(moe.decode_tps, dense.decode_tps)
                     if moe.prefill_tps_median and dense.prefill_tps_median:
                         prefill_ratio = moe.prefill_tps_median / dense.prefill_tps_median
+                    energy_ratio = None
+                    if moe.j_per_token_median and dense.j_per_token_median:
+                        energy_ratio = moe.j_per_token_median / dense.j_per_token_median
                     comparisons.append(Comparison(
                         device=device, config=dict(zip(CONFIG_KEYS, config, strict=True)),
                         moe=moe, dense=dense, decode_ratio=ratio, decode_ratio_ci95=ci,
-                        prefill_ratio=prefill_ratio, verdict=verdict(ratio, moe, dense)))
+                        prefill_ratio=prefill_ratio, verdict=verdict(ratio, moe, dense),
+                        energy_ratio=energy_ratio))
     return {
         "sweep_id": sweep_id,
         "sweep_name": sweep_row["name"],
@@ -170,12 +186,14 @@ def _spread(s: dict[str, Any]) -> str:
 
 
 ROW_HEADERS = ("model", "decode tok/s median [min–max]", "prefill tok/s", "TTFT",
-               "peak RSS", "file", "params total/active")
+               "peak RSS", "decode J/token", "file", "params total/active")
 
 
 def model_row(s: dict[str, Any]) -> tuple[str, ...]:
     return (f"{s['model_id']} ({s['arch']})", _spread(s), _fmt(s["prefill_tps_median"]),
             _fmt(s["ttft_s_median"], ".0f", 1000, " ms"), _mib(s["peak_rss_bytes"]),
+            _fmt(s.get("j_per_token_median"), ".3f", 1, " J") if s.get("j_per_token_median")
+            is not None else "not measured",
             _mib(s["model_size_bytes"]),
             f"{_params(s['params_total'])} / {_params(s['params_active'])}")
 
@@ -185,6 +203,16 @@ def comparison_title(c: dict[str, Any]) -> str:
     return (f"{c['device']} · {c['moe']['model_id']} vs {c['dense']['model_id']} · "
             f"prompt {cfg['prompt_tokens']}, gen {cfg['gen_tokens']}, "
             f"threads {cfg['threads']}, ngl {cfg['gpu_layers']}")
+
+
+def energy_notes(report: dict[str, Any]) -> list[str]:
+    """One line per device on which energy was not measured, with the reason."""
+    seen: dict[str, str] = {}
+    for c in report["comparisons"]:
+        for side in (c["moe"], c["dense"]):
+            if side.get("energy_note") and c["device"] not in seen:
+                seen[c["device"]] = side["energy_note"]
+    return [f"{device}: {note}" for device, note in seen.items()]
 
 
 def ratio_line(c: dict[str, Any]) -> str:
@@ -197,6 +225,8 @@ def ratio_line(c: dict[str, Any]) -> str:
         line += ")"
     if c["prefill_ratio"] is not None:
         line += f"; prefill MoE/dense = {c['prefill_ratio']:.3f}"
+    if c.get("energy_ratio") is not None:
+        line += f"; decode energy per token MoE/dense = {c['energy_ratio']:.2f}x"
     return line
 
 
@@ -213,6 +243,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append("")
     if not report["comparisons"]:
         out.append("No comparison pairs with results in this sweep.")
+    for note in energy_notes(report):
+        out.append(f"- {note}")
     return "\n".join(out) + "\n"
 
 

@@ -8,7 +8,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.report import ROW_HEADERS, comparison_title, model_row, ratio_line
+from orchestrator.report import (
+    ROW_HEADERS,
+    comparison_title,
+    energy_notes,
+    model_row,
+    ratio_line,
+)
 
 
 def print_report(console: Console, report: dict[str, Any]) -> None:
@@ -28,6 +34,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         for header, a, b in zip(ROW_HEADERS[1:], moe[1:], dense[1:], strict=True):
             table.add_row(escape(header), escape(a), escape(b))
         console.print(table)
+    for note in energy_notes(report):
+        console.print(escape(note), style="dim", highlight=False)
 
 
 def print_jobs(console: Console, rows: list[dict[str, Any]], title: str) -> None:
