@@ -12,9 +12,14 @@ These are what a transport calls, so one remote exec does one whole thing:
   so the controller's offset stays exact.
 * ``status JOB_DIR`` and ``cancel JOB_DIR`` print one JSON object.
 * ``lease acquire|refresh|release`` keeps two controllers off one device.
+  ``start --lease-owner O --lease-work-dir W --lease-ttl T`` takes the lease
+  in the same exec before it starts anything, so a device's first job costs
+  one exec, not two: with ``--follow`` the first stdout line is then the lease
+  answer (``{"lease": {...}}``) and the log bytes follow it.
 
 Exit status of ``start --follow`` / ``follow``: 0 when the job's ``result``
-event was streamed, 3 when the runner died without one.
+event was streamed, 3 when the runner died without one, 4 when ``start``
+found the lease held by another controller (nothing was started).
 """
 
 import errno
@@ -36,6 +41,7 @@ LEASE_FILE = "lease.json"
 
 FOLLOW_DONE = 0
 FOLLOW_DIED = 3
+LEASE_REFUSED = 4
 
 
 def _pid_alive(pid: int) -> bool:
@@ -85,7 +91,14 @@ def status(job_dir: str) -> Dict[str, object]:
 
 
 def start(job_dir: str, spec_text: str) -> int:
-    """Write job.json and start the runner detached; return its pid."""
+    """Write job.json and start the runner detached; return its pid.
+
+    A job directory that already holds ``job.json`` was started before (the
+    controller sends a start again when the link broke before it answered):
+    nothing starts twice, the caller just follows it.
+    """
+    if os.path.exists(os.path.join(job_dir, JOB_FILE)):
+        return _read_pid(job_dir) or 0
     from agents.runner import run_job
 
     spec = json.loads(spec_text)
@@ -138,42 +151,65 @@ def _write_exit(job_dir: str, code: int) -> None:
         pass
 
 
+#: Poll interval of ``follow`` while it is eager (its first 2 s, and after each write).
+EAGER_POLL_S = 0.002
+#: How often an idle ``follow`` asks whether the runner still lives, at most.
+STATUS_EVERY_S = 0.05
+
+
 def follow(job_dir: str, offset: int, out=None, max_idle: float = 0.5) -> int:
-    """Copy the event log from ``offset`` to ``out`` until the job ends."""
+    """Copy the event log from ``offset`` to ``out`` until the job ends.
+
+    The log stays open and is read where the last read stopped (one read per
+    poll; a partial last line waits in memory for its end), so polling is
+    cheap enough to be quick: every 2 ms for the first 2 s (short jobs end
+    within it, and the controller's per-job overhead is what it waits here),
+    later backing off from 2 ms after each write to ``max_idle``, so that a
+    long benchmark is not disturbed by its own follower. Whether the runner
+    still lives (several files) is asked only every 50 ms or so.
+    """
     out = out or sys.stdout.buffer
     path = os.path.join(job_dir, EVENTS_FILE)
-    wait = 0.01
+    handle = None
+    pending = b""
+    wait = EAGER_POLL_S
     dead_checks = 0
-    # Poll quickly while the job starts (short jobs end within it, and the
-    # controller's per-job overhead is what it waits here), then back off so
-    # a long benchmark is not disturbed by its own follower.
     eager_until = time.monotonic() + 2.0
-    while True:
-        data = b""
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-        except OSError:
-            pass
-        end = data.rfind(b"\n")
-        if end >= 0:
-            chunk = data[: end + 1]
-            out.write(chunk)
-            out.flush()
-            offset += len(chunk)
-            wait = 0.01
-            if b'"kind":"result"' in chunk:
-                return FOLLOW_DONE
-            continue
-        state = status(job_dir)
-        if state.get("state") == "exited":
-            dead_checks += 1
-            if dead_checks >= 3:  # read once more after the exit, then stop
-                return FOLLOW_DIED
-        time.sleep(wait)
-        if time.monotonic() > eager_until:
-            wait = min(max_idle, wait * 2)
+    next_status = 0.0
+    try:
+        while True:
+            if handle is None:
+                try:
+                    handle = open(path, "rb")
+                    handle.seek(offset)
+                except OSError:
+                    handle = None
+            data = handle.read() if handle is not None else b""
+            if data:
+                pending += data
+                end = pending.rfind(b"\n")
+                if end >= 0:
+                    chunk, pending = pending[: end + 1], pending[end + 1:]
+                    out.write(chunk)
+                    out.flush()
+                    offset += len(chunk)
+                    if b'"kind":"result"' in chunk:
+                        return FOLLOW_DONE
+                    wait = EAGER_POLL_S
+                    continue
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + max(wait, STATUS_EVERY_S)
+                if status(job_dir).get("state") == "exited":
+                    dead_checks += 1
+                    if dead_checks >= 3:  # read once more after the exit, then stop
+                        return FOLLOW_DIED
+            time.sleep(wait)
+            if now > eager_until:
+                wait = min(max_idle, wait * 2)
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 def cancel(job_dir: str, grace: float = 5.0) -> Dict[str, object]:

@@ -5,14 +5,17 @@
    minus the agent's own run time (hello -> result, as the agent timed it),
    divided by the time of one bare ``true`` exec on that same connection.
    Target <= 2.0: a job must cost about one exec, not a handful.
+   Each job's bare exec is timed next to it, so that a change in the
+   machine's load weighs on both sides of the ratio alike.
 2. A no-op job on 32 loopback sshd devices through edgefarm's gateway code
    (cold connections, agent check, lease, start + follow) against fabric's
    ThreadingGroup running the same agent command on the same 32 (cold
-   connections too). Target <= 1.0.
+   connections too). Target <= 1.0. Both sides run ``--rounds`` times,
+   alternating which goes first; the medians are compared.
 
 Needs OpenSSH's sshd (Debian openssh-server) and runs only on 127.0.0.1:
 
-    .venv/bin/python bench/ssh_overhead.py [--jobs 20] [--devices 32]
+    .venv/bin/python bench/ssh_overhead.py [--jobs 20] [--devices 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -60,9 +63,14 @@ def warm_overhead(tmp: Path, n_jobs: int) -> None:
         model = sleep_models(tmp, 1)[0]
         for _ in range(3):  # warm the connection and the page cache
             t.run(["true"], timeout=30)
-        bare = [t.run(["true"], timeout=30).duration_s for _ in range(n_jobs)]
-        overheads, walls = [], []
+        bare, overheads, walls = [], [], []
         for i in range(n_jobs + 2):
+            # A bare exec next to each job, so that a change in the machine's
+            # load during the run weighs on both sides of the ratio alike; a
+            # pause first, so the previous job's runner has exited and does
+            # not slow it.
+            time.sleep(0.2)
+            exec_s = t.run(["true"], timeout=30).duration_s
             events: list[dict[str, Any]] = []
             job_dir = t.job_dir("bench", f"k{i}", 1)
             started = time.monotonic()
@@ -74,6 +82,7 @@ def warm_overhead(tmp: Path, n_jobs: int) -> None:
             hello = next(e for e in events if e["kind"] == "hello")
             result = next(e for e in events if e["kind"] == "result")
             if i >= 2:  # the first two jobs warm the agent's imports
+                bare.append(exec_s)
                 walls.append(wall)
                 overheads.append(wall - (result["mono"] - hello["mono"]))
         t.close()
@@ -86,7 +95,7 @@ def warm_overhead(tmp: Path, n_jobs: int) -> None:
     print(f"    overhead / bare exec = {o / b:.2f}   (target <= 2.0)")
 
 
-def fleet(tmp: Path, n_devices: int) -> None:
+def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
     from fabric import ThreadingGroup
 
     tmp.mkdir(parents=True)
@@ -105,57 +114,79 @@ def fleet(tmp: Path, n_devices: int) -> None:
             with SshTransport(dev, known_hosts=str(known)) as t:
                 t.ensure_agent(str(bundle.path), bundle.sha256)
         agent_name = bundle.path.name
-
-        # edgefarm: the gateway's own code path, cold connections.
-        gateway = Gateway("bench", [d.model_dump(mode="json", exclude_unset=True)
-                                    for d in inventory.devices], str(bundle.path),
-                          bundle.sha256, {"known_hosts": str(known), "owner": "bench:1:x"})
-        started = time.monotonic()
-        for dev in inventory.devices:
-            gateway.start({"device": dev.name, "sweep_id": "fleet", "job": "noop",
-                           "attempt": 1, "spec": noop_spec(model, "noop"), "timeout_s": 120})
-        ends = 0
-        while ends < n_devices:
-            for msg in gateway.poll(0.5):
-                if msg["type"] == "end":
-                    assert msg["outcome"]["state"] == "done", msg
-                    ends += 1
-        ours = time.monotonic() - started
-        gateway.release_all()
-
-        # fabric: the same agent command on the same devices, cold connections.
-        spec = shlex.quote(json.dumps(noop_spec(model, "noop-fabric")))
-        cmd = (f"W=$(echo $SSH_CONNECTION | cut -d' ' -f4); "
-               f"printf %s {spec} | {shlex.quote(sys.executable)} "
-               f"$(ls -d {shlex.quote(str(tmp))}/sshd-d*/work/agent/{agent_name} | head -1) "
-               f"start --follow {shlex.quote(str(tmp))}/fabric-jobs/$W")
         hosts = [f"root@127.0.0.1:{d.port}" for d in devices]
-        group = ThreadingGroup(*hosts, connect_kwargs={"key_filename": str(key_path)})
-        for conn in group:
-            conn.client.load_host_keys(str(known))
-        started = time.monotonic()
-        results = group.run(cmd, hide=True, warn=True)
-        theirs = time.monotonic() - started
-        failed = [c for c, r in results.items() if getattr(r, "exited", 1) != 0]
-        assert not failed, [results[c] for c in failed][:1]
-        group.close()
+
+        def edgefarm(tag: str) -> float:
+            """The gateway's own code path, cold connections."""
+            gateway = Gateway("bench", [d.model_dump(mode="json", exclude_unset=True)
+                                        for d in inventory.devices], str(bundle.path),
+                              bundle.sha256, {"known_hosts": str(known), "owner": "bench:1:x"})
+            started = time.monotonic()
+            for dev in inventory.devices:
+                gateway.start({"device": dev.name, "sweep_id": f"fleet-{tag}", "job": "noop",
+                               "attempt": 1, "spec": noop_spec(model, "noop"),
+                               "timeout_s": 120})
+            ends = 0
+            while ends < n_devices:
+                for msg in gateway.poll(0.5):
+                    if msg["type"] == "end":
+                        assert msg["outcome"]["state"] == "done", msg
+                        ends += 1
+            took = time.monotonic() - started
+            gateway.release_all()
+            for transport in gateway.transports.values():
+                transport.close()
+            return took
+
+        def fabric(tag: str) -> float:
+            """The same agent command on the same devices, cold connections."""
+            spec = shlex.quote(json.dumps(noop_spec(model, "noop-fabric")))
+            cmd = (f"W=$(echo $SSH_CONNECTION | cut -d' ' -f4); "
+                   f"printf %s {spec} | {shlex.quote(sys.executable)} "
+                   f"$(ls -d {shlex.quote(str(tmp))}/sshd-d*/work/agent/{agent_name} | head -1) "
+                   f"start --follow {shlex.quote(str(tmp))}/fabric-jobs-{tag}/$W")
+            group = ThreadingGroup(*hosts, connect_kwargs={"key_filename": str(key_path)})
+            for conn in group:
+                conn.client.load_host_keys(str(known))
+            started = time.monotonic()
+            results = group.run(cmd, hide=True, warn=True)
+            took = time.monotonic() - started
+            failed = [c for c, r in results.items() if getattr(r, "exited", 1) != 0]
+            assert not failed, [results[c] for c in failed][:1]
+            group.close()
+            return took
+
+        # Rounds alternate which side goes first, so neither always meets a
+        # machine the other has just warmed (or loaded); the medians decide.
+        ours, theirs = [], []
+        for r in range(rounds):
+            if r % 2 == 0:
+                ours.append(edgefarm(str(r)))
+                theirs.append(fabric(str(r)))
+            else:
+                theirs.append(fabric(str(r)))
+                ours.append(edgefarm(str(r)))
     finally:
         for dev in devices:
             dev.stop()
-    print(f"[2] no-op job on {n_devices} loopback devices: edgefarm gateway {ours:.2f} s, "
-          f"fabric ThreadingGroup {theirs:.2f} s")
-    print(f"    edgefarm / fabric = {ours / theirs:.2f}   (target <= 1.0)")
+    each = ", ".join(f"{o:.2f}/{t:.2f}" for o, t in zip(ours, theirs, strict=True))
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(f"[2] no-op job on {n_devices} loopback devices, {rounds} rounds (edgefarm/fabric s: "
+          f"{each}): median edgefarm gateway {o:.2f} s, fabric ThreadingGroup {t:.2f} s")
+    print(f"    edgefarm / fabric = {o / t:.2f}   (target <= 1.0)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=20)
     ap.add_argument("--devices", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="[2]: rounds of both sides, alternating which goes first")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgefarm-ssh-bench-") as tmp:
         warm_overhead(Path(tmp) / "warm", args.jobs)
     with tempfile.TemporaryDirectory(prefix="edgefarm-ssh-bench-") as tmp:
-        fleet(Path(tmp) / "fleet", args.devices)
+        fleet(Path(tmp) / "fleet", args.devices, args.rounds)
 
 
 if __name__ == "__main__":

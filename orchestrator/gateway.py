@@ -15,7 +15,10 @@ The driver calls ``start`` for a job and long-polls ``poll`` for messages:
   (a stale lease taken over).
 
 Before a device's first job the gateway takes the device's lease (a file the
-agent manages on the device) and refreshes it until ``release_all``.
+agent manages on the device) and refreshes it until ``release_all``. The lease
+is taken by the job's own start (one exec over ssh, not two); a lease held by
+a controller that died on this host is taken over, one held elsewhere fails
+the job as ``device-leased``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 from orchestrator.errors import LeaseError, TransportError
 from orchestrator.jobrunner import Outcome, run_attempt
 from orchestrator.transport import Transport, make_transport
+from orchestrator.transport.base import LeaseRefused, LeaseRequest
 
 log = logging.getLogger("edgefarm.gateway")
 
@@ -75,15 +79,28 @@ class Gateway:
         self.busy: dict[str, threading.Thread] = {}
         self.stops: dict[str, threading.Event] = {}
         self.transports: dict[str, Transport] = {}
+        self.connecting: dict[str, threading.Lock] = {}  # one per device, held while connecting
         self.lock = threading.Lock()
 
     def _transport(self, device: str) -> Transport:
+        """The device's connected transport, connecting it on first use.
+
+        Devices connect side by side: only calls for the same device wait for
+        each other (a cold site's connections are not queued behind one lock).
+        """
         with self.lock:
             transport = self.transports.get(device)
+            if transport is not None:
+                return transport
+            device_lock = self.connecting.setdefault(device, threading.Lock())
+        with device_lock:
+            with self.lock:
+                transport = self.transports.get(device)
             if transport is None:
                 transport = make_transport(self.devices[device], self.settings)
                 transport.connect()
-                self.transports[device] = transport
+                with self.lock:
+                    self.transports[device] = transport
             return transport
 
     def start(self, payload: dict[str, Any]) -> None:
@@ -111,12 +128,24 @@ class Gateway:
 
         try:
             transport = self._transport(device)
-            agent = transport.ensure_agent(self.bundle_path, self.bundle_sha256)
-            self._ensure_lease(device, transport, agent)
+            # No round trip here: the agent is uploaded by the first command
+            # that finds it missing, and the lease is taken by the job's start.
+            agent = transport.lazy_agent(self.bundle_path, self.bundle_sha256)
             job_dir = transport.job_dir(payload["sweep_id"], key, attempt)
             spec = dict(payload["spec"], attempt=attempt)
-            outcome = run_attempt(transport, job_dir, spec, agent, float(payload["timeout_s"]),
-                                  forward, stop=stop, attach=bool(payload.get("attach")))
+
+            def attempt_once(lease: LeaseRequest | None) -> Outcome:
+                return run_attempt(transport, job_dir, spec, agent,
+                                   float(payload["timeout_s"]), forward, stop=stop,
+                                   attach=bool(payload.get("attach")), lease=lease,
+                                   on_lease=lambda answer: self._lease_held(device, agent,
+                                                                            answer))
+
+            try:
+                outcome = attempt_once(self._lease_request(device))
+            except LeaseRefused as refused:
+                self._take_over_from_dead(device, transport, agent, refused.answer)
+                outcome = attempt_once(None)
             transport.forget(job_dir)
         except TransportError as exc:  # a broken device fails its job, not the gateway
             log.warning("job %s on %s: %s", key, device, exc)
@@ -140,19 +169,27 @@ class Gateway:
                 log.debug("closing the transport of %s failed", device, exc_info=True)
 
     # -- device leases ------------------------------------------------------------
-    def _ensure_lease(self, device: str, transport: Transport, agent: str) -> None:
-        """Hold the device's lease before its first job, so no other controller runs there."""
+    def _lease_request(self, device: str) -> LeaseRequest | None:
+        """What a device's job must take with its start: the lease, until this gateway holds it."""
         if device in self.leased:
-            return
-        work_dir = self.devices[device].work_dir
-        answer = transport.lease(agent, "acquire", work_dir, self.owner, self.lease_ttl)
-        if not answer.get("ok") and holder_is_dead(str(answer.get("holder"))):
-            answer = transport.lease(agent, "takeover", work_dir, self.owner, self.lease_ttl)
+            return None
+        return LeaseRequest(self.devices[device].work_dir, self.owner, self.lease_ttl)
+
+    def _take_over_from_dead(self, device: str, transport: Transport, agent: str,
+                             answer: dict[str, Any]) -> None:
+        """The lease is held: take it over if its holder died on this host, else fail."""
+        if holder_is_dead(str(answer.get("holder"))):
+            answer = transport.lease(agent, "takeover", self.devices[device].work_dir,
+                                     self.owner, self.lease_ttl)
         if not answer.get("ok"):
             raise LeaseError(
                 f"device {device} is in use by another controller ({answer.get('holder')}, "
                 f"heartbeat {answer.get('age_s')} s ago); its lease expires "
                 f"{self.lease_ttl:g} s after that controller stops refreshing it")
+        self._lease_held(device, agent, answer)
+
+    def _lease_held(self, device: str, agent: str, answer: dict[str, Any]) -> None:
+        """The device's lease is ours (``answer`` from the agent): warn of a takeover, refresh."""
         took = answer.get("took_over")
         if isinstance(took, dict):
             self.outbox.put({"type": "warning", "device": device,

@@ -8,6 +8,10 @@ and the gateway call the same code. States of one attempt::
 Events are handed to ``on_events`` as soon as they are read, never held until
 the job ends. The attempt ends when the agent writes ``result``; if the agent
 dies without one, or the timeout passes, the attempt fails with that reason.
+
+With a ``lease`` request the device lease is taken as part of the start (one
+exec over ssh); ``on_lease`` gets the agent's answer once it is known, and a
+lease held by another controller raises ``LeaseRefused`` (nothing started).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.transport.base import Transport
+from orchestrator.transport.base import LeaseRefused, LeaseRequest, Transport
 
 Events = list[dict[str, Any]]
 
@@ -37,20 +41,38 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _settle_lease(transport: Transport, answer: dict[str, Any],
+                  on_lease: Callable[[dict[str, Any]], None] | None) -> None:
+    if not answer.get("ok"):
+        raise LeaseRefused(transport.device_name, answer)
+    if on_lease is not None:
+        on_lease(answer)
+
+
 def run_attempt(transport: Transport, job_dir: str, spec: dict[str, Any], agent_path: str,
                 timeout_s: float, on_events: Callable[[Events], None],
                 stop: threading.Event | None = None, attach: bool = False,
-                poll_s: float = 0.25) -> Outcome:
+                poll_s: float = 0.25, lease: LeaseRequest | None = None,
+                on_lease: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
     """Start (or re-attach to) the attempt in ``job_dir`` and follow it to its end."""
     stop = stop or threading.Event()
     offset = 0
     if not attach or transport.job_status(job_dir).state == "absent":
-        transport.start_job(job_dir, spec, agent_path)
+        transport.start_job(job_dir, spec, agent_path, lease=lease)
+    elif lease is not None:  # re-attaching: no start to take the lease with
+        _settle_lease(transport, transport.lease(agent_path, "acquire", lease.work_dir,
+                                                 lease.owner, lease.ttl), on_lease)
+        lease = None
     started = time.monotonic()
     last_error: dict[str, Any] | None = None
     exited_polls = 0
     while True:
         events, offset = transport.read_events(job_dir, offset)
+        if lease is not None:
+            answer = transport.lease_answer(job_dir)
+            if answer is not None:
+                lease = None
+                _settle_lease(transport, answer, on_lease)
         if events:
             on_events(events)
             for ev in events:
@@ -65,6 +87,8 @@ def run_attempt(transport: Transport, job_dir: str, spec: dict[str, Any], agent_
                                    result=ev.get("info") or {})
             continue  # drain everything already written before checking status
         status = transport.job_status(job_dir)
+        if lease is not None and transport.lease_answer(job_dir) is not None:
+            continue  # the start answered meanwhile: settle the lease first
         if status.state != "running":
             # One more read after the exit: the last lines may land just now.
             exited_polls += 1

@@ -14,7 +14,9 @@ from helpers import sleep_models, write_ssh_inventory
 from orchestrator.bundle import build
 from orchestrator.config.inventory import Inventory
 from orchestrator.errors import HostKeyError, UnreachableError
-from orchestrator.transport.ssh import SshTransport
+from orchestrator.jobrunner import run_attempt
+from orchestrator.transport.base import LeaseRefused, LeaseRequest
+from orchestrator.transport.ssh import SshTransport, shell_path
 
 HOSTILE = "we ird;'\"$(touch PWNED)`touch PWNED2`"
 
@@ -117,3 +119,122 @@ def test_job_follows_through_a_dropped_link(tmp_path: Path, sshd_devices: Any) -
     assert offset == log.stat().st_size
     assert [json.loads(line)["seq"] for line in log.read_text().splitlines()] == seqs
     t.close()
+
+
+# -- one exec per cold device: lazy agent, lease folded into the start -------------
+
+def _noop_spec(model: dict[str, Any], key: str, gen_tokens: int = 0) -> dict[str, Any]:
+    return {"schema": 1, "job_key": key, "attempt": 1, "model": model, "backend": "sleep",
+            "device": {}, "params": {"prompt_tokens": 1, "gen_tokens": gen_tokens,
+                                     "threads": 1, "gpu_layers": 0, "repetitions": 1,
+                                     "warmup": 0}}
+
+
+def _count_execs(t: SshTransport) -> list[str]:
+    """Record every command the transport sends (and still send it)."""
+    sent: list[str] = []
+    real = t._exec
+
+    def counting(command: str, stdin: bytes | None = None) -> Any:
+        sent.append(command)
+        return real(command, stdin)
+
+    t._exec = counting  # type: ignore[method-assign]
+    return sent
+
+
+def test_a_warm_device_first_job_is_one_exec_with_the_lease(tmp_path: Path,
+                                                            sshd_devices: Any) -> None:
+    (dev,) = sshd_devices("onexec")
+    bundle = build(tmp_path / "bundle")
+    with transport_for(tmp_path, dev) as t:  # an earlier controller left the agent there
+        t.ensure_agent(str(bundle.path), bundle.sha256)
+    model = sleep_models(tmp_path, 1)[0]
+    answers: list[dict[str, Any]] = []
+    with transport_for(tmp_path, dev) as t:
+        sent = _count_execs(t)
+        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
+        job_dir = t.job_dir("s1", "k1", 1)
+        lease = LeaseRequest(str(dev.work_dir), "me:1:s1", 60)
+        outcome = run_attempt(t, job_dir, _noop_spec(model, "k1"), agent, 60,
+                              lambda events: None, lease=lease, on_lease=answers.append)
+        assert outcome.state == "done", outcome
+        assert len(sent) == 1 and " start " in sent[0] and "--lease-owner" in sent[0]
+        assert t._sftp is None, "no SFTP session on the hot path"
+    assert answers == [{"ok": True}]
+    assert json.loads((dev.work_dir / "lease.json").read_text())["owner"] == "me:1:s1"
+
+
+def test_a_held_lease_refuses_the_start_and_starts_nothing(tmp_path: Path,
+                                                           sshd_devices: Any) -> None:
+    (dev,) = sshd_devices("held")
+    dev.work_dir.mkdir(parents=True)
+    (dev.work_dir / "lease.json").write_text(json.dumps(
+        {"owner": "other:42:x", "heartbeat": time.time(), "ttl": 120, "host": "elsewhere"}))
+    bundle = build(tmp_path / "bundle")
+    model = sleep_models(tmp_path, 1)[0]
+    with transport_for(tmp_path, dev) as t:
+        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
+        job_dir = t.job_dir("s1", "k1", 1)
+        with pytest.raises(LeaseRefused) as refused:
+            run_attempt(t, job_dir, _noop_spec(model, "k1"), agent, 60, lambda events: None,
+                        lease=LeaseRequest(str(dev.work_dir), "me:1:s1", 60))
+    assert refused.value.kind == "device-leased"
+    assert refused.value.answer["holder"] == "other:42:x"
+    assert not Path(job_dir).exists(), "a refused start writes no job"
+    assert "other:42:x" in (dev.work_dir / "lease.json").read_text()
+
+
+def test_a_missing_agent_is_uploaded_by_the_start_that_finds_it_missing(
+        tmp_path: Path, sshd_devices: Any) -> None:
+    (dev,) = sshd_devices("bare")
+    bundle = build(tmp_path / "bundle")
+    model = sleep_models(tmp_path, 1)[0]
+    with transport_for(tmp_path, dev) as t:
+        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
+        assert not Path(agent).exists()
+        events: list[dict[str, Any]] = []
+        job_dir = t.job_dir("s1", "k1", 1)
+        outcome = run_attempt(t, job_dir, _noop_spec(model, "k1"), agent, 60, events.extend)
+        assert outcome.state == "done", outcome
+        assert [e["seq"] for e in events] == list(range(len(events)))
+        # the other agent commands deploy it as well (here: it is there now)
+        assert json.loads(t.run(t.agent_argv(agent, "status", job_dir),
+                                timeout=30).stdout)["state"] == "exited"
+    assert Path(agent).read_bytes() == bundle.path.read_bytes()
+    unpacked = Path(agent + ".d")  # unpacked and compiled at deploy: no start compiles it
+    assert list((unpacked / "agents" / "__pycache__").glob("runner.*.pyc"))
+    assert not list(Path(agent).parent.glob("*.tmp*")) and not list(
+        Path(agent).parent.glob("*.part"))
+
+
+def test_home_relative_paths_are_expanded_by_the_remote_shell_only(
+        tmp_path: Path, sshd_devices: Any) -> None:
+    (dev,) = sshd_devices("home")
+    with transport_for(tmp_path, dev) as t:
+        home = t.run(["sh", "-c", 'printf %s "$HOME"'], timeout=20).stdout
+        channel = t._exec("printf '%s|' " + " ".join(
+            shell_path(p) for p in ("~", f"~/{HOSTILE}", "/abs/~/x", "~user/x")))
+        out = b""
+        while chunk := channel.recv(4096):
+            out += chunk
+        channel.close()
+    assert out.decode() == f"{home}|{home}/{HOSTILE}|/abs/~/x|~user/x|"
+    assert not list(Path(".").glob("PWNED*")) and not list(Path("/root").glob("PWNED*"))
+
+
+def test_a_start_sent_again_starts_nothing_twice(tmp_path: Path, sshd_devices: Any) -> None:
+    (dev,) = sshd_devices("again")
+    bundle = build(tmp_path / "bundle")
+    model = sleep_models(tmp_path, 1)[0]
+    spec = json.dumps(_noop_spec(model, "k1", gen_tokens=200)).encode()
+    with transport_for(tmp_path, dev) as t:
+        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
+        job_dir = t.job_dir("s1", "k1", 1)
+        first = json.loads(t.run(t.agent_argv(agent, "start", job_dir), stdin=spec,
+                                 timeout=30).stdout)["started"]
+        again = json.loads(t.run(t.agent_argv(agent, "start", job_dir), stdin=spec,
+                                 timeout=30).stdout)["started"]
+        assert again in (first, 0)
+        t.run(t.agent_argv(agent, "cancel", job_dir), timeout=30)
+    assert int((Path(job_dir) / "agent.pid").read_text()) == first

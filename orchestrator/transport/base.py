@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from orchestrator.errors import TransportError
+from orchestrator.errors import LeaseError, TransportError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +54,24 @@ class JobStatus:
     state: str  # "running" | "exited" | "absent"
     exit_code: int | None = None
     pid: int | None = None
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    """Take the device lease (``agents/jobctl.py``) as part of starting a job."""
+
+    work_dir: str
+    owner: str
+    ttl: float
+
+
+class LeaseRefused(LeaseError):
+    """The device's lease is held by another controller; ``answer`` is the agent's reply."""
+
+    def __init__(self, device: str, answer: dict[str, Any]) -> None:
+        super().__init__(f"device {device} is in use by another controller "
+                         f"({answer.get('holder')}, heartbeat {answer.get('age_s')} s ago)")
+        self.answer = answer
 
 
 def check_connected(method: F) -> F:
@@ -80,6 +98,7 @@ class Transport(ABC):
     def __init__(self, device_name: str) -> None:
         self.device_name = device_name
         self.state = "created"
+        self._lease_answers: dict[str, dict[str, Any]] = {}
         self.log = logging.getLogger(f"edgefarm.transport.{self.name}[{device_name}]")
 
     def connect(self) -> None:
@@ -114,9 +133,34 @@ class Transport(ABC):
     def ensure_agent(self, bundle_path: str, sha256: str) -> str:
         """Make the agent zipapp present on the device; return its path there."""
 
+    def lazy_agent(self, bundle_path: str, sha256: str) -> str:
+        """The agent's path on the device, for the job protocol's commands.
+
+        A transport may defer the upload until a command finds the agent
+        missing (ssh: that saves a round trip per device and connection); the
+        default makes sure of it at once, like ``ensure_agent``.
+        """
+        return self.ensure_agent(bundle_path, sha256)
+
     @abstractmethod
-    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str) -> None:
-        """Write ``job.json`` into ``job_dir`` and start the agent on it, detached."""
+    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str,
+                  lease: LeaseRequest | None = None) -> None:
+        """Write ``job.json`` into ``job_dir`` and start the agent on it, detached.
+
+        With ``lease``, take the device lease first, in the same step where
+        the transport can; if another controller holds it, nothing starts.
+        Either way the agent's answer is then available from ``lease_answer``.
+        """
+
+    def lease_answer(self, job_dir: str) -> dict[str, Any] | None:
+        """The lease answer of ``start_job(..., lease=...)``; None while not known yet."""
+        return self._lease_answers.get(job_dir)
+
+    def _lease_before_start(self, job_dir: str, agent_path: str, lease: LeaseRequest) -> bool:
+        """Take the lease with its own command (transports that cannot fold it); True if held."""
+        answer = self.lease(agent_path, "acquire", lease.work_dir, lease.owner, lease.ttl)
+        self._lease_answers[job_dir] = answer
+        return bool(answer.get("ok"))
 
     @abstractmethod
     def read_events(self, job_dir: str, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -146,8 +190,9 @@ class Transport(ABC):
         """
         stop.wait(timeout)
 
-    def forget(self, job_dir: str) -> None:  # noqa: B027 - optional hook, no-op by default
+    def forget(self, job_dir: str) -> None:
         """Drop whatever the transport keeps for a finished job (channels, handles)."""
+        self._lease_answers.pop(job_dir, None)
 
     def expand_path(self, path: str) -> str:
         """A device path with ``~`` expanded as the device sees it."""
@@ -158,10 +203,12 @@ class Transport(ABC):
 
     def lease(self, agent_path: str, action: str, work_dir: str, owner: str,
               ttl: float) -> dict[str, Any]:
-        """Acquire, refresh or release the device lease (see ``agents/jobctl.py``)."""
-        result = self.run(self.agent_argv(agent_path, "lease", action, "--work-dir",
-                                          self.expand_path(work_dir), "--owner", owner,
-                                          "--ttl", str(ttl)), timeout=60)
+        """Acquire, refresh or release the device lease (see ``agents/jobctl.py``).
+
+        ``work_dir`` goes as it is: the agent expands ``~`` itself.
+        """
+        result = self.run(self.agent_argv(agent_path, "lease", action, "--work-dir", work_dir,
+                                          "--owner", owner, "--ttl", str(ttl)), timeout=60)
         try:
             return dict(json.loads(result.stdout))
         except ValueError:

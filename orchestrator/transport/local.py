@@ -20,6 +20,7 @@ from typing import Any
 from orchestrator.transport.base import (
     CommandResult,
     JobStatus,
+    LeaseRequest,
     Transport,
     check_connected,
     parse_event_lines,
@@ -86,7 +87,10 @@ class LocalTransport(Transport):
         return str(self.work_dir / "jobs" / sweep_id / f"{job_key}-a{attempt}")
 
     @check_connected
-    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str) -> None:
+    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str,
+                  lease: LeaseRequest | None = None) -> None:
+        if lease is not None and not self._lease_before_start(job_dir, agent_path, lease):
+            return  # held by another controller: run_attempt reads the answer
         path = Path(job_dir)
         path.mkdir(parents=True, exist_ok=True)
         (path / "job.json").write_text(json.dumps(spec, sort_keys=True))

@@ -5,12 +5,25 @@ Design points, each for a reason:
 * **One connection per device**, opened once and reused by every job; an
   exec on a warm connection costs ~0.1 s of server-side session set-up, so
   per-job work opens as few channels as it can: starting a job and following
-  it to the end is *one* exec (``agent start --follow``, spec on stdin).
+  it to the end is *one* exec (``agent start --follow``, spec on stdin). A
+  device's first job takes the device lease in that same exec
+  (``--lease-owner``: the answer is the first line it prints), and nothing
+  checks for the agent beforehand: every agent command runs behind a shell
+  test of the zipapp (``[ -f AGENT ] || exit 199``), and only a command that
+  exits so uploads it (SFTP) and runs again. A cold device therefore costs
+  the connection and one exec, no SFTP session, no second exec.
+* **``~`` is the remote shell's.** A device path starting with ``~/`` is
+  written ``"$HOME"/'rest'`` for the shell, and the agent expands its own
+  path arguments, so no round trip asks the device where home is.
 * **Detached jobs.** The agent double-forks and ``setsid``s, so a dropped link
   or a dead controller does not stop the benchmark. When the follow channel
   breaks, the transport reconnects with jittered back-off and re-opens it with
   ``agent follow --offset N`` from the byte it already has; the store ignores
   events it has seen, so nothing is lost or doubled.
+* **Nagle is off** (``TCP_NODELAY`` on the socket, set before the handshake):
+  SSH is request/response, and a small packet held back until the previous
+  one's delayed ACK cost ~40 ms per handshake step and per job (the job
+  spec's end-of-file waited behind the spec).
 * **Host keys are checked.** A ``RejectPolicy`` and edgefarm's own
   known_hosts (plus the user's): an unknown key stops with the command that
   trusts it, a changed key is refused.
@@ -25,6 +38,7 @@ import json
 import os
 import random
 import shlex
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,12 +50,27 @@ from orchestrator.errors import AuthError, HostKeyError, TransportError, Unreach
 from orchestrator.transport.base import (
     CommandResult,
     JobStatus,
+    LeaseRequest,
     Transport,
     check_connected,
     parse_event_lines,
 )
 
 DEFAULT_KNOWN_HOSTS = "~/.config/edgefarm/known_hosts"
+
+#: Exit status of the presence test in front of every agent command: no zipapp there.
+AGENT_MISSING = 199
+#: Exit status of ``agent start --lease-owner`` when another controller holds the lease.
+LEASE_REFUSED = 4
+
+
+def shell_path(path: str) -> str:
+    """A device path as one word for the remote shell, which expands a leading ``~``."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
 
 
 def known_hosts_path(explicit: str | None = None) -> Path:
@@ -64,32 +93,61 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 class _Follower:
-    """One long-lived channel streaming a job's event log (``agent start|follow``)."""
+    """One long-lived channel streaming a job's event log (``agent start|follow``).
 
-    def __init__(self, channel: paramiko.Channel, base: int) -> None:
+    ``command`` and ``stdin`` are kept so the same command can run again (the
+    agent was missing, or the link broke before a start was answered). With
+    ``header`` the first line is the lease answer of ``start --lease-owner``,
+    not log bytes.
+    """
+
+    def __init__(self, channel: paramiko.Channel, base: int, command: str,
+                 stdin: bytes | None = None, header: bool = False) -> None:
         self.channel = channel
         self.base = base  # log offset of self.data[0]
+        self.command = command
+        self.stdin = stdin
+        self.header = header
+        self.lease_answer: dict[str, Any] | None = None
         self.data = bytearray()
         self.lock = threading.Lock()
         self.finished = threading.Event()
         self.arrived = threading.Event()  # set whenever bytes arrive or the channel ends
         self.exit_code: int | None = None
+        self.stderr = b""  # what the command itself wrote there (the runner's goes to a file)
         self.broken = False
         self.thread = threading.Thread(target=self._pump, daemon=True, name="ssh-follow")
         self.thread.start()
 
+    @property
+    def answered(self) -> bool:
+        """Has the command said what it did (no header expected, or the header came)?"""
+        return not self.header or self.lease_answer is not None
+
     def _pump(self) -> None:
+        head = bytearray()
         try:
             while True:
                 chunk = self.channel.recv(65536)
                 if not chunk:
                     break
+                if self.header and self.lease_answer is None:
+                    head.extend(chunk)
+                    newline = head.find(b"\n")
+                    if newline < 0:
+                        continue
+                    self.lease_answer = _lease_line(bytes(head[:newline]))
+                    chunk = bytes(head[newline + 1:])
                 with self.lock:
                     self.data.extend(chunk)
                 self.arrived.set()
+            # The exit status may trail the end of output by a moment; it, or
+            # the channel's close, comes next. paramiko reports -1 when the
+            # channel closed without one: the link died, not the follower.
+            self.channel.status_event.wait(30)
+            while self.channel.recv_stderr_ready():
+                self.stderr += self.channel.recv_stderr(65536)
             if self.channel.exit_status_ready():
-                # paramiko reports -1 when the channel closed without a status:
-                # the link died, not the follower.
                 code = self.channel.recv_exit_status()
                 self.exit_code = code if code >= 0 else None
         except (OSError, EOFError, paramiko.SSHException):
@@ -114,6 +172,17 @@ class _Follower:
             return self.base + len(self.data)
 
 
+def _lease_line(line: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(line)["lease"]
+        if isinstance(answer, dict):
+            return answer
+    except (ValueError, KeyError, TypeError):
+        pass
+    return {"ok": False, "holder": None,
+            "error": f"unexpected answer: {line[:200].decode(errors='replace')}"}
+
+
 class SshTransport(Transport):
     """Reaches a device over SSH; see the module docstring."""
 
@@ -132,11 +201,13 @@ class SshTransport(Transport):
         self.conn: Any = None
         self._sftp: paramiko.SFTPClient | None = None
         self._home: str | None = None
-        self._agents: set[str] = set()
+        self._agents: set[str] = set()  # agent paths known to be on the device
+        self._bundles: dict[str, tuple[str, str]] = {}  # agent path -> (bundle, sha256)
         self._followers: dict[str, _Follower] = {}
         self._agent_for: str | None = None
         self._down_since: float | None = None
         self._lock = threading.RLock()
+        self._deploying = threading.Lock()
 
     # -- connection ------------------------------------------------------------
     def _connection(self, host: str, port: int, user: str | None, gateway: Any) -> Any:
@@ -199,7 +270,7 @@ class SshTransport(Transport):
         conn = self._connection(self.device.host, self.device.port, self.device.user,
                                 self._jump_chain())
         try:
-            conn.open()
+            self._dial(conn)
         except paramiko.BadHostKeyException as exc:
             raise HostKeyError(
                 f"device {self.device_name}: the host key of {where} has CHANGED "
@@ -227,6 +298,37 @@ class SshTransport(Transport):
         self.conn = conn
         self._sftp = None
         self._down_since = None
+
+    def _dial(self, conn: Any) -> None:
+        """Open ``conn`` over a TCP socket with Nagle's algorithm off.
+
+        SSH is request/response: with Nagle on, a small packet sent while the
+        previous one waits for its (delayed, ~40 ms) ACK is held back, which
+        made every channel open cost ~42 ms and a handshake ~45 ms more on
+        loopback. Through a jump host the first hop's socket is the real one.
+        """
+        sock = None
+        if not self.device.proxy_jump:
+            sock = socket.create_connection((self.device.host, self.device.port),
+                                            timeout=self.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.connect_kwargs["sock"] = sock
+        try:
+            conn.open()
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        hop = conn
+        while sock is None and hop is not None:
+            raw = getattr(hop.transport, "sock", None)
+            if isinstance(raw, socket.socket):
+                try:
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+                break
+            hop = hop.gateway if hasattr(hop.gateway, "transport") else None
 
     def close(self) -> None:
         with self._lock:
@@ -285,8 +387,15 @@ class SshTransport(Transport):
         return path
 
     # -- plain operations --------------------------------------------------------
-    def _exec(self, argv: list[str], stdin: bytes | None = None) -> paramiko.Channel:
-        command = shlex.join(argv)
+    def _command(self, argv: list[str]) -> str:
+        """The shell command for ``argv``; an agent command gets the presence test in front."""
+        if len(argv) >= 2 and argv[0] == self.python and argv[1] in self._bundles:
+            agent = shell_path(argv[1])
+            return (f"[ -f {agent} ] || exit {AGENT_MISSING}; exec {shlex.quote(argv[0])} "
+                    f"{agent} {shlex.join(argv[2:])}")
+        return shlex.join(argv)
+
+    def _exec(self, command: str, stdin: bytes | None = None) -> paramiko.Channel:
         with self.channels:
             channel = self.conn.transport.open_session(timeout=self.connect_timeout)
         channel.exec_command(command)
@@ -299,8 +408,15 @@ class SshTransport(Transport):
     def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None
             ) -> CommandResult:
         self._ensure_link_blocking(timeout)
+        result = self._run(argv, timeout, stdin)
+        if result.exit_code == AGENT_MISSING and argv[1:2] and argv[1] in self._bundles:
+            self._deploy(argv[1])
+            result = self._run(argv, timeout, stdin)
+        return result
+
+    def _run(self, argv: list[str], timeout: float, stdin: bytes | None) -> CommandResult:
         start = time.monotonic()
-        channel = self._exec(argv, stdin)
+        channel = self._exec(self._command(argv), stdin)
         channel.settimeout(timeout)
         out, err = bytearray(), bytearray()
         try:
@@ -367,32 +483,58 @@ class SshTransport(Transport):
     def expand_path(self, path: str) -> str:
         return self._remote_path(path)
 
+    def _agent_target(self, bundle_path: str, sha256: str) -> str:
+        target = f"{self.device.work_dir.rstrip('/')}/agent/{Path(bundle_path).name}"
+        self._bundles[target] = (bundle_path, sha256)
+        self._agent_for = target
+        return target
+
+    @check_connected
+    def lazy_agent(self, bundle_path: str, sha256: str) -> str:
+        """The agent's path; it is uploaded when a command finds it missing (no round trip)."""
+        return self._agent_target(bundle_path, sha256)
+
     @check_connected
     def ensure_agent(self, bundle_path: str, sha256: str) -> str:
         self._ensure_link_blocking(self.connect_timeout)
-        target = self._remote_path(
-            f"{self.device.work_dir.rstrip('/')}/agent/{Path(bundle_path).name}")
-        if target in self._agents:
-            return target
-        sftp = self._sftp_client()
-        if not self._exists(target):
-            self._makedirs(os.path.dirname(target))
-            tmp = f"{target}.tmp{os.getpid()}"
-            sftp.put(bundle_path, tmp)
-            check = self.run([self.device.python, "-c",
-                              "import hashlib,sys;print(hashlib.sha256("
-                              "open(sys.argv[1],'rb').read()).hexdigest())", tmp],
-                             timeout=60)
-            if check.exit_code != 0 or check.stdout.strip() != sha256:
-                sftp.remove(tmp)
-                raise TransportError(
-                    f"device {self.device_name}: agent upload failed verification "
-                    f"(sha256 {check.stdout.strip() or check.stderr.strip()!r}, "
-                    f"expected {sha256})")
-            sftp.posix_rename(tmp, target)
-        self._agents.add(target)
-        self._agent_for = target
+        target = self._agent_target(bundle_path, sha256)
+        if target not in self._agents:
+            self._deploy(target)
         return target
+
+    def _deploy(self, target: str) -> None:
+        """Upload the agent zipapp, verify its sha256 on the device, rename it into place.
+
+        Then the agent unpacks and compiles itself once (``agent prepare``),
+        so no job start compiles it.
+        """
+        with self._deploying:  # one upload at a time (a job and the lease refresher may race)
+            remote = self._remote_path(target)
+            if not self._exists(remote):
+                self._upload(target, remote)
+            self._agents.add(target)
+
+    def _upload(self, target: str, remote: str) -> None:
+        bundle_path, sha256 = self._bundles[target]
+        self.log.info("uploading the agent to %s", self.device_name)
+        sftp = self._sftp_client()
+        self._makedirs(os.path.dirname(remote))
+        tmp = f"{remote}.tmp{os.getpid()}"
+        sftp.put(bundle_path, tmp)
+        check = self._run([self.device.python, "-c",
+                           "import hashlib,sys;print(hashlib.sha256("
+                           "open(sys.argv[1],'rb').read()).hexdigest())", tmp], 60, None)
+        if check.exit_code != 0 or check.stdout.strip() != sha256:
+            sftp.remove(tmp)
+            raise TransportError(
+                f"device {self.device_name}: agent upload failed verification "
+                f"(sha256 {check.stdout.strip() or check.stderr.strip()!r}, "
+                f"expected {sha256})")
+        sftp.posix_rename(tmp, remote)
+        prepared = self._run(self.agent_argv(target, "prepare"), 120, None)
+        if prepared.exit_code != 0:  # only slower starts: worth a note, not a failure
+            self.log.warning("agent prepare failed on %s: %s", self.device_name,
+                             prepared.stderr.strip()[-300:])
 
     def _exists(self, path: str) -> bool:
         try:
@@ -405,18 +547,40 @@ class SshTransport(Transport):
         return f"{self.device.work_dir.rstrip('/')}/jobs/{sweep_id}/{job_key}-a{attempt}"
 
     @check_connected
-    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str) -> None:
+    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str,
+                  lease: LeaseRequest | None = None) -> None:
+        """One exec: (take the lease,) start the job detached, stream its log."""
         self._ensure_link_blocking(self.connect_timeout)
-        remote = self._remote_path(job_dir)
+        args = ["start", job_dir, "--follow"]
+        if lease is not None:
+            args += ["--lease-owner", lease.owner, "--lease-work-dir", lease.work_dir,
+                     "--lease-ttl", f"{lease.ttl:g}"]
+        command = self._command(self.agent_argv(agent_path, *args))
         payload = json.dumps(spec, sort_keys=True).encode()
-        channel = self._exec(self.agent_argv(agent_path, "start", remote, "--follow"), payload)
-        self._followers[job_dir] = _Follower(channel, 0)
+        channel = self._exec(command, payload)
+        self._followers[job_dir] = _Follower(channel, 0, command, payload,
+                                             header=lease is not None)
+
+    def lease_answer(self, job_dir: str) -> dict[str, Any] | None:
+        follower = self._followers.get(job_dir)
+        if follower is not None and follower.lease_answer is not None:
+            self._lease_answers[job_dir] = follower.lease_answer
+        return self._lease_answers.get(job_dir)
 
     def _follower(self, job_dir: str, offset: int) -> _Follower | None:
-        """The job's follow channel, re-opened from ``offset`` if the link broke."""
+        """The job's follow channel, re-opened from ``offset`` if the link broke.
+
+        A start that found no agent uploads it and runs again; a start that
+        broke before it answered runs again too (``start`` on a job that has
+        its ``job.json`` starts nothing twice, it takes the lease and follows).
+        """
         follower = self._followers.get(job_dir)
         if follower is not None and not follower.broken:
-            return follower
+            if follower.exit_code != AGENT_MISSING:
+                return follower
+            self._deploy(self._agent_path_for(job_dir))
+            return self._launch(job_dir, follower.command, follower.stdin, follower.header,
+                                follower.base)
         if follower is not None and follower.broken and self._alive():
             # The follow channel died, so the link probably did too, even if
             # the transport has not noticed yet.
@@ -425,16 +589,24 @@ class SshTransport(Transport):
             self._ensure_link()
         except _StillDown:
             return None
+        if follower is not None and not follower.answered:
+            return self._launch(job_dir, follower.command, follower.stdin, True, 0)
         agent = self._agent_path_for(job_dir)
+        command = self._command(self.agent_argv(agent, "follow", job_dir, "--offset",
+                                                str(offset)))
+        return self._launch(job_dir, command, None, False, offset)
+
+    def _launch(self, job_dir: str, command: str, stdin: bytes | None, header: bool,
+                base: int) -> _Follower | None:
+        """Run ``command`` as the job's follower, its output starting at log offset ``base``."""
         try:
-            channel = self._exec(self.agent_argv(agent, "follow", self._remote_path(job_dir),
-                                                 "--offset", str(offset)))
+            channel = self._exec(command, stdin)
         except (OSError, EOFError, paramiko.SSHException):
             # The transport looked alive but is not (keep-alives have not
             # noticed yet): drop it so the next call reconnects.
             self._mark_down()
             return None
-        follower = _Follower(channel, offset)
+        follower = _Follower(channel, base, command, stdin, header)
         self._followers[job_dir] = follower
         return follower
 
@@ -457,17 +629,19 @@ class SshTransport(Transport):
     def job_status(self, job_dir: str) -> JobStatus:
         follower = self._followers.get(job_dir)
         if follower is not None:
-            if not follower.finished.is_set() or follower.broken:
-                return JobStatus("running")  # a broken link is repaired by read_events
+            if (not follower.finished.is_set() or follower.broken
+                    or follower.exit_code == AGENT_MISSING):
+                return JobStatus("running")  # read_events repairs the link, deploys the agent
             if follower.exit_code == 0:
                 return JobStatus("exited", 0)
+            if follower.exit_code == LEASE_REFUSED and follower.lease_answer is not None:
+                return JobStatus("absent")  # nothing started; run_attempt reads the answer
         try:
             self._ensure_link()
         except _StillDown:
             return JobStatus("running")
         agent = self._agent_path_for(job_dir)
-        result = self.run(self.agent_argv(agent, "status", self._remote_path(job_dir)),
-                          timeout=30)
+        result = self.run(self.agent_argv(agent, "status", job_dir), timeout=30)
         try:
             state = json.loads(result.stdout)
         except ValueError:
@@ -477,17 +651,19 @@ class SshTransport(Transport):
 
     @check_connected
     def fetch_log(self, job_dir: str) -> str:
+        follower = self._followers.get(job_dir)
+        own = follower.stderr.decode(errors="replace") if follower is not None else ""
         try:
             self._ensure_link_blocking(self.connect_timeout)
             with self._sftp_client().open(self._remote_path(job_dir) + "/agent.stderr") as fh:
-                return fh.read().decode(errors="replace")
+                return fh.read().decode(errors="replace") + own
         except (OSError, TransportError):
-            return ""
+            return own
 
     @check_connected
     def cancel(self, job_dir: str) -> None:
         agent = self._agent_path_for(job_dir)
-        self.run(self.agent_argv(agent, "cancel", self._remote_path(job_dir)), timeout=30)
+        self.run(self.agent_argv(agent, "cancel", job_dir), timeout=30)
         follower = self._followers.pop(job_dir, None)
         if follower is not None:
             follower.channel.close()
@@ -502,6 +678,7 @@ class SshTransport(Transport):
 
     def forget(self, job_dir: str) -> None:
         """Drop a finished job's follow channel."""
+        super().forget(job_dir)
         follower = self._followers.pop(job_dir, None)
         if follower is not None:
             follower.channel.close()
