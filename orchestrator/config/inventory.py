@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
@@ -81,22 +81,25 @@ def check_name(value: str) -> str:
     return value
 
 
-def _check_host(value: str) -> str:
-    if not _HOST_RE.fullmatch(value):
-        raise ValueError(
-            f"invalid host {short_repr(value)}: expected a host name or IP address "
-            "(letters, digits, '.', '-', ':'), not starting with '-'"
-        )
-    return value
+def _pattern_check(pattern: re.Pattern[str], label: str,
+                   expected: str) -> Callable[[str], str]:
+    """A validator that accepts values matching ``pattern`` and explains the rule otherwise."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"invalid {label} {short_repr(value)}: expected {expected}")
+        return value
+
+    return check
 
 
-def _check_user(value: str) -> str:
-    if not _USER_RE.fullmatch(value):
-        raise ValueError(
-            f"invalid user {short_repr(value)}: expected a login name (letters, digits, "
-            "'.', '_', '-'; starting with a letter or '_'; at most 32 characters)"
-        )
-    return value
+_check_host = _pattern_check(
+    _HOST_RE, "host",
+    "a host name or IP address (letters, digits, '.', '-', ':'), not starting with '-'")
+_check_user = _pattern_check(
+    _USER_RE, "user",
+    "a login name (letters, digits, '.', '_', '-'; starting with a letter or '_'; at most "
+    "32 characters)")
 
 
 def _check_proxy_jump(value: str) -> str:
@@ -109,13 +112,9 @@ def _check_proxy_jump(value: str) -> str:
     return value
 
 
-def _check_env_name(value: str) -> str:
-    if not _ENV_RE.fullmatch(value):
-        raise ValueError(
-            f"invalid environment variable name {short_repr(value)}: "
-            "expected letters, digits and '_', not starting with a digit"
-        )
-    return value
+_check_env_name = _pattern_check(
+    _ENV_RE, "environment variable name",
+    "letters, digits and '_', not starting with a digit")
 
 
 def check_path(value: str) -> str:
