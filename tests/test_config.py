@@ -941,7 +941,7 @@ def test_sweep_round_trips_through_dumps() -> None:
 
 
 def test_presets_in_step_with_agent() -> None:
-    synth = pytest.importorskip("agents.models.synth")
+    import agents.models.synth as synth
     assert set(KNOWN_PRESETS) == set(synth.KNOWN_PRESETS)
     from orchestrator.config.sweep import QUANTS
 
@@ -949,7 +949,7 @@ def test_presets_in_step_with_agent() -> None:
 
 
 def test_preset_archs_match_agent_shapes() -> None:
-    presets = pytest.importorskip("agents.models.presets")
+    import agents.models.presets as presets
     from orchestrator.config.sweep import PRESET_ARCH
 
     for name in KNOWN_PRESETS:
