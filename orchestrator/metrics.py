@@ -527,7 +527,7 @@ def result_rows(store: Store, sweep_id: str) -> list[Row]:
     """
     from orchestrator.report import CONFIG_KEYS, build_report
 
-    report = build_report(store, sweep_id)
+    report = build_report(store, sweep_id, ci=False)  # metrics export no intervals
     extra: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list))
     for rep in store.counted_repetitions(sweep_id):

@@ -88,8 +88,12 @@ def verdict(ratio: float | None, moe: ModelStats, dense: ModelStats) -> str:
     return f"MoE is {abs(pct):.1f}% {'ahead' if pct > 0 else 'behind'}"
 
 
-def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
-    """Collect everything the renderers need as plain, JSON-serialisable data."""
+def build_report(store: Store, sweep_id: str, ci: bool = True) -> dict[str, Any]:
+    """Collect everything the renderers need as plain, JSON-serialisable data.
+
+    ``ci=False`` skips the bootstrap confidence intervals, the costly part,
+    for callers that do not show them (the metrics exporter).
+    """
     sweep_row = store.sweep(sweep_id)
     sweep = json.loads(sweep_row["sweep_json"])
     reps: dict[tuple[str, str, tuple[int, ...]], list[Any]] = defaultdict(list)
@@ -140,10 +144,11 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                 moe = stats(device, models[pair["moe"]], config)
                 for dense_id in dense_ids:
                     dense = stats(device, models[dense_id], config)
-                    ratio = ci = prefill_ratio = None
+                    ratio = interval = prefill_ratio = None
                     if moe.decode_tps_median and dense.decode_tps_median:
                         ratio = moe.decode_tps_median / dense.decode_tps_median
-                        ci = bootstrap_ratio_ci(moe.decode_tps, dense.decode_tps)
+                        interval = (bootstrap_ratio_ci(moe.decode_tps, dense.decode_tps)
+                                    if ci else None)
                     if moe.prefill_tps_median and dense.prefill_tps_median:
                         prefill_ratio = moe.prefill_tps_median / dense.prefill_tps_median
                     energy_ratio = None
@@ -151,7 +156,7 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                         energy_ratio = moe.j_per_token_median / dense.j_per_token_median
                     comparisons.append(Comparison(
                         device=device, config=dict(zip(CONFIG_KEYS, config, strict=True)),
-                        moe=moe, dense=dense, decode_ratio=ratio, decode_ratio_ci95=ci,
+                        moe=moe, dense=dense, decode_ratio=ratio, decode_ratio_ci95=interval,
                         prefill_ratio=prefill_ratio, verdict=verdict(ratio, moe, dense),
                         energy_ratio=energy_ratio))
     return {
