@@ -145,7 +145,8 @@ def test_a_real_sweep_reaches_prometheus(tmp_path: Path, ray_cluster: Any) -> No
                                                        TelemetryStandIn(exporter.live)))
             assert summary.counts["done"] == 6 and not summary.failed
             prom.wait_for('edgefarm_sweep_info{sweep="s1", state="finished"} == 1')
-            prom.wait_for('edgefarm_device_busy{device="dev-b"} == 0')
+            for device in ("dev-a", "dev-b"):  # both idle in a scrape before checking ranges
+                prom.wait_for(f'edgefarm_device_busy{{device="{device}"}} == 0')
             check_sweep_series(prom, store, began)
             check_panel_queries(prom)
     finally:
@@ -181,7 +182,9 @@ def check_sweep_series(prom: Prometheus, store: Store, began: float) -> None:
         series = prom.query_range(f'edgefarm_device_busy{{device="{device}"}}', began,
                                   time.time(), step=0.5)
         seen = [float(v) for _, v in series[0]["values"]]
-        assert 1.0 in seen and seen[-1] == 0.0, (device, seen)
+        assert 1.0 in seen, (device, seen)  # busy while its jobs ran...
+        (now,) = prom.query(f'edgefarm_device_busy{{device="{device}"}}')
+        assert float(now["value"][1]) == 0.0, (device, now)  # ...and idle at the end
     attempts = values(prom.query('edgefarm_job_attempts_total{outcome="done"}'), "device")
     assert attempts == {("dev-a",): 3, ("dev-b",): 3}
     power = values(prom.query('edgefarm_device_power_watts{rail="total"}'), "device")
