@@ -133,9 +133,7 @@ def cli_errors(func: F) -> F:
 @cli_errors
 def inventory_validate(inventory: InventoryOpt = Path(DEFAULT_INVENTORY)) -> None:
     """Check an inventory file; print every problem with file:line."""
-    from orchestrator.config.inventory import Inventory
-
-    inv = Inventory.load(inventory)
+    inv = _load_inventory(inventory)
     console.print(f"{inventory}: ok, {len(inv.devices)} device(s)")
 
 
@@ -143,9 +141,7 @@ def inventory_validate(inventory: InventoryOpt = Path(DEFAULT_INVENTORY)) -> Non
 @cli_errors
 def inventory_list(inventory: InventoryOpt = Path(DEFAULT_INVENTORY)) -> None:
     """List the devices of an inventory file."""
-    from orchestrator.config.inventory import Inventory
-
-    inv = Inventory.load(inventory)
+    inv = _load_inventory(inventory)
     table = Table(title=str(inventory), title_justify="left")
     for col in ("name", "transport", "address", "site", "platform", "labels", "backend"):
         table.add_column(col)

@@ -179,6 +179,21 @@ class ConfigModel(BaseModel):
         return type(self) is type(other) and self.__dict__ == other.__dict__
 
 
+def duplicate_problems(values: Sequence[str], section: str, field: str,
+                       what: str) -> list[tuple[Sequence[LocPart], str]]:
+    """A located problem for every value already used earlier in ``section``."""
+    first: dict[str, int] = {}
+    problems: list[tuple[Sequence[LocPart], str]] = []
+    for index, value in enumerate(values):
+        if value in first:
+            problems.append(((section, index, field),
+                             f"duplicate {what} {value!r} (first used by "
+                             f"{section}[{first[value]}])"))
+        else:
+            first[value] = index
+    return problems
+
+
 class FileModel(ConfigModel):
     """A configuration that is a whole file (an inventory, a sweep).
 
@@ -439,19 +454,8 @@ class Inventory(FileModel):
     @model_validator(mode="after")
     def _unique_names(self) -> Inventory:
         """Names key results and selections, so two devices may not share one."""
-        first: dict[str, int] = {}
-        problems: list[tuple[Sequence[LocPart], str]] = []
-        for index, device in enumerate(self.devices):
-            if device.name in first:
-                problems.append(
-                    (
-                        ("devices", index, "name"),
-                        f"duplicate device name {device.name!r} "
-                        f"(first used by devices[{first[device.name]}])",
-                    )
-                )
-            else:
-                first[device.name] = index
+        problems = duplicate_problems([d.name for d in self.devices], "devices", "name",
+                                      "device name")
         if problems:
             raise LocatedValueError.many(problems)
         return self

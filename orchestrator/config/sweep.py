@@ -26,6 +26,7 @@ from orchestrator.config.inventory import (
     Name,
     as_list,
     check_path,
+    duplicate_problems,
 )
 from orchestrator.config.yaml_loader import (
     LocatedValueError,
@@ -384,21 +385,10 @@ class Sweep(FileModel):
     @model_validator(mode="after")
     def _consistent_models_and_pairs(self) -> Sweep:
         """Ids are unique and every pair compares an existing MoE with existing dense models."""
-        problems: list[tuple[Sequence[LocPart], str]] = []
+        problems = duplicate_problems([m.id for m in self.models], "models", "id", "model id")
         by_id: dict[str, ModelSpec] = {}
-        first_index: dict[str, int] = {}
-        for index, model in enumerate(self.models):
-            if model.id in by_id:
-                problems.append(
-                    (
-                        ("models", index, "id"),
-                        f"duplicate model id {model.id!r} (first used by "
-                        f"models[{first_index[model.id]}])",
-                    )
-                )
-            else:
-                by_id[model.id] = model
-                first_index[model.id] = index
+        for model in self.models:
+            by_id.setdefault(model.id, model)
         known = ", ".join(by_id)
 
         def check_ref(at: tuple[LocPart, ...], model_id: str, arch: str) -> None:
