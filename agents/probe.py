@@ -102,11 +102,11 @@ def telemetry_sources() -> Dict[str, object]:
     """Which power/thermal sources this device offers, and why not where absent.
 
     ``{source: what it reads, ..., "unavailable": {source: reason}}``, from the
-    same selection the job's sampler makes (agents/telemetry/sources.py), so
-    the facts say exactly what a job will measure. Cheap: NVML's
+    same selection the job's sampler makes (agents/telemetry/sources/selection.py),
+    so the facts say exactly what a job will measure. Cheap: NVML's
     initialisation and at most one ``sudo -n -l``, no tool is started.
     """
-    from agents.telemetry.sources import select_sources
+    from agents.telemetry.sources.selection import select_sources
 
     found: Dict[str, object] = {}
     try:

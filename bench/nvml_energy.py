@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agents.telemetry.energy import integrate_trapezoid  # noqa: E402
 from agents.telemetry.sample import Sample  # noqa: E402
 from agents.telemetry.sampler import Sampler  # noqa: E402
-from agents.telemetry.sources import NvmlSource, Source  # noqa: E402
+from agents.telemetry.sources.base import Source  # noqa: E402
+from agents.telemetry.sources.nvml import NvmlSource  # noqa: E402
 
 
 class AveragePower(Source):

@@ -79,7 +79,9 @@ def pairs(model: str, args: argparse.Namespace) -> None:
     from agents.backends.base import JobParams
     from agents.backends.xllamacpp_backend import XllamacppBackend, prompt_id_range
     from agents.telemetry.job import JobTelemetry
-    from agents.telemetry.sources import SystemSource, make_test_source, select_sources
+    from agents.telemetry.sources.fake import make_test_source
+    from agents.telemetry.sources.selection import select_sources
+    from agents.telemetry.sources.system import SystemSource
 
     params = JobParams(args.prompt, args.gen, args.threads, 0, 1, 0)
     cparams = xllamacpp.CommonParams()
@@ -156,7 +158,7 @@ def pairs(model: str, args: argparse.Namespace) -> None:
 def tick_cost(n: int = 2000) -> tuple[float, list[str]]:
     """Seconds of one sampler tick over the sources this machine offers."""
     from agents.telemetry.sampler import Sampler
-    from agents.telemetry.sources import select_sources
+    from agents.telemetry.sources.selection import select_sources
 
     sources, _missing = select_sources()
     sampler = Sampler(sources, interval=0.1)

@@ -1,4 +1,4 @@
-"""The live sampler and its sources (agents/telemetry/sampler.py, sources.py).
+"""The live sampler and its sources (agents/telemetry/sampler.py, sources/).
 
 Fake sources defined here produce known power curves, so every energy has an
 analytic answer. Sources that read the system are pointed at fake /proc,
@@ -21,19 +21,15 @@ import pytest
 from agents import probe
 from agents.telemetry.sample import Sample
 from agents.telemetry.sampler import EnergyUnavailable, Sampler
-from agents.telemetry.sources import (
-    ConstantPowerSource,
-    CounterSource,
-    MacmonSource,
-    NvmlSource,
-    PowermetricsSource,
-    RaplSource,
-    Source,
-    SystemSource,
-    TegrastatsSource,
-    make_test_source,
-    select_sources,
-)
+from agents.telemetry.sources.base import Source
+from agents.telemetry.sources.fake import ConstantPowerSource, CounterSource, make_test_source
+from agents.telemetry.sources.macmon import MacmonSource
+from agents.telemetry.sources.nvml import NvmlSource
+from agents.telemetry.sources.powermetrics import PowermetricsSource
+from agents.telemetry.sources.rapl import RaplSource
+from agents.telemetry.sources.selection import select_sources
+from agents.telemetry.sources.system import SystemSource
+from agents.telemetry.sources.tegrastats import TegrastatsSource
 
 # -- fake sources ---------------------------------------------------------------
 
@@ -607,7 +603,7 @@ while True:
     sys.stdout.buffer.flush()
     time.sleep(0.02)
 """)
-    monkeypatch.setattr("agents.telemetry.sources._euid", lambda: 0)
+    monkeypatch.setattr("agents.telemetry.sources.powermetrics._euid", lambda: 0)
     source = PowermetricsSource(0.02, binary=tool)
     assert source.available() == (True, f"{tool} (as root)")
     assert source.argv()[0] == tool
@@ -628,7 +624,7 @@ def test_powermetrics_without_passwordless_sudo_says_how_to_fix_it(tmp_path, mon
 sys.stderr.write("sudo: a password is required\\n")
 sys.exit(1)
 """)
-    monkeypatch.setattr("agents.telemetry.sources._euid", lambda: 501)
+    monkeypatch.setattr("agents.telemetry.sources.powermetrics._euid", lambda: 501)
     source = PowermetricsSource(0.1, binary="/usr/bin/powermetrics", sudo=sudo)
     ok, reason = source.available()
     assert not ok

@@ -27,7 +27,7 @@ from agent_fixtures import (  # noqa: F401  (*_fixture: the fixtures stand_in_mo
 from agents.runner import run_job
 from agents.telemetry.job import JobTelemetry
 from agents.telemetry.sample import Sample
-from agents.telemetry.sources import Source
+from agents.telemetry.sources.base import Source
 
 LIVE_SAMPLE_FIELDS = {"rails_w", "total_w", "total_rail", "ram_used_mb", "ram_total_mb",
                       "gpu_mem_used_mb", "temps_c"}

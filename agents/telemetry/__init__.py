@@ -8,8 +8,9 @@ Every source produces :class:`~agents.telemetry.sample.Sample` objects:
 - readers of sysfs that take a root path, so tests use fake trees:
   :mod:`.hwmon` (Jetson INA3221/INA238 rails), :mod:`.rapl` (x86 energy counters);
 - :mod:`.energy`: trapezoid integration over a window and counter deltas;
-- live, during a job: :mod:`.sources` (NVML, RAPL, Jetson, Apple, system
-  memory; ``select_sources``), :mod:`.sampler` (the background ``Sampler``:
+- live, during a job: :mod:`.sources` (one module per source: NVML, RAPL,
+  Jetson, Apple, system memory; ``select_sources`` in
+  :mod:`.sources.selection`), :mod:`.sampler` (the background ``Sampler``:
   energy, power, memory and temperature over a window) and :mod:`.job` (idle
   power, cooldown and the energy fields of each repetition, for the runner).
   They are not imported here: the parsers stay cheap to import.

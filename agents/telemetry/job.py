@@ -21,7 +21,7 @@ Job spec keys (all optional; ``job.json`` top level):
                          between repetitions, wait until the hottest sensor is below
                          ``max_temp_c`` or ``timeout_s`` has passed
 ``telemetry_test_source`` TEST-ONLY: ``"constant:12.5"`` etc., a fake power source
-                         (:func:`agents.telemetry.sources.make_test_source`)
+                         (:func:`agents.telemetry.sources.fake.make_test_source`)
 
 Windows. A repetition's energy is measured over the monotonic windows the
 backend reports in the event: ``prefill_window_mono`` and
@@ -39,12 +39,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from agents.telemetry.sample import Sample
 from agents.telemetry.sampler import EnergyUnavailable, Sampler
-from agents.telemetry.sources import (
-    Source,
-    SystemSource,
-    make_test_source,
-    select_sources,
-)
+from agents.telemetry.sources.base import Source
+from agents.telemetry.sources.fake import make_test_source
+from agents.telemetry.sources.selection import select_sources
+from agents.telemetry.sources.system import SystemSource
 
 __all__ = ["JobTelemetry", "TelemetryConfigError", "unmeasured_reason"]
 

@@ -48,7 +48,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from agents.telemetry.energy import integrate_trapezoid, value_of
 from agents.telemetry.sample import Sample
-from agents.telemetry.sources import Source
+from agents.telemetry.sources.base import Source
 
 __all__ = ["Sampler", "EnergyUnavailable"]
 
@@ -575,7 +575,7 @@ def _value_at(samples: List[Sample], key: str, t: float) -> float:
 
 def _throttle_text(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
-        from agents.telemetry.sources import NVML_THROTTLE_NAMES
+        from agents.telemetry.sources.nvml import NVML_THROTTLE_NAMES
 
         names = [name for bit, name in NVML_THROTTLE_NAMES if value & bit]
         return "+".join(names) if names else "0x%x" % value
