@@ -1,13 +1,14 @@
 """Telemetry parsers (agents/telemetry: tegrastats, powermetrics, macmon) against recorded output.
 
 Cases are data, pyinfra-style: ``tests/data/telemetry/<parser>/<case>.<ext>`` is
-the input, copied from ../shared/telemetry-samples (each case's JSON says from
-where), and ``<case>.json`` holds ``source``, ``checked_by_hand`` and the
+the input, cut from the whole recorded files in ``tests/data/telemetry/samples``
+(each case's JSON says from where; that folder's README gives every file's
+provenance), and ``<case>.json`` holds ``source``, ``checked_by_hand`` and the
 expected ``samples``. The expected values were typed from the input lines by
 hand, not produced by the parser; ``checked_by_hand`` lists the arithmetic.
 A new case is two files and no code.
 
-Beyond the cases: every tool-output line of every shared sample file parses,
+Beyond the cases: every tool-output line of every recorded sample file parses,
 unknown fields land in ``extra``, and truncated or garbage input never raises
 anything but the documented ValueError.
 """
@@ -33,8 +34,11 @@ from agents.telemetry.sample import Sample
 from agents.telemetry.tegrastats import parse_tegrastats, parse_tegrastats_line
 
 DATA = Path(__file__).parent / "data" / "telemetry"
-# Recorded tool output shared by the project, beside the checkout (DESIGN.md).
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "telemetry-samples"
+# Whole recorded files, in the repository so a fresh clone tests the same (README there).
+SAMPLES = DATA / "samples"
+# Two recorded files are case inputs already, byte for byte, so they are not repeated.
+PLIST_SAMPLE = DATA / "powermetrics" / "mac16_5-macos25C56-plist.plist"
+MACMON_SAMPLE = DATA / "macmon" / "readme-example.jsonc"
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -120,7 +124,7 @@ def test_recorded_case(parser, expected_path, inputs):
         assert Sample.from_json(got).to_json() == got
 
 
-# -- every line of every shared sample file ---------------------------------------
+# -- every line of every recorded sample file -------------------------------------
 
 def tool_lines(path: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines()
@@ -134,22 +138,23 @@ def excerpt_sections(path: Path) -> list[str]:
             for section in sections]
 
 
-def test_no_shared_sample_file_is_left_untested():
-    assert SHARED.is_dir(), f"{SHARED} is missing: the recorded samples live beside the checkout"
-    handled = {"README.md", "macmon-pipe-readme-example.jsonc",
-               "powermetrics-mac16_5-macos25C56.plist",
-               "powermetrics-mac16_5-macos25C56.plist.source",
+def test_no_recorded_sample_file_is_left_untested():
+    handled = {"README.md",
                "powermetrics-mac16_5-processor-gpu-excerpt.txt",
                "powermetrics-text-mac15_12-24F74.txt",
                "powermetrics-text-issue-excerpts-partial.txt",
                "rapl-powercap-samples.txt"}  # RAPL: see test_telemetry_readers.py
-    present = {p.name for p in SHARED.iterdir()}
+    present = {p.name for p in SAMPLES.iterdir()}
     tegrastats = {n for n in present if n.startswith("tegrastats-")}
     assert len(tegrastats) == 5
     assert present - tegrastats - handled == set()
+    readme = (SAMPLES / "README.md").read_text(encoding="utf-8")
+    for name in sorted(present - {"README.md"}):
+        assert f"| {name} |" in readme, f"{name} has no provenance in samples/README.md"
+    assert PLIST_SAMPLE.is_file() and MACMON_SAMPLE.is_file()
 
 
-@pytest.mark.parametrize("path", sorted(SHARED.glob("tegrastats-*.txt")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("tegrastats-*.txt")), ids=lambda p: p.name)
 def test_every_tegrastats_line_gives_ram_or_a_rail(path):
     lines = tool_lines(path)
     assert lines
@@ -161,15 +166,15 @@ def test_every_tegrastats_line_gives_ram_or_a_rail(path):
 
 def test_every_powermetrics_sample_parses():
     plist = parse_powermetrics_plist_stream(
-        (SHARED / "powermetrics-mac16_5-macos25C56.plist").read_bytes())
+        PLIST_SAMPLE.read_bytes())
     assert len(plist) == 1 and plist[0].total_w is not None
 
-    text = (SHARED / "powermetrics-text-mac15_12-24F74.txt").read_text(encoding="utf-8")
+    text = (SAMPLES / "powermetrics-text-mac15_12-24F74.txt").read_text(encoding="utf-8")
     raw = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
     samples = parse_powermetrics_text(raw)
     assert len(samples) == 1 and samples[0].total_w is not None
 
-    sections = excerpt_sections(SHARED / "powermetrics-text-issue-excerpts-partial.txt")
+    sections = excerpt_sections(SAMPLES / "powermetrics-text-issue-excerpts-partial.txt")
     assert len(sections) == 5
     for section in sections:
         samples = parse_powermetrics_text(section)
@@ -178,7 +183,7 @@ def test_every_powermetrics_sample_parses():
 
     # The byte range of the plist kept as text: not a whole plist, so nothing parses;
     # the error says which plist failed and why, and nothing but ValueError escapes.
-    excerpt = (SHARED / "powermetrics-mac16_5-processor-gpu-excerpt.txt").read_bytes()
+    excerpt = (SAMPLES / "powermetrics-mac16_5-processor-gpu-excerpt.txt").read_bytes()
     fragment = b"\n".join(line for line in excerpt.splitlines() if not line.startswith(b"#"))
     assert parse_powermetrics_plist_stream(fragment) == []  # a truncated last plist is dropped
     with pytest.raises(ValueError, match="plist 1 of 2"):
@@ -186,7 +191,7 @@ def test_every_powermetrics_sample_parses():
 
 
 def test_macmon_readme_example_parses():
-    line = jsonc_to_line((SHARED / "macmon-pipe-readme-example.jsonc").read_text("utf-8"))
+    line = jsonc_to_line(MACMON_SAMPLE.read_text("utf-8"))
     sample = parse_macmon_line(line)
     assert sample.total_rail == "sys" and sample.ram_total_mb == 24576.0
 
@@ -262,7 +267,7 @@ def test_macmon_older_field_shapes_and_wrong_types():
 # -- robustness ------------------------------------------------------------------
 
 def all_tegrastats_lines():
-    return [line for path in sorted(SHARED.glob("tegrastats-*.txt")) for line in tool_lines(path)]
+    return [line for path in sorted(SAMPLES.glob("tegrastats-*.txt")) for line in tool_lines(path)]
 
 
 def test_tegrastats_never_raises_on_truncated_or_garbage_lines():

@@ -2,8 +2,9 @@
 
 The trees follow the layouts the readers document: INA3221 through hwmon
 (JetPack 5+), INA3221 through NVIDIA's iio driver (JetPack 4), INA238 on
-Thor, and the powercap RAPL zones of ../shared/telemetry-samples/
-rapl-powercap-samples.txt (names, counters and wrap ranges copied from there).
+Thor, and the powercap RAPL zones of tests/data/telemetry/samples/
+rapl-powercap-samples.txt (names, counters and wrap ranges copied from there,
+which a test checks).
 
 Root-only counters: these tests run as root, for whom mode 0400 changes
 nothing, so a chmod cannot reproduce what a normal user sees. The reader takes
@@ -14,12 +15,16 @@ while the file really has mode 0400; the reason the reader gives is checked.
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from agents.telemetry.hwmon import JetsonPowerReader
 from agents.telemetry.rapl import RaplReader
+
+# The recorded powercap listings the RAPL trees below are built from.
+RAPL_LISTING = Path(__file__).parent / "data/telemetry/samples/rapl-powercap-samples.txt"
 
 
 def write(root: Path, files: dict[str, str]) -> None:
@@ -193,6 +198,15 @@ RAPL_FLAT = {
     "intel-rapl-mmio:0/name": "package-0",
     "intel-rapl-mmio:0/max_energy_range_uj": INTEL_MAX,  # [B] lists no energy_uj here
 }
+
+
+def test_rapl_tree_holds_only_values_of_the_recorded_listing():
+    """Every file of the fake tree is a ``name: value`` line of the recorded listing."""
+    listing = RAPL_LISTING.read_text(encoding="utf-8")
+    for rel, value in RAPL_FLAT.items():
+        leaf = re.sub(r"^constraint_\d+_", "", rel.rsplit("/", 1)[-1])
+        assert f"{leaf}: {value}" in listing, rel
+    assert f"// {AMD_MAX} (amd?)" in listing and f"// {INTEL_MAX} (intel?)" in listing
 
 
 def test_rapl_zones_from_the_recorded_listing(tmp_path):
