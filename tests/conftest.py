@@ -1,8 +1,43 @@
-"""Shared fixtures: a real Ray cluster on loopback, device inventories in tmp dirs."""
+"""Shared fixtures: a real Ray cluster on loopback, device inventories in tmp dirs.
+
+Also the guard that fails a test reading ``../shared`` beside the checkout
+(tests/outside_reads.py): a fresh clone has no such folder.
+"""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
+from outside_reads import READS, audit_hook
+
+# Installed once, as this file is imported: before any test module is
+# collected, so a read at import or collection time is caught too.
+sys.addaudithook(audit_hook)
+
+
+@pytest.fixture(autouse=True)
+def _no_reads_outside_the_repository():
+    """Fail the test that read outside the repository, even if it caught the error."""
+    before = len(READS)
+    yield
+    made = READS[before:]
+    if made:
+        pytest.fail("read outside the repository (a fresh clone fails here): "
+                    + "; ".join(made), pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run for reads outside any test (collection, session fixtures)."""
+    if READS and session.exitstatus == 0:
+        session.exitstatus = 1
+    if READS:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_sep("=", "reads outside the repository", red=True)
+            for read in READS:
+                reporter.write_line(read, red=True)
 
 
 @pytest.fixture(scope="session")
