@@ -46,7 +46,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import CollectorRegistry
 
 from orchestrator.errors import StoreError
-from orchestrator.store import DB_NAME, JOB_STATES, Store, sample_memory_bytes
+from orchestrator.states import JOB_STATES, SweepState
+from orchestrator.store import DB_NAME, Store, sample_memory_bytes
 
 __all__ = [
     "METRICS",
@@ -167,7 +168,7 @@ ATTEMPT_OUTCOMES = ("done", "failed", "cancelled")
 #: and Prometheus must not pay for it.
 MAX_SERIES_PER_DEVICE = 32
 #: Sweep states that count as "finished" for the last-finished sweep.
-ENDED_STATES = ("finished", "interrupted")
+ENDED_STATES = (SweepState.FINISHED, SweepState.INTERRUPTED)
 
 
 def config_label(spec: Mapping[str, Any]) -> str:
@@ -481,11 +482,10 @@ class StoreCollector:
                 counts = store.job_counts(sid)
                 out.append(("edgefarm_sweep_info", (sid, sweep["name"], sweep["state"]), 1.0))
                 out += [("edgefarm_sweep_jobs", (sid, state), float(counts.get(state, 0)))
-                        for state in JOB_STATES]
+                        for state in map(str, JOB_STATES)]
                 # Counted repetitions too, so a result shows up at the next
                 # scrape after it arrives, not only when its job ends.
-                reps = store.db.execute("SELECT COUNT(*) FROM repetitions WHERE sweep_id = ?",
-                                        (sid,)).fetchone()[0]
+                reps = store.repetition_count(sid)
                 fingerprint = (sweep["state"], tuple(sorted(counts.items())), reps)
                 cached = self._cache.get(sid)
                 now = self._clock()

@@ -6,7 +6,11 @@ committed as it arrives, so a killed controller loses nothing it had already
 received, and events are keyed by ``(sweep, job, attempt, seq)`` so reading an
 agent's log twice (after a reconnect or a resume) stores each event once.
 
-Rows are never rewritten in place, except a job's state.
+Rows are never rewritten in place, except a job's or a sweep's state, and
+every such change is checked against ``orchestrator.states``: an illegal one
+raises ``IllegalTransitionError`` naming the job (or sweep) and both states.
+All SQL of the controller lives in this module, behind named methods, so the
+CLI, the metrics and the reports never depend on the schema.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import StoreError
+from orchestrator.states import (
+    ATTEMPT_STATES,
+    JOB_STATES,
+    AttemptState,
+    JobState,
+    SweepState,
+    job_transition_allowed,
+    sweep_transition_allowed,
+)
 
 DB_NAME = "edgefarm.sqlite"
 
@@ -29,7 +42,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
     name TEXT NOT NULL,
     created_at REAL NOT NULL,
     finished_at REAL,
-    state TEXT NOT NULL,            -- running | finished | interrupted
+    state TEXT NOT NULL,            -- orchestrator.states.SweepState
     sweep_path TEXT,
     inventory_path TEXT,
     sweep_json TEXT NOT NULL,       -- the validated sweep, as planned
@@ -43,7 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     model_id TEXT NOT NULL,
     arch TEXT NOT NULL,
     spec_json TEXT NOT NULL,
-    state TEXT NOT NULL,            -- pending | running | done | failed | cancelled
+    state TEXT NOT NULL,            -- orchestrator.states.JobState
     attempts INTEGER NOT NULL DEFAULT 0,
     ok_attempt INTEGER,             -- the attempt whose repetitions count
     error_kind TEXT,
@@ -57,7 +70,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     sweep_id TEXT NOT NULL,
     job_key TEXT NOT NULL,
     attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,            -- running | done | failed | cancelled
+    state TEXT NOT NULL,            -- orchestrator.states.AttemptState
     error_kind TEXT,
     error TEXT,
     started_at REAL NOT NULL,
@@ -99,6 +112,15 @@ CREATE TABLE IF NOT EXISTS probes (
     error TEXT,                     -- why not, otherwise
     PRIMARY KEY (device, probed_at)
 );
+CREATE TABLE IF NOT EXISTS quarantines (
+    sweep_id TEXT NOT NULL,
+    device TEXT NOT NULL,
+    at REAL NOT NULL,
+    error_kind TEXT,
+    reason TEXT NOT NULL,
+    lifted_at REAL,                 -- when a later run (a resume) tried the device again
+    PRIMARY KEY (sweep_id, device, at)
+);
 CREATE TABLE IF NOT EXISTS device_facts (
     sweep_id TEXT NOT NULL,
     device TEXT NOT NULL,
@@ -134,7 +156,20 @@ CREATE TABLE IF NOT EXISTS samples (
 REPETITION_COLUMNS = ("prompt_tokens", "gen_tokens", "prefill_s", "decode_s", "ttft_s",
                       "prefill_tps", "decode_tps", "peak_rss_bytes")
 
-JOB_STATES = ("pending", "running", "done", "failed", "cancelled")
+__all__ = ["DB_NAME", "JOB_STATES", "IllegalTransitionError", "Store", "UnknownSweepError",
+           "sample_memory_bytes"]
+
+
+class UnknownSweepError(StoreError, LookupError):
+    """The store has no sweep by that id (bad input: the CLI exits 2)."""
+
+    exit_code = 2
+
+
+class IllegalTransitionError(StoreError):
+    """A state change that ``orchestrator.states`` does not allow (a bug, not bad input)."""
+
+    exit_code = 1
 
 
 def _dumps(value: Any) -> str:
@@ -180,14 +215,14 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO sweeps (id, name, created_at, state, sweep_path, inventory_path,"
-                " sweep_json, inventory_json) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
-                (sweep_id, name, time.time(), sweep_path, inventory_path, _dumps(sweep),
-                 _dumps(inventory)))
+                " sweep_json, inventory_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sweep_id, name, time.time(), SweepState.RUNNING.value, sweep_path,
+                 inventory_path, _dumps(sweep), _dumps(inventory)))
             db.executemany(
                 "INSERT INTO jobs (sweep_id, key, ordinal, device, model_id, arch, spec_json,"
-                " state) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
-                [(sweep_id, j["key"], i, j["device"], j["model_id"], j["arch"], _dumps(j))
-                 for i, j in enumerate(jobs)])
+                " state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(sweep_id, j["key"], i, j["device"], j["model_id"], j["arch"], _dumps(j),
+                  JobState.PENDING.value) for i, j in enumerate(jobs)])
 
     def sweep(self, sweep_id: str) -> sqlite3.Row:
         row = self.db.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
@@ -195,7 +230,7 @@ class Store:
             known = [r["id"] for r in self.db.execute(
                 "SELECT id FROM sweeps ORDER BY created_at DESC LIMIT 5")]
             hint = f" (recent: {', '.join(known)})" if known else " (the store has no sweeps)"
-            raise StoreError(f"no sweep {sweep_id!r} in {self.path}{hint}")
+            raise UnknownSweepError(f"no sweep {sweep_id!r} in {self.path}{hint}")
         return row
 
     def latest_sweep_id(self) -> str | None:
@@ -207,9 +242,61 @@ class Store:
             "SELECT * FROM sweeps ORDER BY created_at DESC LIMIT ?", (limit,)))
 
     def set_sweep_state(self, sweep_id: str, state: str) -> None:
-        finished = time.time() if state == "finished" else None
-        self.db.execute("UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?",
-                        (state, finished, sweep_id))
+        """Change a sweep's state, refusing a change ``states.SWEEP_TRANSITIONS`` forbids."""
+        state = SweepState(state)
+        finished = time.time() if state == SweepState.FINISHED else None
+        with self.transaction() as db:
+            row = db.execute("SELECT state FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+            if row is None:
+                raise UnknownSweepError(f"no sweep {sweep_id!r} in {self.path}")
+            if not sweep_transition_allowed(row["state"], state):
+                raise IllegalTransitionError(
+                    f"sweep {sweep_id}: illegal state change {row['state']} -> {state}")
+            db.execute("UPDATE sweeps SET state = ?, finished_at = ? WHERE id = ?",
+                       (state.value, finished, sweep_id))
+
+    def _check_job(self, db: sqlite3.Connection, sweep_id: str, key: str,
+                   state: JobState) -> None:
+        """Refuse a job state change ``states.JOB_TRANSITIONS`` forbids (inside a transaction)."""
+        row = db.execute("SELECT state, device, model_id FROM jobs WHERE sweep_id = ? AND key = ?",
+                         (sweep_id, key)).fetchone()
+        if row is None:
+            raise StoreError(f"no job {key} in sweep {sweep_id}")
+        if not job_transition_allowed(row["state"], state):
+            raise IllegalTransitionError(
+                f"job {key} ({row['model_id']} on {row['device']}) of sweep {sweep_id}: "
+                f"illegal state change {row['state']} -> {state}")
+
+    def repetition_count(self, sweep_id: str) -> int:
+        """Every stored repetition of a sweep (warm-up and retried attempts included)."""
+        row = self.db.execute("SELECT COUNT(*) AS n FROM repetitions WHERE sweep_id = ?",
+                              (sweep_id,)).fetchone()
+        return int(row["n"])
+
+    # -- quarantines ----------------------------------------------------------
+    def add_quarantine(self, sweep_id: str, device: str, error_kind: str | None,
+                       reason: str) -> None:
+        """Record that a run stopped using ``device`` (kept as history, never rewritten)."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO quarantines (sweep_id, device, at, error_kind, reason)"
+            " VALUES (?, ?, ?, ?, ?)", (sweep_id, device, time.time(), error_kind, reason))
+
+    def quarantines(self, sweep_id: str, active_only: bool = False) -> list[sqlite3.Row]:
+        """A sweep's quarantines, oldest first; ``active_only`` leaves out lifted ones."""
+        sql = "SELECT * FROM quarantines WHERE sweep_id = ?"
+        if active_only:
+            sql += " AND lifted_at IS NULL"
+        return list(self.db.execute(sql + " ORDER BY at, device", (sweep_id,)))
+
+    def lift_quarantines(self, sweep_id: str, devices: Iterable[str]) -> int:
+        """Mark ``devices``' quarantines lifted: a new run tries them again. Returns how many."""
+        now = time.time()
+        with self.transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                "UPDATE quarantines SET lifted_at = ? WHERE sweep_id = ? AND device = ?"
+                " AND lifted_at IS NULL", [(now, sweep_id, d) for d in devices])
+            return db.total_changes - before
 
     # -- jobs ---------------------------------------------------------------
     def jobs(self, sweep_id: str, states: Iterable[str] | None = None) -> list[sqlite3.Row]:
@@ -219,7 +306,7 @@ class Store:
         return [r for r in rows if wanted is None or r["state"] in wanted]
 
     def job_counts(self, sweep_id: str) -> dict[str, int]:
-        counts = dict.fromkeys(JOB_STATES, 0)
+        counts = {state.value: 0 for state in JOB_STATES}
         for row in self.db.execute(
                 "SELECT state, COUNT(*) AS n FROM jobs WHERE sweep_id = ? GROUP BY state",
                 (sweep_id,)):
@@ -229,18 +316,27 @@ class Store:
     def start_attempt(self, sweep_id: str, key: str, attempt: int) -> None:
         now = time.time()
         with self.transaction() as db:
+            self._check_job(db, sweep_id, key, JobState.RUNNING)
             db.execute(
-                "UPDATE jobs SET state = 'running', attempts = MAX(attempts, ?),"
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts, ?),"
                 " started_at = COALESCE(started_at, ?) WHERE sweep_id = ? AND key = ?",
-                (attempt, now, sweep_id, key))
+                (JobState.RUNNING.value, attempt, now, sweep_id, key))
             # A re-attached attempt keeps its row (and its first start time).
             db.execute(
                 "INSERT OR IGNORE INTO attempts (sweep_id, job_key, attempt, state, started_at)"
-                " VALUES (?, ?, ?, 'running', ?)", (sweep_id, key, attempt, now))
+                " VALUES (?, ?, ?, ?, ?)",
+                (sweep_id, key, attempt, AttemptState.RUNNING.value, now))
 
     def end_attempt(self, sweep_id: str, key: str, attempt: int, state: str,
                     error_kind: str | None = None, error: str | None = None) -> None:
-        """Record how one attempt ended; every attempt's reason is kept."""
+        """Record how one attempt ended; every attempt's reason is kept.
+
+        Only the value is checked, not the change: a controller killed between
+        this write and the job's may end the same re-attached attempt twice.
+        """
+        if state not in ATTEMPT_STATES:
+            raise StoreError(f"job {key} of sweep {sweep_id}, attempt {attempt}: "
+                             f"unknown attempt state {state!r}")
         self.db.execute(
             "UPDATE attempts SET state = ?, error_kind = ?, error = ?, finished_at = ?"
             " WHERE sweep_id = ? AND job_key = ? AND attempt = ?",
@@ -254,20 +350,27 @@ class Store:
     def finish_job(self, sweep_id: str, key: str, state: str, attempt: int | None = None,
                    error_kind: str | None = None, error: str | None = None,
                    result: dict | None = None) -> None:
-        if state not in JOB_STATES:
-            raise ValueError(f"unknown job state {state!r}")
-        self.db.execute(
-            "UPDATE jobs SET state = ?, ok_attempt = ?, error_kind = ?, error = ?,"
-            " result_json = COALESCE(?, result_json), finished_at = ?"
-            " WHERE sweep_id = ? AND key = ?",
-            (state, attempt if state == "done" else None, error_kind, error,
-             _dumps(result) if result is not None else None, time.time(), sweep_id, key))
+        """End a job (done, failed or cancelled), checking the change against the states table."""
+        if state not in (JobState.DONE, JobState.FAILED, JobState.CANCELLED):
+            raise StoreError(f"job {key} of sweep {sweep_id}: {state!r} is not a final state")
+        state = JobState(state)
+        with self.transaction() as db:
+            self._check_job(db, sweep_id, key, state)
+            db.execute(
+                "UPDATE jobs SET state = ?, ok_attempt = ?, error_kind = ?, error = ?,"
+                " result_json = COALESCE(?, result_json), finished_at = ?"
+                " WHERE sweep_id = ? AND key = ?",
+                (state.value, attempt if state == JobState.DONE else None, error_kind, error,
+                 _dumps(result) if result is not None else None, time.time(), sweep_id, key))
 
     def requeue(self, sweep_id: str, key: str, error_kind: str | None, error: str | None) -> None:
         """Mark a job pending again after a failed attempt, keeping the last reason."""
-        self.db.execute(
-            "UPDATE jobs SET state = 'pending', error_kind = ?, error = ?"
-            " WHERE sweep_id = ? AND key = ?", (error_kind, error, sweep_id, key))
+        with self.transaction() as db:
+            self._check_job(db, sweep_id, key, JobState.PENDING)
+            db.execute(
+                "UPDATE jobs SET state = ?, error_kind = ?, error = ?"
+                " WHERE sweep_id = ? AND key = ?",
+                (JobState.PENDING.value, error_kind, error, sweep_id, key))
 
     # -- events -------------------------------------------------------------
     def add_events(self, sweep_id: str, device: str, events: Iterable[dict]) -> int:
@@ -308,13 +411,20 @@ class Store:
         sql += " ORDER BY job_key, attempt, seq"
         return [json.loads(r["body"]) for r in self.db.execute(sql, args)]
 
+    def recent_events(self, sweep_id: str, job_key: str, attempt: int,
+                      limit: int = 200) -> list[dict]:
+        """One attempt's last ``limit`` events, newest first (what a live view needs)."""
+        return [json.loads(r["body"]) for r in self.db.execute(
+            "SELECT body FROM events WHERE sweep_id = ? AND job_key = ? AND attempt = ?"
+            " ORDER BY seq DESC LIMIT ?", (sweep_id, job_key, attempt, limit))]
+
     def counted_repetitions(self, sweep_id: str) -> list[sqlite3.Row]:
         """Repetitions that count: not warm-up, from each job's successful attempt."""
         return list(self.db.execute(
             "SELECT r.*, j.device, j.model_id, j.arch, j.spec_json, j.result_json"
             " FROM repetitions r JOIN jobs j ON j.sweep_id = r.sweep_id AND j.key = r.job_key"
-            " WHERE r.sweep_id = ? AND j.state = 'done' AND r.attempt = j.ok_attempt"
-            " AND r.warmup = 0 ORDER BY j.ordinal, r.idx", (sweep_id,)))
+            " WHERE r.sweep_id = ? AND j.state = ? AND r.attempt = j.ok_attempt"
+            " AND r.warmup = 0 ORDER BY j.ordinal, r.idx", (sweep_id, JobState.DONE.value)))
 
     def add_probe(self, device: str, reachable: bool, facts: dict | None,
                   error: str | None) -> None:
