@@ -40,13 +40,13 @@ sys.path.insert(0, str(REPO))
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from orchestrator.cli.main import job_record  # noqa: E402
 from orchestrator.config.sweep import load_sweep_with_inventory  # noqa: E402
 from orchestrator.exporter import start_exporter, stop_exporter  # noqa: E402
 from orchestrator.metrics import LiveMetrics, MultiProgress, StoreCollector  # noqa: E402
 from orchestrator.planner import plan  # noqa: E402
 from orchestrator.scheduler import NullProgress  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
+from orchestrator.sweeps import job_record  # noqa: E402
 
 #: Rails, total rail and sensors per platform, as the devices' own tools name them.
 PLATFORMS: dict[str, dict[str, Any]] = {

@@ -12,6 +12,11 @@ Rules it keeps:
 * a device that is unreachable, refuses its host key or login, is leased by
   another controller, or fails ``quarantine_after`` jobs in a row is
   quarantined: its remaining jobs fail with that reason, the others go on.
+  The quarantine is recorded in the store (``sweep status``, ``watch`` and
+  ``sweep resume`` show it); a later run (a resume) tries the device again
+  and marks the earlier quarantine lifted;
+* a ``controller-error`` (the controller itself failed, not the device)
+  never counts toward a quarantine.
 """
 
 from __future__ import annotations
@@ -30,9 +35,15 @@ from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.errors import DEVICE_FAILURE_KINDS
 from orchestrator.gateway import remote_gateway
+from orchestrator.states import JobState, SweepState
 from orchestrator.store import Store
 
 log = logging.getLogger("edgefarm.scheduler")
+
+#: Failure kinds that say nothing about the device: the controller itself
+#: failed (a bug, a full disk on the controller). Counting them would
+#: quarantine a healthy device for the controller's fault.
+CONTROLLER_FAILURE_KINDS = frozenset({"controller-error"})
 
 
 class Progress(Protocol):
@@ -144,13 +155,13 @@ class SweepRun:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.queues: dict[str, deque[tuple[dict[str, Any], int, bool]]] = {}
         for row in store.jobs(sweep_id):
-            if row["state"] == "done":
+            if row["state"] == JobState.DONE:
                 continue
             job = json.loads(row["spec_json"])
             self.jobs[row["key"]] = job
             # A job left "running" by a controller that died is re-attached:
             # same attempt, same job directory on the device.
-            orphan = row["state"] == "running" and row["attempts"] > 0
+            orphan = row["state"] == JobState.RUNNING and row["attempts"] > 0
             attempt = row["attempts"] if orphan else row["attempts"] + 1
             self.queues.setdefault(row["device"], deque()).append((job, attempt, orphan))
         # Each run gives unfinished jobs a fresh retry budget from their next attempt.
@@ -214,14 +225,15 @@ class SweepRun:
         self.running.pop(device, None)
         self.store.end_attempt(self.sweep_id, key, attempt, outcome["state"],
                                outcome["error_kind"], outcome["error"])
-        if outcome["state"] == "done":
+        if outcome["state"] == JobState.DONE:
             self.failures_in_a_row[device] = 0
-            self.store.finish_job(self.sweep_id, key, "done", attempt, result=outcome["result"])
+            self.store.finish_job(self.sweep_id, key, JobState.DONE, attempt,
+                                  result=outcome["result"])
             self.progress.job_finished(job, "done", None, False)
             return
         device_broken = outcome["error_kind"] in DEVICE_FAILURE_KINDS
         used = attempt - self.first_attempt[key] + 1
-        retry = (outcome["state"] == "failed" and used <= int(job.get("retries", 0))
+        retry = (outcome["state"] == JobState.FAILED and used <= int(job.get("retries", 0))
                  and not self.stopping and not device_broken)
         if retry:
             self.store.requeue(self.sweep_id, key, outcome["error_kind"], outcome["error"])
@@ -230,10 +242,24 @@ class SweepRun:
             self.fail(device, job, attempt, outcome["state"], outcome["error_kind"],
                       outcome["error"], outcome["result"] or None)
         self.progress.job_finished(job, outcome["state"], outcome["error"], retry)
-        if outcome["state"] == "failed" and not retry:
-            self.failures_in_a_row[device] = self.failures_in_a_row.get(device, 0) + 1
-            if device_broken or self.failures_in_a_row[device] >= self.quarantine_after:
-                self.quarantine(device, f"[{outcome['error_kind']}] {outcome['error']}")
+        if outcome["state"] == JobState.FAILED and not retry \
+                and self.count_failure(device, outcome["error_kind"]):
+            self.quarantine(device, f"[{outcome['error_kind']}] {outcome['error']}",
+                            outcome["error_kind"])
+
+    def count_failure(self, device: str, error_kind: str | None) -> bool:
+        """Count a job that failed for good against its device; say whether to quarantine it.
+
+        A device-level kind quarantines at once; a controller-side failure is
+        not the device's and leaves its count alone; anything else counts
+        toward ``quarantine_after`` failures in a row.
+        """
+        if error_kind in CONTROLLER_FAILURE_KINDS:
+            return False
+        if error_kind in DEVICE_FAILURE_KINDS:
+            return True
+        self.failures_in_a_row[device] = self.failures_in_a_row.get(device, 0) + 1
+        return self.failures_in_a_row[device] >= self.quarantine_after
 
     def fail(self, device: str, job: dict[str, Any], attempt: int | None, state: str,
              kind: str | None, error: str | None, result: dict[str, Any] | None = None) -> None:
@@ -243,14 +269,19 @@ class SweepRun:
                                     "model": job["model_id"], "state": state,
                                     "error_kind": kind, "error": error})
 
-    def quarantine(self, device: str, reason: str) -> None:
-        """Stop using a device: its remaining jobs fail with the reason; the rest go on."""
+    def quarantine(self, device: str, reason: str, error_kind: str | None = None) -> None:
+        """Stop using a device: its remaining jobs fail with the reason; the rest go on.
+
+        Stored, not only summarised, so ``sweep status``, ``watch`` and a
+        later ``sweep resume`` see it too.
+        """
         self.summary.quarantined[device] = reason
+        self.store.add_quarantine(self.sweep_id, device, error_kind, reason)
         while self.queues[device]:
             job, attempt, _ = self.queues[device].popleft()
             message = f"device {device} quarantined: {reason}"
-            self.fail(device, job, None, "failed", "quarantined", message)
-            self.progress.job_finished(job, "failed", message, False)
+            self.fail(device, job, None, JobState.FAILED, "quarantined", message)
+            self.progress.job_finished(job, JobState.FAILED, message, False)
 
     def stop(self) -> None:
         import ray
@@ -307,14 +338,17 @@ def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
     started = time.monotonic()
     run = SweepRun(store, sweep_id, progress or NullProgress(), transport_settings or {},
                    poll_s, quarantine_after)
-    store.set_sweep_state(sweep_id, "running")
+    store.set_sweep_state(sweep_id, SweepState.RUNNING)
+    # A resume is the user's fresh try: devices quarantined by an earlier run
+    # get their jobs again; the earlier quarantine stays on record as lifted.
+    store.lift_quarantines(sweep_id, run.queues)
     if run.jobs:
         run.start_gateways(ray_address)
 
         def stop_requested() -> bool:
             if should_stop is not None and should_stop():
                 return True
-            return store.sweep(sweep_id)["state"] == "cancelling"
+            return store.sweep(sweep_id)["state"] == SweepState.CANCELLING
 
         try:
             run.loop(stop_requested)
@@ -324,10 +358,12 @@ def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
             run.drain(15)
         finally:
             run.shutdown()
-    cancelled = store.sweep(sweep_id)["state"] == "cancelling"
+    # Cancelled also when `sweep cancel` gave up waiting and finished the job itself.
+    cancelled = store.sweep(sweep_id)["state"] in (SweepState.CANCELLING, SweepState.CANCELLED)
     run.summary.interrupted = run.summary.interrupted or run.stopping
-    store.set_sweep_state(sweep_id, "cancelled" if cancelled else
-                         "interrupted" if run.summary.interrupted else "finished")
+    store.set_sweep_state(sweep_id, SweepState.CANCELLED if cancelled else
+                         SweepState.INTERRUPTED if run.summary.interrupted else
+                         SweepState.FINISHED)
     run.summary.counts = store.job_counts(sweep_id)
     run.summary.seconds = time.monotonic() - started
     return run.summary

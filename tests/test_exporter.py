@@ -13,7 +13,6 @@ from helpers import sleep_models, write_inventory, write_sweep
 from prometheus_client import CollectorRegistry
 from prometheus_fixture import Prometheus, running_prometheus
 
-from orchestrator.cli.main import job_record
 from orchestrator.config.sweep import load_sweep_with_inventory
 from orchestrator.exporter import (
     ExporterError,
@@ -28,6 +27,7 @@ from orchestrator.planner import plan
 from orchestrator.report import build_report
 from orchestrator.scheduler import run_sweep
 from orchestrator.store import Store
+from orchestrator.sweeps import job_record
 
 
 def get(url: str) -> str:

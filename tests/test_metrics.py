@@ -16,7 +16,6 @@ import pytest
 from helpers import REPO, sleep_models, write_inventory, write_sweep
 from prometheus_client import CollectorRegistry, generate_latest
 
-from orchestrator.cli.main import job_record
 from orchestrator.config.sweep import load_sweep_with_inventory
 from orchestrator.metrics import (
     METRICS,
@@ -29,6 +28,7 @@ from orchestrator.metrics import (
 from orchestrator.planner import plan
 from orchestrator.report import build_report
 from orchestrator.store import Store
+from orchestrator.sweeps import job_record
 
 
 # -- the contract ------------------------------------------------------------------

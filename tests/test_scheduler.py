@@ -16,11 +16,11 @@ from typing import Any
 
 from helpers import sleep_models, write_inventory, write_sweep
 
-from orchestrator.cli.main import job_record
 from orchestrator.config.sweep import load_sweep_with_inventory
 from orchestrator.planner import plan
 from orchestrator.scheduler import run_sweep
 from orchestrator.store import Store
+from orchestrator.sweeps import job_record
 
 
 def start(tmp: Path, sweep_path: Path, inv_path: Path, sweep_id: str = "s1") -> Store:
