@@ -12,5 +12,7 @@ The controller ships this package as one zipapp (see
 
 __version__ = "0.1.0"
 
-#: Version of the JSON-lines event protocol the agent writes (see events.py).
-EVENT_SCHEMA = 1
+#: Version of the JSON-lines event protocol the agent writes (defined in protocol.py).
+from agents.protocol import PROTOCOL_VERSION as EVENT_SCHEMA  # noqa: E402
+
+__all__ = ["EVENT_SCHEMA", "__version__"]

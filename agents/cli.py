@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import agents
 from agents import __version__
+from agents.protocol import LEASE_ACTIONS
 
 #: Suffix of the unpacked copy of a zipapp (``agent-<sha>.pyz`` -> ``agent-<sha>.pyz.d``).
 UNPACKED_SUFFIX = ".d"
@@ -108,10 +109,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_cancel = sub.add_parser("cancel", help="stop JOB_DIR's process group")
     p_cancel.add_argument("job_dir")
     p_lease = sub.add_parser("lease", help="acquire, refresh or release the device lease")
-    p_lease.add_argument("action", choices=("acquire", "refresh", "release", "takeover"))
+    p_lease.add_argument("action", choices=LEASE_ACTIONS)
     p_lease.add_argument("--work-dir", required=True)
     p_lease.add_argument("--owner", required=True)
     p_lease.add_argument("--ttl", type=float, default=120.0)
+    sub.add_parser("version", help="print the agent and protocol versions as JSON")
     sub.add_parser("prepare", help="unpack this zipapp next to itself and compile it "
                                    "(later starts skip compiling the agent)")
     p_synth = sub.add_parser("synth", help="write a random-weight GGUF with a preset's shapes")
@@ -133,6 +135,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_job(args.job_dir, echo=not args.quiet)
     if args.command in ("start", "follow", "status", "cancel", "lease"):
         return _jobctl(args)
+    if args.command == "version":
+        from agents.protocol import PROTOCOL_VERSION
+
+        _print({"agent": __version__, "protocol": PROTOCOL_VERSION})
+        return 0
     if args.command == "prepare":
         return _prepare()
     if args.command == "synth":
@@ -168,6 +175,7 @@ def _exit_now(code: int) -> int:
 
 def _jobctl(args: argparse.Namespace) -> int:
     from agents import jobctl
+    from agents.protocol import EXIT_LEASE_REFUSED
 
     if args.command == "start":
         spec = sys.stdin.read()
@@ -180,7 +188,7 @@ def _jobctl(args: argparse.Namespace) -> int:
                                         args.lease_owner, args.lease_ttl)
             if code != 0:
                 _print({"lease": answer})
-                return _exit_now(jobctl.LEASE_REFUSED)
+                return _exit_now(EXIT_LEASE_REFUSED)
             if args.follow:  # the header line; the log's own bytes follow it
                 _print({"lease": answer})
         pid = jobctl.start(os.path.expanduser(args.job_dir), spec)

@@ -26,9 +26,8 @@ import threading
 import time
 from typing import IO, Dict, List, Optional, Tuple
 
-from agents import EVENT_SCHEMA
-
-KINDS = ("hello", "phase", "sample", "repetition", "result", "error", "heartbeat")
+from agents.protocol import EVENT_KINDS as KINDS
+from agents.protocol import PROTOCOL_VERSION
 
 
 class EventWriter(object):
@@ -51,7 +50,7 @@ class EventWriter(object):
             raise ValueError("unknown event kind %r (known: %s)" % (kind, ", ".join(KINDS)))
         with self._lock:
             event: Dict[str, object] = {
-                "v": EVENT_SCHEMA,
+                "v": PROTOCOL_VERSION,
                 "seq": self._seq,
                 "kind": kind,
                 "job": self.job_key,

@@ -3,8 +3,9 @@
 These are what a transport calls, so one remote exec does one whole thing:
 
 * ``start JOB_DIR [--follow]`` reads the job spec from stdin, writes
-  ``job.json``, starts the runner *detached* (double fork + ``setsid``: it
-  survives the SSH session and the controller) and, with ``--follow``, streams
+  ``job.json``, starts the runner *detached* (forks + ``setsid``, under a small
+  supervisor that records how it ended: it survives the SSH session and the
+  controller) and, with ``--follow``, streams
   the job's event log to stdout until the job ends. A job therefore costs one
   exec, however long it runs.
 * ``follow JOB_DIR --offset N`` resumes streaming after a dropped link, from
@@ -22,7 +23,6 @@ event was streamed, 3 when the runner died without one, 4 when ``start``
 found the lease held by another controller (nothing was started).
 """
 
-import errno
 import fcntl
 import json
 import os
@@ -30,30 +30,26 @@ import signal
 import socket
 import sys
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
-JOB_FILE = "job.json"
-EVENTS_FILE = "events.jsonl"
-PID_FILE = "agent.pid"
-EXIT_FILE = "agent.exit"
-STDERR_FILE = "agent.stderr"
-LEASE_FILE = "lease.json"
+from agents.pids import pid_alive as _pid_alive
+from agents.protocol import (
+    EVENTS_FILE,
+    EXIT_DONE,
+    EXIT_FILE,
+    EXIT_LEASE_REFUSED,
+    EXIT_RUNNER_DIED,
+    JOB_ABSENT,
+    JOB_EXITED,
+    JOB_FILE,
+    JOB_RUNNING,
+    LEASE_FILE,
+    PID_FILE,
+    RESULT_MARKER,
+    STDERR_FILE,
+)
 
-FOLLOW_DONE = 0
-FOLLOW_DIED = 3
-LEASE_REFUSED = 4
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    try:
-        with open("/proc/%d/stat" % pid) as handle:  # Linux: a zombie is dead
-            return handle.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
+__all__ = ["start", "follow", "status", "cancel", "lease", "EXIT_LEASE_REFUSED"]
 
 
 def _read_pid(job_dir: str) -> Optional[int]:
@@ -67,7 +63,7 @@ def _read_pid(job_dir: str) -> Optional[int]:
 def status(job_dir: str) -> Dict[str, object]:
     """``{"state": "absent"|"running"|"exited", "pid", "exit_code", "log_bytes"}``."""
     if not os.path.exists(os.path.join(job_dir, JOB_FILE)):
-        return {"state": "absent"}
+        return {"state": JOB_ABSENT}
     pid = _read_pid(job_dir)
     result: Dict[str, object] = {"pid": pid}
     try:
@@ -80,13 +76,13 @@ def status(job_dir: str) -> Dict[str, object]:
     except (OSError, ValueError):
         pass
     if "exit_code" in result:
-        result["state"] = "exited"
+        result["state"] = JOB_EXITED
     elif pid is None:
         # job.json is written before the fork; the pid follows within
         # milliseconds. Treat the gap as running.
-        result["state"] = "running"
+        result["state"] = JOB_RUNNING
     else:
-        result["state"] = "running" if _pid_alive(pid) else "exited"
+        result["state"] = JOB_RUNNING if _pid_alive(pid) else JOB_EXITED
     return result
 
 
@@ -110,13 +106,31 @@ def start(job_dir: str, spec_text: str) -> int:
     os.replace(tmp, os.path.join(job_dir, JOB_FILE))
     read_end, write_end = os.pipe()
     first = os.fork()
-    if first == 0:  # intermediate child: new session, then fork the runner
+    if first == 0:  # intermediate child: new session, then the supervisor, then exit
         os.close(read_end)
         os.setsid()
-        second = os.fork()
-        if second != 0:
-            os.write(write_end, str(second).encode())
+        if os.fork() != 0:
             os._exit(0)
+        _supervise(job_dir, write_end, run_job)
+    os.close(write_end)
+    os.waitpid(first, 0)
+    pid = int(os.read(read_end, 32).decode() or "0")
+    os.close(read_end)
+    return pid
+
+
+def _supervise(job_dir: str, write_end: int, run_job: Callable[..., int]) -> None:
+    """Fork the runner, tell ``start`` its pid, and record how it ended; never returns.
+
+    The supervisor is the runner's parent, so it learns what no pid file can
+    tell: the signal that killed a runner (the OOM killer's SIGKILL, say).
+    It writes ``agent.exit`` only if the runner could not (negative: the
+    signal), so ``status`` reports "killed by signal 9" instead of a bare
+    "exited". It holds no stdio of the command that started it, so the
+    exec that carried ``start`` ends when ``start`` does.
+    """
+    runner = os.fork()
+    if runner == 0:
         os.close(write_end)
         _detach_stdio(job_dir)
         code = 1
@@ -125,11 +139,20 @@ def start(job_dir: str, spec_text: str) -> int:
         finally:
             _write_exit(job_dir, code)
             os._exit(code)
+    os.write(write_end, str(runner).encode())
     os.close(write_end)
-    os.waitpid(first, 0)
-    pid = int(os.read(read_end, 32).decode() or "0")
-    os.close(read_end)
-    return pid
+    _detach_stdio(job_dir)
+    code = 1
+    try:
+        _, wait_status = os.waitpid(runner, 0)
+        if os.WIFSIGNALED(wait_status):
+            code = -os.WTERMSIG(wait_status)
+        else:
+            code = os.WEXITSTATUS(wait_status)
+        if not os.path.exists(os.path.join(job_dir, EXIT_FILE)):
+            _write_exit(job_dir, code)
+    finally:
+        os._exit(0)
 
 
 def _detach_stdio(job_dir: str) -> None:
@@ -193,17 +216,17 @@ def follow(job_dir: str, offset: int, out=None, max_idle: float = 0.5) -> int:
                     out.write(chunk)
                     out.flush()
                     offset += len(chunk)
-                    if b'"kind":"result"' in chunk:
-                        return FOLLOW_DONE
+                    if RESULT_MARKER in chunk:
+                        return EXIT_DONE
                     wait = EAGER_POLL_S
                     continue
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + max(wait, STATUS_EVERY_S)
-                if status(job_dir).get("state") == "exited":
+                if status(job_dir).get("state") == JOB_EXITED:
                     dead_checks += 1
                     if dead_checks >= 3:  # read once more after the exit, then stop
-                        return FOLLOW_DIED
+                        return EXIT_RUNNER_DIED
             time.sleep(wait)
             if now > eager_until:
                 wait = min(max_idle, wait * 2)

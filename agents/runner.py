@@ -29,11 +29,16 @@ from agents.backends import get_backend
 from agents.backends.base import BackendError, Emit, JobParams
 from agents.events import EventWriter, Heartbeat
 from agents.gguf_info import read_gguf_info
+from agents.protocol import (
+    ERR_AGENT,
+    ERR_BAD_JOB,
+    ERR_MODEL_MISSING,
+    ERR_OUT_OF_MEMORY,
+    EVENTS_FILE,
+    JOB_FILE,
+    PID_FILE,
+)
 from agents.telemetry.job import JobTelemetry, TelemetryConfigError
-
-JOB_FILE = "job.json"
-EVENTS_FILE = "events.jsonl"
-PID_FILE = "agent.pid"
 
 
 def resolve_model(source: Dict[str, object], models_dir: str, emit: Emit) -> str:
@@ -41,7 +46,7 @@ def resolve_model(source: Dict[str, object], models_dir: str, emit: Emit) -> str
     if "path" in source:
         path = os.path.expanduser(str(source["path"]))
         if not os.path.isfile(path):
-            raise BackendError("model-missing", "model file not found on device: %s" % path)
+            raise BackendError(ERR_MODEL_MISSING, "model file not found on device: %s" % path)
         return path
     from agents.models.synth import cached_model
 
@@ -54,9 +59,9 @@ def resolve_model(source: Dict[str, object], models_dir: str, emit: Emit) -> str
                             int(source.get("seed", 0)),  # type: ignore[call-overload]
                             progress=progress)
     except ValueError as exc:
-        raise BackendError("bad-job", str(exc)) from exc
+        raise BackendError(ERR_BAD_JOB, str(exc)) from exc
     except OSError as exc:
-        raise BackendError("model-missing",
+        raise BackendError(ERR_MODEL_MISSING,
                            "could not synthesize %s: %s" % (source, exc)) from exc
 
 
@@ -97,13 +102,13 @@ def run_job(job_dir: str, echo: bool = False) -> int:
             telemetry.after(kind, body)
 
     status = 1
-    result: Dict[str, object] = {"status": "failed", "error_kind": "agent-error"}
+    result: Dict[str, object] = {"status": "failed", "error_kind": ERR_AGENT}
     with Heartbeat(writer, max(0.01, float(spec.get("heartbeat_s", 5.0)))):
         try:
             try:
                 telemetry = JobTelemetry.from_spec(spec, writer.emit)
             except TelemetryConfigError as exc:
-                raise BackendError("bad-job", str(exc)) from exc
+                raise BackendError(ERR_BAD_JOB, str(exc)) from exc
             telemetry.start()
             emit("phase", {"phase": "model"})
             model_path = resolve_model(spec["model"]["source"],
@@ -125,15 +130,15 @@ def run_job(job_dir: str, echo: bool = False) -> int:
             writer.emit("error", {"error_kind": exc.kind, "message": exc.message})
             result = {"status": "failed", "error_kind": exc.kind}
         except MemoryError:
-            writer.emit("error", {"error_kind": "out-of-memory",
+            writer.emit("error", {"error_kind": ERR_OUT_OF_MEMORY,
                                   "message": "the agent ran out of memory"})
-            result = {"status": "failed", "error_kind": "out-of-memory"}
+            result = {"status": "failed", "error_kind": ERR_OUT_OF_MEMORY}
         except Exception as exc:  # the agent must report, never die silently
             frames = traceback.format_exception(type(exc), exc, exc.__traceback__)
-            writer.emit("error", {"error_kind": "agent-error",
+            writer.emit("error", {"error_kind": ERR_AGENT,
                                   "message": "%s: %s" % (type(exc).__name__, exc),
                                   "traceback": frames[-12:]})
-            result = {"status": "failed", "error_kind": "agent-error"}
+            result = {"status": "failed", "error_kind": ERR_AGENT}
         finally:
             # Stops the sampler thread and any telemetry tool it started
             # (tegrastats, macmon, powermetrics) before the result is written.

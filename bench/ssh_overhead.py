@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from helpers import sleep_models, write_ssh_inventory  # noqa: E402
 from sshd_fixture import keygen, make_device  # noqa: E402
 
+from orchestrator.agent_client import AgentClient  # noqa: E402
 from orchestrator.bundle import build  # noqa: E402
 from orchestrator.config.inventory import Inventory  # noqa: E402
 from orchestrator.gateway import Gateway  # noqa: E402
@@ -59,7 +60,8 @@ def warm_overhead(tmp: Path, n_jobs: int) -> None:
         t = SshTransport(Inventory.load(inv).devices[0], known_hosts=str(known))
         t.connect()
         bundle = build(tmp / "bundle")
-        agent = t.ensure_agent(str(bundle.path), bundle.sha256)
+        client = AgentClient(t, str(device.work_dir), bundle.path, bundle.sha256)
+        client.ensure_agent()
         model = sleep_models(tmp, 1)[0]
         for _ in range(3):  # warm the connection and the page cache
             t.run(["true"], timeout=30)
@@ -72,13 +74,12 @@ def warm_overhead(tmp: Path, n_jobs: int) -> None:
             time.sleep(0.2)
             exec_s = t.run(["true"], timeout=30).duration_s
             events: list[dict[str, Any]] = []
-            job_dir = t.job_dir("bench", f"k{i}", 1)
+            job_dir = client.job_dir("bench", f"k{i}", 1)
             started = time.monotonic()
-            outcome = run_attempt(t, job_dir, noop_spec(model, f"k{i}"), agent, 60,
-                                  events.extend)
+            outcome = run_attempt(client, job_dir, noop_spec(model, f"k{i}"), 60, events.extend)
             wall = time.monotonic() - started
             assert outcome.state == "done", outcome
-            t.forget(job_dir)
+            client.forget(job_dir)
             hello = next(e for e in events if e["kind"] == "hello")
             result = next(e for e in events if e["kind"] == "result")
             if i >= 2:  # the first two jobs warm the agent's imports
@@ -112,7 +113,7 @@ def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
         # Deploy the agent once everywhere so both sides find it in place.
         for dev in inventory.devices:
             with SshTransport(dev, known_hosts=str(known)) as t:
-                t.ensure_agent(str(bundle.path), bundle.sha256)
+                AgentClient(t, dev.work_dir, bundle.path, bundle.sha256).ensure_agent()
         agent_name = bundle.path.name
         hosts = [f"root@127.0.0.1:{d.port}" for d in devices]
 
@@ -134,8 +135,8 @@ def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
                         ends += 1
             took = time.monotonic() - started
             gateway.release_all()
-            for transport in gateway.transports.values():
-                transport.close()
+            for client in gateway.clients.values():
+                client.transport.close()
             return took
 
         def fabric(tag: str) -> float:

@@ -15,8 +15,10 @@ import socket
 import time
 from typing import Any
 
+from orchestrator.agent_client import AgentClient
 from orchestrator.bundle import build
 from orchestrator.config.inventory import Inventory
+from orchestrator.deadline import Deadline
 from orchestrator.errors import EdgefarmError
 from orchestrator.store import Store
 from orchestrator.transport import make_transport
@@ -28,8 +30,8 @@ def cancel_sweep(store: Store, sweep_id: str, settings: dict[str, Any], wait: fl
         return f"nothing to cancel: the sweep is {state}"
     store.set_sweep_state(sweep_id, "cancelling")
     if state == "running":
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        deadline = Deadline(wait)
+        while not deadline.expired:
             if store.sweep(sweep_id)["state"] == "cancelled":
                 return "cancelled by its controller"
             time.sleep(0.5)
@@ -61,14 +63,13 @@ def stop_on_devices(store: Store, sweep_id: str,
             transport = make_transport(device, settings)
             transport.connect()
             try:
-                agent = transport.ensure_agent(str(bundle.path), bundle.sha256)
+                client = AgentClient(transport, device.work_dir, bundle.path, bundle.sha256)
                 for row in rows:
-                    job_dir = transport.job_dir(sweep_id, row["key"], row["attempts"])
-                    transport.cancel(job_dir)
+                    client.cancel(client.job_dir(sweep_id, row["key"], row["attempts"]))
                     stopped += 1
                 # The dead controller's lease: take it over, then give it back.
-                transport.lease(agent, "takeover", device.work_dir, owner, 60)
-                transport.lease(agent, "release", device.work_dir, owner, 60)
+                client.lease("takeover", device.work_dir, owner, 60)
+                client.lease("release", device.work_dir, owner, 60)
             finally:
                 transport.close()
         except EdgefarmError as exc:

@@ -13,6 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# DEVICE_FAILURE_KINDS is re-exported: the scheduler reads it from here.
+from agents.protocol import DEVICE_FAILURE_KINDS as DEVICE_FAILURE_KINDS
+from agents.protocol import (
+    ERR_AUTH,
+    ERR_DEVICE_LEASED,
+    ERR_HOST_KEY,
+    ERR_TRANSPORT,
+    ERR_UNREACHABLE,
+)
+
 
 class EdgefarmError(Exception):
     """Root of every error edgefarm raises deliberately."""
@@ -127,35 +137,33 @@ class TransportError(EdgefarmError, OSError):
     device-leased), since its other jobs would fail the same way.
     """
 
-    kind = "transport-error"
+    kind = ERR_TRANSPORT
 
 
 class UnreachableError(TransportError):
     """The device did not answer (refused, timed out, no route) for too long."""
 
-    kind = "unreachable"
+    kind = ERR_UNREACHABLE
 
 
 class HostKeyError(TransportError):
     """The device's host key is unknown or has changed: edgefarm will not connect."""
 
-    kind = "host-key"
+    kind = ERR_HOST_KEY
 
 
 class AuthError(TransportError):
     """The device refused the controller's key."""
 
-    kind = "auth"
+    kind = ERR_AUTH
 
 
 class LeaseError(TransportError):
     """Another controller holds the device's lease."""
 
-    kind = "device-leased"
+    kind = ERR_DEVICE_LEASED
 
 
-#: Failure kinds that say the device, not the job, is broken.
-DEVICE_FAILURE_KINDS = frozenset({"unreachable", "host-key", "auth", "device-leased"})
 
 
 class AgentError(EdgefarmError, RuntimeError):

@@ -7,13 +7,13 @@ its reason; nothing here raises for one device's trouble.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.agent_client import AgentClient
 from orchestrator.bundle import build
 from orchestrator.errors import EdgefarmError
 from orchestrator.transport import make_transport
@@ -34,25 +34,19 @@ def probe_device(device: Any, bundle_path: str, sha256: str,
     try:
         transport = make_transport(device, settings)
         transport.connect()
-        try:
-            agent = transport.ensure_agent(bundle_path, sha256)
-            argv = transport.agent_argv(agent, "probe")
-            if device.llama_bench:
-                argv += ["--llama-bench", device.llama_bench]
-            result = transport.run(argv, timeout=60)
-        finally:
-            transport.close()
     except EdgefarmError as exc:
         return ProbeResult(device.name, False, error=str(exc))
     except Exception as exc:  # one device's surprise must not hide the others
         return ProbeResult(device.name, False, error=f"{type(exc).__name__}: {exc}")
-    if result.exit_code != 0:
-        return ProbeResult(device.name, True, error=f"agent probe failed (status "
-                           f"{result.exit_code}): {result.stderr.strip()[-500:]}")
     try:
-        return ProbeResult(device.name, True, facts=json.loads(result.stdout))
-    except ValueError:
-        return ProbeResult(device.name, True, error="agent probe printed no JSON")
+        client = AgentClient(transport, device.work_dir, bundle_path, sha256)
+        return ProbeResult(device.name, True, facts=client.probe(device.llama_bench))
+    except EdgefarmError as exc:
+        return ProbeResult(device.name, True, error=str(exc))
+    except Exception as exc:
+        return ProbeResult(device.name, True, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        transport.close()
 
 
 def probe_all(devices: Iterable[Any], cache_dir: Path, settings: dict[str, Any],

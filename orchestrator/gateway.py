@@ -31,10 +31,12 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
+from agents.pids import pid_alive
+from agents.protocol import ERR_CONTROLLER
+from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
 from orchestrator.errors import LeaseError, TransportError
 from orchestrator.jobrunner import Outcome, run_attempt
-from orchestrator.transport import Transport, make_transport
-from orchestrator.transport.base import LeaseRefused, LeaseRequest
+from orchestrator.transport import make_transport
 
 log = logging.getLogger("edgefarm.gateway")
 
@@ -49,13 +51,7 @@ def holder_is_dead(holder: str) -> bool:
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(int(pid_text))
 
 
 class Gateway:
@@ -72,36 +68,38 @@ class Gateway:
         self.settings = settings or {}
         self.owner = str(self.settings.get("owner") or f"{socket.gethostname()}:{os.getpid()}")
         self.lease_ttl = float(self.settings.get("lease_ttl_s", 120.0))
-        self.leased: dict[str, str] = {}
+        self.leased: set[str] = set()
         self.refresher: threading.Thread | None = None
         self.closing = threading.Event()
         self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.busy: dict[str, threading.Thread] = {}
         self.stops: dict[str, threading.Event] = {}
-        self.transports: dict[str, Transport] = {}
+        self.clients: dict[str, AgentClient] = {}
         self.connecting: dict[str, threading.Lock] = {}  # one per device, held while connecting
         self.lock = threading.Lock()
 
-    def _transport(self, device: str) -> Transport:
-        """The device's connected transport, connecting it on first use.
+    def _client(self, device: str) -> AgentClient:
+        """The device's agent client over a connected transport, connecting on first use.
 
         Devices connect side by side: only calls for the same device wait for
         each other (a cold site's connections are not queued behind one lock).
         """
         with self.lock:
-            transport = self.transports.get(device)
-            if transport is not None:
-                return transport
+            client = self.clients.get(device)
+            if client is not None:
+                return client
             device_lock = self.connecting.setdefault(device, threading.Lock())
         with device_lock:
             with self.lock:
-                transport = self.transports.get(device)
-            if transport is None:
+                client = self.clients.get(device)
+            if client is None:
                 transport = make_transport(self.devices[device], self.settings)
                 transport.connect()
+                client = AgentClient(transport, self.devices[device].work_dir, self.bundle_path,
+                                     self.bundle_sha256)
                 with self.lock:
-                    self.transports[device] = transport
-            return transport
+                    self.clients[device] = client
+            return client
 
     def start(self, payload: dict[str, Any]) -> None:
         """Start one attempt: payload has device, sweep_id, job (key), attempt, spec, timeout_s."""
@@ -127,33 +125,30 @@ class Gateway:
                              "attempt": attempt, "events": events})
 
         try:
-            transport = self._transport(device)
             # No round trip here: the agent is uploaded by the first command
             # that finds it missing, and the lease is taken by the job's start.
-            agent = transport.lazy_agent(self.bundle_path, self.bundle_sha256)
-            job_dir = transport.job_dir(payload["sweep_id"], key, attempt)
+            client = self._client(device)
+            job_dir = client.job_dir(payload["sweep_id"], key, attempt)
             spec = dict(payload["spec"], attempt=attempt)
 
             def attempt_once(lease: LeaseRequest | None) -> Outcome:
-                return run_attempt(transport, job_dir, spec, agent,
-                                   float(payload["timeout_s"]), forward, stop=stop,
-                                   attach=bool(payload.get("attach")), lease=lease,
-                                   on_lease=lambda answer: self._lease_held(device, agent,
-                                                                            answer))
+                return run_attempt(client, job_dir, spec, float(payload["timeout_s"]), forward,
+                                   stop=stop, attach=bool(payload.get("attach")), lease=lease,
+                                   on_lease=lambda answer: self._lease_held(device, answer))
 
             try:
                 outcome = attempt_once(self._lease_request(device))
             except LeaseRefused as refused:
-                self._take_over_from_dead(device, transport, agent, refused.answer)
+                self._take_over_from_dead(device, client, refused.answer)
                 outcome = attempt_once(None)
-            transport.forget(job_dir)
+            client.forget(job_dir)
         except TransportError as exc:  # a broken device fails its job, not the gateway
             log.warning("job %s on %s: %s", key, device, exc)
             outcome = Outcome("failed", exc.kind, str(exc))
             self._drop_transport(device)
-        except Exception as exc:
+        except Exception as exc:  # a bug on this side: recorded, but the device is not blamed
             log.exception("job %s on %s failed in the gateway", key, device)
-            outcome = Outcome("failed", "transport-error", f"{type(exc).__name__}: {exc}")
+            outcome = Outcome("failed", ERR_CONTROLLER, f"{type(exc).__name__}: {exc}")
             self._drop_transport(device)
         self.outbox.put({"type": "end", "device": device, "job": key, "attempt": attempt,
                          "outcome": asdict(outcome)})
@@ -161,10 +156,10 @@ class Gateway:
     def _drop_transport(self, device: str) -> None:
         """Forget a transport after an error, so the next job connects afresh."""
         with self.lock:
-            transport = self.transports.pop(device, None)
-        if transport is not None:
+            client = self.clients.pop(device, None)
+        if client is not None:
             try:
-                transport.close()
+                client.transport.close()
             except Exception:  # closing a broken link may fail too; nothing to keep
                 log.debug("closing the transport of %s failed", device, exc_info=True)
 
@@ -175,20 +170,20 @@ class Gateway:
             return None
         return LeaseRequest(self.devices[device].work_dir, self.owner, self.lease_ttl)
 
-    def _take_over_from_dead(self, device: str, transport: Transport, agent: str,
+    def _take_over_from_dead(self, device: str, client: AgentClient,
                              answer: dict[str, Any]) -> None:
         """The lease is held: take it over if its holder died on this host, else fail."""
         if holder_is_dead(str(answer.get("holder"))):
-            answer = transport.lease(agent, "takeover", self.devices[device].work_dir,
-                                     self.owner, self.lease_ttl)
+            answer = client.lease("takeover", self.devices[device].work_dir, self.owner,
+                                  self.lease_ttl)
         if not answer.get("ok"):
             raise LeaseError(
                 f"device {device} is in use by another controller ({answer.get('holder')}, "
                 f"heartbeat {answer.get('age_s')} s ago); its lease expires "
                 f"{self.lease_ttl:g} s after that controller stops refreshing it")
-        self._lease_held(device, agent, answer)
+        self._lease_held(device, answer)
 
-    def _lease_held(self, device: str, agent: str, answer: dict[str, Any]) -> None:
+    def _lease_held(self, device: str, answer: dict[str, Any]) -> None:
         """The device's lease is ours (``answer`` from the agent): warn of a takeover, refresh."""
         took = answer.get("took_over")
         if isinstance(took, dict):
@@ -196,7 +191,7 @@ class Gateway:
                              "message": f"took over the stale lease of {device} from "
                                         f"{took.get('owner')}"})
         with self.lock:
-            self.leased[device] = agent
+            self.leased.add(device)
             if self.refresher is None:
                 self.refresher = threading.Thread(target=self._refresh_leases, daemon=True,
                                                   name="lease-refresh")
@@ -204,21 +199,20 @@ class Gateway:
 
     def _refresh_leases(self) -> None:
         while not self.closing.wait(self.lease_ttl / 3):
-            for device, agent in list(self.leased.items()):
+            for device in list(self.leased):
                 try:
-                    self._transport(device).lease(agent, "refresh",
-                                                  self.devices[device].work_dir, self.owner,
-                                                  self.lease_ttl)
+                    self._client(device).lease("refresh", self.devices[device].work_dir,
+                                               self.owner, self.lease_ttl)
                 except Exception:  # a device that is down is handled by its job
                     log.warning("could not refresh the lease of %s", device, exc_info=True)
 
     def release_all(self) -> None:
         """Release every lease this gateway holds (end of the sweep)."""
         self.closing.set()
-        for device, agent in list(self.leased.items()):
+        for device in list(self.leased):
             try:
-                self._transport(device).lease(agent, "release", self.devices[device].work_dir,
-                                              self.owner, self.lease_ttl)
+                self._client(device).lease("release", self.devices[device].work_dir,
+                                           self.owner, self.lease_ttl)
             except Exception:
                 log.warning("could not release the lease of %s", device, exc_info=True)
         self.leased.clear()

@@ -22,7 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.transport.base import LeaseRefused, LeaseRequest, Transport
+from agents.protocol import (
+    ERR_AGENT_CRASHED,
+    ERR_CANCELLED,
+    ERR_TIMEOUT,
+    EV_ERROR,
+    EV_RESULT,
+    JOB_ABSENT,
+    JOB_RUNNING,
+)
+from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
+from orchestrator.deadline import Deadline
 
 Events = list[dict[str, Any]]
 
@@ -41,79 +51,85 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _settle_lease(transport: Transport, answer: dict[str, Any],
+def _settle_lease(client: AgentClient, answer: dict[str, Any],
                   on_lease: Callable[[dict[str, Any]], None] | None) -> None:
     if not answer.get("ok"):
-        raise LeaseRefused(transport.device_name, answer)
+        raise LeaseRefused(client.device_name, answer)
     if on_lease is not None:
         on_lease(answer)
 
 
-def run_attempt(transport: Transport, job_dir: str, spec: dict[str, Any], agent_path: str,
+def _ended(events: Events, last_error: dict[str, Any] | None
+           ) -> tuple[Outcome | None, dict[str, Any] | None]:
+    """The outcome if ``events`` hold the ``result``; else None and the latest ``error``."""
+    for ev in events:
+        if ev.get("kind") == EV_ERROR:
+            last_error = ev
+        elif ev.get("kind") == EV_RESULT:
+            if ev.get("status") == "ok":
+                return Outcome("done", result=ev.get("info") or {}), last_error
+            err = last_error or {}
+            return Outcome("failed", ev.get("error_kind") or err.get("error_kind"),
+                           err.get("message") or "agent reported failure",
+                           result=ev.get("info") or {}), last_error
+    return None, last_error
+
+
+def run_attempt(client: AgentClient, job_dir: str, spec: dict[str, Any],
                 timeout_s: float, on_events: Callable[[Events], None],
                 stop: threading.Event | None = None, attach: bool = False,
                 poll_s: float = 0.25, lease: LeaseRequest | None = None,
                 on_lease: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
     """Start (or re-attach to) the attempt in ``job_dir`` and follow it to its end."""
     stop = stop or threading.Event()
-    offset = 0
-    if not attach or transport.job_status(job_dir).state == "absent":
-        transport.start_job(job_dir, spec, agent_path, lease=lease)
-    elif lease is not None:  # re-attaching: no start to take the lease with
-        _settle_lease(transport, transport.lease(agent_path, "acquire", lease.work_dir,
-                                                 lease.owner, lease.ttl), on_lease)
-        lease = None
-    started = time.monotonic()
+    if not attach or client.status(job_dir).state == JOB_ABSENT:
+        client.start(job_dir, spec, lease=lease)
+    else:
+        if lease is not None:  # re-attaching: no start to take the lease with
+            _settle_lease(client, client.lease("acquire", lease.work_dir, lease.owner,
+                                               lease.ttl), on_lease)
+            lease = None
+        client.attach(job_dir, 0)  # from the start: the store ignores events it has
+    deadline = Deadline(timeout_s)
     last_error: dict[str, Any] | None = None
     exited_polls = 0
     while True:
-        events, offset = transport.read_events(job_dir, offset)
+        events = client.read_events(job_dir)
         if lease is not None:
-            answer = transport.lease_answer(job_dir)
+            answer = client.lease_answer(job_dir)
             if answer is not None:
                 lease = None
-                _settle_lease(transport, answer, on_lease)
+                _settle_lease(client, answer, on_lease)
         if events:
             on_events(events)
-            for ev in events:
-                if ev.get("kind") == "error":
-                    last_error = ev
-                elif ev.get("kind") == "result":
-                    if ev.get("status") == "ok":
-                        return Outcome("done", result=ev.get("info") or {})
-                    err = last_error or {}
-                    return Outcome("failed", ev.get("error_kind") or err.get("error_kind"),
-                                   err.get("message") or "agent reported failure",
-                                   result=ev.get("info") or {})
+            outcome, last_error = _ended(events, last_error)
+            if outcome is not None:
+                return outcome
             continue  # drain everything already written before checking status
-        status = transport.job_status(job_dir)
-        if lease is not None and transport.lease_answer(job_dir) is not None:
+        status = client.status(job_dir)
+        if lease is not None and client.lease_answer(job_dir) is not None:
             continue  # the start answered meanwhile: settle the lease first
-        if status.state != "running":
+        if status.state != JOB_RUNNING:
             # One more read after the exit: the last lines may land just now.
             exited_polls += 1
             if exited_polls < 3:
                 time.sleep(poll_s)
                 continue
-            stderr = _tail(transport.fetch_log(job_dir))
+            stderr = _tail(client.fetch_log(job_dir))
             how = "exited"
             if status.exit_code is not None and status.exit_code < 0:
                 how = f"was killed by signal {-status.exit_code}"
             elif status.exit_code is not None:
                 how = f"exited with status {status.exit_code}"
-            return Outcome("failed", "agent-crashed",
+            return Outcome("failed", ERR_AGENT_CRASHED,
                            f"agent {how} before reporting a result"
                            + (f"; stderr: {stderr}" if stderr else ""))
-        if time.monotonic() - started > timeout_s:
-            transport.cancel(job_dir)
-            events, offset = transport.read_events(job_dir, offset)
+        if deadline.expired or stop.is_set():
+            client.cancel(job_dir)
+            events = client.read_events(job_dir)
             if events:
                 on_events(events)
-            return Outcome("failed", "timeout", f"job exceeded its timeout of {timeout_s:g} s")
-        if stop.is_set():
-            transport.cancel(job_dir)
-            events, offset = transport.read_events(job_dir, offset)
-            if events:
-                on_events(events)
-            return Outcome("cancelled", "cancelled", "cancelled by the controller")
-        transport.wait_for_events(job_dir, poll_s, stop)
+            if stop.is_set():
+                return Outcome("cancelled", ERR_CANCELLED, "cancelled by the controller")
+            return Outcome("failed", ERR_TIMEOUT, f"job exceeded its timeout of {timeout_s:g} s")
+        client.wait(job_dir, poll_s, stop)

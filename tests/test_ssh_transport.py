@@ -1,4 +1,5 @@
-"""The ssh transport against real OpenSSH servers on 127.0.0.1 (tests/sshd_fixture.py)."""
+"""The ssh transport and the agent client over it, against real OpenSSH servers on
+127.0.0.1 (tests/sshd_fixture.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from typing import Any
 import pytest
 from helpers import sleep_models, write_ssh_inventory
 
-from orchestrator.bundle import build
+from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
+from orchestrator.bundle import AgentBundle, build
 from orchestrator.config.inventory import Inventory
 from orchestrator.errors import HostKeyError, UnreachableError
 from orchestrator.jobrunner import run_attempt
-from orchestrator.transport.base import LeaseRefused, LeaseRequest
-from orchestrator.transport.ssh import SshTransport, shell_path
+from orchestrator.transport.base import Stream
+from orchestrator.transport.ssh import SshTransport
 
 HOSTILE = "we ird;'\"$(touch PWNED)`touch PWNED2`"
 
@@ -24,6 +26,10 @@ HOSTILE = "we ird;'\"$(touch PWNED)`touch PWNED2`"
 def transport_for(tmp: Path, device: Any, **kwargs: Any) -> SshTransport:
     inv, known = write_ssh_inventory(tmp, [device])
     return SshTransport(Inventory.load(inv).devices[0], known_hosts=str(known), **kwargs)
+
+
+def client_for(t: SshTransport, dev: Any, bundle: AgentBundle) -> AgentClient:
+    return AgentClient(t, str(dev.work_dir), bundle.path, bundle.sha256)
 
 
 def test_commands_are_quoted_and_inject_nothing(tmp_path: Path, sshd_devices: Any) -> None:
@@ -44,10 +50,10 @@ def test_agent_is_uploaded_once_and_verified(tmp_path: Path, sshd_devices: Any) 
     (dev,) = sshd_devices("deploy")
     bundle = build(tmp_path / "bundle")
     with transport_for(tmp_path, dev) as t:
-        path = t.ensure_agent(str(bundle.path), bundle.sha256)
+        path = client_for(t, dev, bundle).ensure_agent()
         first = os.stat(path)
     with transport_for(tmp_path, dev) as t:  # a new connection: checks, does not re-send
-        assert t.ensure_agent(str(bundle.path), bundle.sha256) == path
+        assert client_for(t, dev, bundle).ensure_agent() == path
     assert os.stat(path).st_mtime_ns == first.st_mtime_ns
     assert Path(path).read_bytes() == bundle.path.read_bytes()
     assert not list(Path(path).parent.glob("*.tmp*"))
@@ -86,19 +92,19 @@ def test_job_follows_through_a_dropped_link(tmp_path: Path, sshd_devices: Any) -
     bundle = build(tmp_path / "bundle")
     t = transport_for(tmp_path, dev, unreachable_after_s=60)
     t.connect()
-    agent = t.ensure_agent(str(bundle.path), bundle.sha256)
+    client = client_for(t, dev, bundle)
+    client.ensure_agent()
     model = sleep_models(tmp_path, 1)[0]
     spec = {"schema": 1, "job_key": "k1", "attempt": 1, "model": model, "backend": "sleep",
             "device": {}, "params": {"prompt_tokens": 1, "gen_tokens": 500, "threads": 1,
                                      "gpu_layers": 0, "repetitions": 8, "warmup": 0}}
-    job_dir = t.job_dir("s1", "k1", 1)
-    t.start_job(job_dir, spec, agent)
+    job_dir = client.job_dir("s1", "k1", 1)
+    client.start(job_dir, spec)
     events: list[dict[str, Any]] = []
-    offset = 0
     dropped = restored = False
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        new, offset = t.read_events(job_dir, offset)
+        new = client.read_events(job_dir)
         events += new
         reps = sum(e["kind"] == "repetition" for e in events)
         if reps >= 2 and not dropped:
@@ -116,7 +122,7 @@ def test_job_follows_through_a_dropped_link(tmp_path: Path, sshd_devices: Any) -
     assert sum(e["kind"] == "repetition" for e in events) == 8
     assert events[-1]["kind"] == "result" and events[-1]["status"] == "ok"
     log = Path(job_dir) / "events.jsonl"
-    assert offset == log.stat().st_size
+    assert client.offset(job_dir) == log.stat().st_size
     assert [json.loads(line)["seq"] for line in log.read_text().splitlines()] == seqs
     t.close()
 
@@ -130,16 +136,16 @@ def _noop_spec(model: dict[str, Any], key: str, gen_tokens: int = 0) -> dict[str
                                      "warmup": 0}}
 
 
-def _count_execs(t: SshTransport) -> list[str]:
-    """Record every command the transport sends (and still send it)."""
-    sent: list[str] = []
-    real = t._exec
+def _count_execs(t: SshTransport) -> list[list[str]]:
+    """Record every command the transport runs (and still run it)."""
+    sent: list[list[str]] = []
+    real = t.exec
 
-    def counting(command: str, stdin: bytes | None = None) -> Any:
-        sent.append(command)
-        return real(command, stdin)
+    def counting(argv: list[str], stdin: bytes | None = None) -> Stream:
+        sent.append(argv)
+        return real(argv, stdin)
 
-    t._exec = counting  # type: ignore[method-assign]
+    t.exec = counting  # type: ignore[method-assign]
     return sent
 
 
@@ -148,18 +154,18 @@ def test_a_warm_device_first_job_is_one_exec_with_the_lease(tmp_path: Path,
     (dev,) = sshd_devices("onexec")
     bundle = build(tmp_path / "bundle")
     with transport_for(tmp_path, dev) as t:  # an earlier controller left the agent there
-        t.ensure_agent(str(bundle.path), bundle.sha256)
+        client_for(t, dev, bundle).ensure_agent()
     model = sleep_models(tmp_path, 1)[0]
     answers: list[dict[str, Any]] = []
     with transport_for(tmp_path, dev) as t:
         sent = _count_execs(t)
-        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
-        job_dir = t.job_dir("s1", "k1", 1)
+        client = client_for(t, dev, bundle)
+        job_dir = client.job_dir("s1", "k1", 1)
         lease = LeaseRequest(str(dev.work_dir), "me:1:s1", 60)
-        outcome = run_attempt(t, job_dir, _noop_spec(model, "k1"), agent, 60,
+        outcome = run_attempt(client, job_dir, _noop_spec(model, "k1"), 60,
                               lambda events: None, lease=lease, on_lease=answers.append)
         assert outcome.state == "done", outcome
-        assert len(sent) == 1 and " start " in sent[0] and "--lease-owner" in sent[0]
+        assert len(sent) == 1 and "start" in sent[0] and "--lease-owner" in sent[0]
         assert t._sftp is None, "no SFTP session on the hot path"
     assert answers == [{"ok": True}]
     assert json.loads((dev.work_dir / "lease.json").read_text())["owner"] == "me:1:s1"
@@ -174,10 +180,10 @@ def test_a_held_lease_refuses_the_start_and_starts_nothing(tmp_path: Path,
     bundle = build(tmp_path / "bundle")
     model = sleep_models(tmp_path, 1)[0]
     with transport_for(tmp_path, dev) as t:
-        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
-        job_dir = t.job_dir("s1", "k1", 1)
+        client = client_for(t, dev, bundle)
+        job_dir = client.job_dir("s1", "k1", 1)
         with pytest.raises(LeaseRefused) as refused:
-            run_attempt(t, job_dir, _noop_spec(model, "k1"), agent, 60, lambda events: None,
+            run_attempt(client, job_dir, _noop_spec(model, "k1"), 60, lambda events: None,
                         lease=LeaseRequest(str(dev.work_dir), "me:1:s1", 60))
     assert refused.value.kind == "device-leased"
     assert refused.value.answer["holder"] == "other:42:x"
@@ -191,16 +197,16 @@ def test_a_missing_agent_is_uploaded_by_the_start_that_finds_it_missing(
     bundle = build(tmp_path / "bundle")
     model = sleep_models(tmp_path, 1)[0]
     with transport_for(tmp_path, dev) as t:
-        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
+        client = client_for(t, dev, bundle)
+        agent = client.agent_path
         assert not Path(agent).exists()
         events: list[dict[str, Any]] = []
-        job_dir = t.job_dir("s1", "k1", 1)
-        outcome = run_attempt(t, job_dir, _noop_spec(model, "k1"), agent, 60, events.extend)
+        job_dir = client.job_dir("s1", "k1", 1)
+        outcome = run_attempt(client, job_dir, _noop_spec(model, "k1"), 60, events.extend)
         assert outcome.state == "done", outcome
         assert [e["seq"] for e in events] == list(range(len(events)))
         # the other agent commands deploy it as well (here: it is there now)
-        assert json.loads(t.run(t.agent_argv(agent, "status", job_dir),
-                                timeout=30).stdout)["state"] == "exited"
+        assert client.call("status", job_dir)["state"] == "exited"
     assert Path(agent).read_bytes() == bundle.path.read_bytes()
     unpacked = Path(agent + ".d")  # unpacked and compiled at deploy: no start compiles it
     assert list((unpacked / "agents" / "__pycache__").glob("runner.*.pyc"))
@@ -213,13 +219,9 @@ def test_home_relative_paths_are_expanded_by_the_remote_shell_only(
     (dev,) = sshd_devices("home")
     with transport_for(tmp_path, dev) as t:
         home = t.run(["sh", "-c", 'printf %s "$HOME"'], timeout=20).stdout
-        channel = t._exec("printf '%s|' " + " ".join(
-            shell_path(p) for p in ("~", f"~/{HOSTILE}", "/abs/~/x", "~user/x")))
-        out = b""
-        while chunk := channel.recv(4096):
-            out += chunk
-        channel.close()
-    assert out.decode() == f"{home}|{home}/{HOSTILE}|/abs/~/x|~user/x|"
+        out = t.run(["printf", "%s|", "~", f"~/{HOSTILE}", "/abs/~/x", "~user/x"],
+                    timeout=20).stdout
+    assert out == f"{home}|{home}/{HOSTILE}|/abs/~/x|~user/x|"
     assert not list(Path(".").glob("PWNED*")) and not list(Path("/root").glob("PWNED*"))
 
 
@@ -229,12 +231,10 @@ def test_a_start_sent_again_starts_nothing_twice(tmp_path: Path, sshd_devices: A
     model = sleep_models(tmp_path, 1)[0]
     spec = json.dumps(_noop_spec(model, "k1", gen_tokens=200)).encode()
     with transport_for(tmp_path, dev) as t:
-        agent = t.lazy_agent(str(bundle.path), bundle.sha256)
-        job_dir = t.job_dir("s1", "k1", 1)
-        first = json.loads(t.run(t.agent_argv(agent, "start", job_dir), stdin=spec,
-                                 timeout=30).stdout)["started"]
-        again = json.loads(t.run(t.agent_argv(agent, "start", job_dir), stdin=spec,
-                                 timeout=30).stdout)["started"]
+        client = client_for(t, dev, bundle)
+        job_dir = client.job_dir("s1", "k1", 1)
+        first = client.call("start", job_dir, stdin=spec)["started"]
+        again = client.call("start", job_dir, stdin=spec)["started"]
         assert again in (first, 0)
-        t.run(t.agent_argv(agent, "cancel", job_dir), timeout=30)
+        client.cancel(job_dir)
     assert int((Path(job_dir) / "agent.pid").read_text()) == first

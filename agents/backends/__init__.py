@@ -8,6 +8,7 @@ tests: it measures nothing and is never chosen by ``auto``.
 from typing import Optional
 
 from agents.backends.base import Backend, BackendError
+from agents.protocol import ERR_BACKEND_MISSING, ERR_BAD_JOB
 
 KNOWN = ("auto", "xllamacpp", "llama-bench", "sleep")
 
@@ -22,7 +23,7 @@ def get_backend(name: str, llama_bench: Optional[str] = None) -> Backend:
         return XllamacppBackend()
     if name == "llama-bench":
         if not llama_bench:
-            raise BackendError("backend-missing",
+            raise BackendError(ERR_BACKEND_MISSING,
                                "backend llama-bench needs the device's llama_bench path "
                                "in the inventory")
         from agents.backends.llama_bench import LlamaBenchBackend
@@ -32,4 +33,4 @@ def get_backend(name: str, llama_bench: Optional[str] = None) -> Backend:
         from agents.backends.sleep_backend import SleepBackend
 
         return SleepBackend()
-    raise BackendError("bad-job", "unknown backend %r (known: %s)" % (name, ", ".join(KNOWN)))
+    raise BackendError(ERR_BAD_JOB, "unknown backend %r (known: %s)" % (name, ", ".join(KNOWN)))

@@ -65,6 +65,13 @@ from typing import Dict, List, Optional, Tuple, Union
 
 from agents import peakmem
 from agents.backends.base import Backend, BackendError, Emit, JobParams
+from agents.protocol import (
+    ERR_BACKEND,
+    ERR_BACKEND_MISSING,
+    ERR_BAD_JOB,
+    ERR_MODEL_MISSING,
+    ERR_OUT_OF_MEMORY,
+)
 
 #: One parsed llama-bench test record (see ``parse_llama_bench``).
 Record = Dict[str, object]
@@ -340,22 +347,22 @@ def classify_failure(returncode: int, stderr: str, timed_out: bool = False,
         return BackendError("timeout", "llama-bench ran past its %ss timeout and was killed%s%s"
                             % (timeout_s, peak, quoted))
     if returncode == -signal.SIGKILL:
-        return BackendError("out-of-memory", "llama-bench was killed by SIGKILL, most likely by "
+        return BackendError(ERR_OUT_OF_MEMORY, "llama-bench was killed by SIGKILL, most likely by "
                             "the kernel's out-of-memory killer%s%s" % (peak, quoted))
     lowered = stderr.lower()
     if any(word in lowered for word in OOM_WORDS):
-        return BackendError("out-of-memory", "llama-bench ran out of memory (exit status %d)%s%s"
+        return BackendError(ERR_OUT_OF_MEMORY, "llama-bench ran out of memory (exit status %d)%s%s"
                             % (returncode, peak, quoted))
     if returncode < 0:
-        return BackendError("backend-error", "llama-bench was killed by %s%s"
+        return BackendError(ERR_BACKEND, "llama-bench was killed by %s%s"
                             % (_signal_name(-returncode), quoted))
     if "invalid parameter for argument" in lowered:
-        return BackendError("backend-error", "llama-bench rejected its command line (a build "
+        return BackendError(ERR_BACKEND, "llama-bench rejected its command line (a build "
                             "older than the flags edgefarm passes?)%s" % quoted)
     if "failed to load model" in lowered:
-        return BackendError("backend-error", "llama-bench could not load the model (exit status "
+        return BackendError(ERR_BACKEND, "llama-bench could not load the model (exit status "
                             "%d)%s" % (returncode, quoted))
-    return BackendError("backend-error", "llama-bench exited with status %d%s"
+    return BackendError(ERR_BACKEND, "llama-bench exited with status %d%s"
                         % (returncode, quoted))
 
 
@@ -388,9 +395,9 @@ def run_child(argv: List[str],
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         except (FileNotFoundError, PermissionError) as exc:
-            raise BackendError("backend-missing", "cannot start %s: %s" % (argv[0], exc)) from exc
+            raise BackendError(ERR_BACKEND_MISSING, "cannot start %s: %s" % (argv[0], exc)) from exc
         except OSError as exc:
-            raise BackendError("backend-error", "cannot start %s: %s" % (argv[0], exc)) from exc
+            raise BackendError(ERR_BACKEND, "cannot start %s: %s" % (argv[0], exc)) from exc
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         timed_out = False
         peak: Optional[int] = None
@@ -476,12 +483,12 @@ class LlamaBenchBackend(Backend):
         timeout = timeout_s if timeout_s is not None else self.timeout_s
         reason = self._missing()
         if reason:
-            raise BackendError("backend-missing", reason)
+            raise BackendError(ERR_BACKEND_MISSING, reason)
         if not os.path.isfile(model_path):
-            raise BackendError("model-missing", "model file not found: %s" % model_path)
+            raise BackendError(ERR_MODEL_MISSING, "model file not found: %s" % model_path)
         if params.repetitions < 1 or params.prompt_tokens < 0 or params.gen_tokens < 0 \
                 or params.prompt_tokens + params.gen_tokens == 0:
-            raise BackendError("bad-job", "llama-bench needs repetitions >= 1 and a prompt or "
+            raise BackendError(ERR_BAD_JOB, "llama-bench needs repetitions >= 1 and a prompt or "
                                "generation length > 0")
         argv = build_argv(self.binary, model_path, params)
         emit("phase", {"phase": "bench"})
@@ -498,7 +505,7 @@ class LlamaBenchBackend(Backend):
         missing = [label for label, rec, tokens in wanted if tokens > 0 and rec is None]
         if missing:
             start = stdout.strip()[:300] or "(stdout was empty)"
-            raise BackendError("backend-error", "llama-bench exited 0 but its output has no "
+            raise BackendError(ERR_BACKEND, "llama-bench exited 0 but its output has no "
                                "result for %s (%d records parsed); stdout starts:\n%s"
                                % (" and ".join(missing), len(records), start))
 

@@ -16,6 +16,7 @@ import time
 from typing import Dict, Tuple
 
 from agents.backends.base import Backend, BackendError, Emit, JobParams
+from agents.protocol import ERR_BACKEND
 
 
 class SleepBackend(Backend):
@@ -29,7 +30,7 @@ class SleepBackend(Backend):
     def run(self, model_path: str, params: JobParams, emit: Emit) -> Dict[str, object]:
         fail = os.environ.get("EDGEFARM_SLEEP_FAIL", "")
         if fail == "error":
-            raise BackendError("backend-error", "sleep backend asked to fail (EDGEFARM_SLEEP_FAIL)")
+            raise BackendError(ERR_BACKEND, "sleep backend asked to fail (EDGEFARM_SLEEP_FAIL)")
         total = params.warmup + params.repetitions
         for i in range(total):
             warm = i < params.warmup

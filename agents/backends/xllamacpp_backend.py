@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 from agents import peakmem
 from agents.backends.base import Backend, BackendError, Emit, JobParams
 from agents.gguf_info import read_gguf_info
+from agents.protocol import ERR_BACKEND, ERR_BACKEND_MISSING, ERR_MODEL_MISSING, ERR_OUT_OF_MEMORY
 
 
 def prompt_id_range(model_path: str) -> Tuple[int, int]:
@@ -65,7 +66,7 @@ def decode_rate(predicted_n: int, decode_s: float) -> Optional[float]:
 
 def _failure_kind(text: str) -> str:
     """``out-of-memory`` when llama.cpp's message says so, else ``backend-error``."""
-    return "out-of-memory" if any(w in text.lower() for w in _OOM_WORDS) else "backend-error"
+    return ERR_OUT_OF_MEMORY if any(w in text.lower() for w in _OOM_WORDS) else ERR_BACKEND
 
 
 class XllamacppBackend(Backend):
@@ -83,9 +84,9 @@ class XllamacppBackend(Backend):
     def run(self, model_path: str, params: JobParams, emit: Emit) -> Dict[str, object]:
         ok, version = self.available()
         if not ok:
-            raise BackendError("backend-missing", version)
+            raise BackendError(ERR_BACKEND_MISSING, version)
         if not os.path.isfile(model_path):
-            raise BackendError("model-missing", "model file not found: %s" % model_path)
+            raise BackendError(ERR_MODEL_MISSING, "model file not found: %s" % model_path)
         import xllamacpp
 
         emit("phase", {"phase": "load"})
@@ -160,14 +161,14 @@ class XllamacppBackend(Backend):
                                "llama.cpp completion failed: %s" % text[-2000:])
         final = state["final"]
         if not isinstance(final, dict):
-            raise BackendError("backend-error", "llama.cpp returned no timings for a completion")
+            raise BackendError(ERR_BACKEND, "llama.cpp returned no timings for a completion")
         timings = final["timings"]
         prompt_n = int(timings["prompt_n"])
         predicted_n = int(timings["predicted_n"])
         prefill_s = float(timings["prompt_ms"]) / 1000.0
         decode_s = float(timings["predicted_ms"]) / 1000.0
         if predicted_n != params.gen_tokens:
-            raise BackendError("backend-error", "asked for %d tokens, llama.cpp generated %d"
+            raise BackendError(ERR_BACKEND, "asked for %d tokens, llama.cpp generated %d"
                                % (params.gen_tokens, predicted_n))
         rates = {
             "prefill_tps": prompt_n / prefill_s if prefill_s > 0 else None,

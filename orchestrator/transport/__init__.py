@@ -1,13 +1,13 @@
-"""Transports: how the controller reaches a device (``local`` now, ``ssh`` next)."""
+"""Transports: how the controller reaches a device (``local``, ``ssh``); see base.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from orchestrator.errors import ConfigError
-from orchestrator.transport.base import CommandResult, JobStatus, Transport
+from orchestrator.transport.base import CommandResult, LinkDown, Stream, Transport
 
-__all__ = ["CommandResult", "JobStatus", "Transport", "make_transport", "KNOWN"]
+__all__ = ["CommandResult", "LinkDown", "Stream", "Transport", "make_transport", "KNOWN"]
 
 KNOWN = ("local", "ssh")
 

@@ -1,38 +1,51 @@
 """How the controller reaches a device: the Transport contract.
 
-Life cycle (checked: calling a method in the wrong state raises
-``TransportError`` naming the device, the call and the state)::
+A transport moves bytes and nothing else. It knows five verbs::
+
+    connect()                 open the link (retrying an unreachable device
+                              until its deadline, if the transport has links)
+    exec(argv, stdin) -> Stream   start a command, feed it stdin, stream its stdout
+    put(local, remote)        copy a file to the device, atomically
+    get(remote, local)        copy a file from the device
+    close()                   drop the link
+
+``run`` (exec and wait) is built on ``exec`` here, once. The job protocol —
+upload the agent, start a job, follow its log from a byte offset, status,
+cancel, the device lease — is *not* a transport's business: it is
+``orchestrator/agent_client.py``, written once over any transport, so that
+``local`` runs exactly the commands ``ssh`` does. A new transport (a
+container, adb, a serial console) is one module that implements the verbs
+(see ``local.py`` for how small that is).
+
+Conventions every transport keeps:
+
+* ``argv`` is a list, never a shell string; an element or path that starts
+  with ``~/`` means the device user's home (the transport expands it the way
+  the device would).
+* A link that drops while a command runs ends its stream with
+  ``exit_code is None`` (``broken``); the next ``exec`` reconnects. While the
+  device stays down, ``exec`` raises ``LinkDown`` (try again later) until the
+  transport's own deadline passes, then ``UnreachableError``.
+
+Life cycle (checked: a call in the wrong state raises ``TransportError``
+naming the device, the call and the state)::
 
     created --connect()--> connected --close()--> closed
-
-A transport does two kinds of work:
-
-* plain remote operations: ``run`` a command, ``put``/``get`` a file;
-* the job protocol the agent defines: ``start_job`` launches
-  ``python agent.pyz run JOB_DIR`` *detached* (it outlives the controller and
-  the link), ``read_events`` follows the job's ``events.jsonl`` from a byte
-  offset, ``job_status`` says whether the agent still runs, ``fetch_log``
-  returns what the agent wrote to stderr, and ``cancel`` stops its process
-  group.
-
-``local`` implements it for this machine; ``ssh`` (fabric/paramiko) plugs in
-next with the same methods. A capability a transport lacks raises
-``NotImplementedError`` with a sentence saying so.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from orchestrator.errors import LeaseError, TransportError
+from agents.protocol import ERR_UNREACHABLE
+from orchestrator.errors import TransportError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,31 +60,87 @@ class CommandResult:
     duration_s: float
 
 
-@dataclass(frozen=True)
-class JobStatus:
-    """What a device says about one job directory."""
+class LinkDown(TransportError):
+    """The link to the device is down but within its grace period: try again later."""
 
-    state: str  # "running" | "exited" | "absent"
-    exit_code: int | None = None
-    pid: int | None = None
+    kind = ERR_UNREACHABLE
 
 
-@dataclass(frozen=True)
-class LeaseRequest:
-    """Take the device lease (``agents/jobctl.py``) as part of starting a job."""
+class Stream(ABC):
+    """A command running on a device, its stdout pumped into memory by a thread.
 
-    work_dir: str
-    owner: str
-    ttl: float
+    Subclasses supply three primitives (``_recv``, ``_finish``, ``_close``);
+    everything a caller needs is here: ``take()`` what has arrived, wait on
+    ``arrived`` for more, and read ``exit_code`` once ``finished`` is set.
+    ``exit_code`` stays ``None`` when the link died before the command ended
+    (``broken``), which is how a follower knows to re-open from its offset.
+    """
 
+    def __init__(self, name: str) -> None:
+        self._data = bytearray()
+        self._lock = threading.Lock()
+        self.arrived = threading.Event()  # set when bytes arrive or the stream ends
+        self.finished = threading.Event()
+        self.exit_code: int | None = None
+        self.stderr = b""
+        self.closed_by_us = False
+        self._thread = threading.Thread(target=self._pump, daemon=True, name=name)
 
-class LeaseRefused(LeaseError):
-    """The device's lease is held by another controller; ``answer`` is the agent's reply."""
+    def _start(self) -> None:
+        self._thread.start()
 
-    def __init__(self, device: str, answer: dict[str, Any]) -> None:
-        super().__init__(f"device {device} is in use by another controller "
-                         f"({answer.get('holder')}, heartbeat {answer.get('age_s')} s ago)")
-        self.answer = answer
+    @abstractmethod
+    def _recv(self) -> bytes:
+        """Block for the next chunk of stdout; ``b""`` at its end."""
+
+    @abstractmethod
+    def _finish(self) -> tuple[int | None, bytes]:
+        """After stdout ended: the exit status (None if the link died) and stderr."""
+
+    @abstractmethod
+    def _close(self) -> None:
+        """Stop following the command (the command itself may run on)."""
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                chunk = self._recv()
+                if not chunk:
+                    break
+                with self._lock:
+                    self._data.extend(chunk)
+                self.arrived.set()
+            self.exit_code, self.stderr = self._finish()
+        except (OSError, EOFError, ValueError, TransportError):
+            self.exit_code = None
+        except Exception:  # paramiko's SSHException and kin: the link, not the command
+            self.exit_code = None
+        finally:
+            self.finished.set()
+            self.arrived.set()
+
+    @property
+    def broken(self) -> bool:
+        """Ended without an exit status: the link (not the command) went away."""
+        return self.finished.is_set() and self.exit_code is None
+
+    def take(self) -> bytes:
+        """Everything that arrived since the last ``take``."""
+        with self._lock:
+            data = bytes(self._data)
+            self._data.clear()
+            return data
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the command ends; True if it did within ``timeout``."""
+        return self.finished.wait(timeout)
+
+    def close(self) -> None:
+        self.closed_by_us = True
+        try:
+            self._close()
+        except Exception:  # closing a dead channel may fail; it is gone either way
+            pass
 
 
 def check_connected(method: F) -> F:
@@ -98,7 +167,6 @@ class Transport(ABC):
     def __init__(self, device_name: str) -> None:
         self.device_name = device_name
         self.state = "created"
-        self._lease_answers: dict[str, dict[str, Any]] = {}
         self.log = logging.getLogger(f"edgefarm.transport.{self.name}[{device_name}]")
 
     def connect(self) -> None:
@@ -114,11 +182,9 @@ class Transport(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- plain remote operations ---------------------------------------------
     @abstractmethod
-    def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None
-            ) -> CommandResult:
-        """Run ``argv`` (never a shell string), feeding ``stdin``, and wait for it."""
+    def exec(self, argv: list[str], stdin: bytes | None = None) -> Stream:
+        """Start ``argv`` on the device, feed it ``stdin`` (then EOF), stream its stdout."""
 
     @abstractmethod
     def put(self, local: str, remote: str) -> None:
@@ -126,109 +192,30 @@ class Transport(ABC):
 
     @abstractmethod
     def get(self, remote: str, local: str) -> None:
-        """Copy a file from the device."""
+        """Copy a file from the device (``FileNotFoundError`` if it is not there)."""
 
-    # -- the job protocol ----------------------------------------------------
-    @abstractmethod
-    def ensure_agent(self, bundle_path: str, sha256: str) -> str:
-        """Make the agent zipapp present on the device; return its path there."""
+    @check_connected
+    def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None
+            ) -> CommandResult:
+        """Run ``argv`` and wait for it; while the link is down, wait for it to come back.
 
-    def lazy_agent(self, bundle_path: str, sha256: str) -> str:
-        """The agent's path on the device, for the job protocol's commands.
-
-        A transport may defer the upload until a command finds the agent
-        missing (ssh: that saves a round trip per device and connection); the
-        default makes sure of it at once, like ``ensure_agent``.
+        ``LinkDown`` is retried here until the transport gives up with
+        ``UnreachableError``; a command that outlives ``timeout`` is abandoned
+        with a ``TransportError``.
         """
-        return self.ensure_agent(bundle_path, sha256)
-
-    @abstractmethod
-    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str,
-                  lease: LeaseRequest | None = None) -> None:
-        """Write ``job.json`` into ``job_dir`` and start the agent on it, detached.
-
-        With ``lease``, take the device lease first, in the same step where
-        the transport can; if another controller holds it, nothing starts.
-        Either way the agent's answer is then available from ``lease_answer``.
-        """
-
-    def lease_answer(self, job_dir: str) -> dict[str, Any] | None:
-        """The lease answer of ``start_job(..., lease=...)``; None while not known yet."""
-        return self._lease_answers.get(job_dir)
-
-    def _lease_before_start(self, job_dir: str, agent_path: str, lease: LeaseRequest) -> bool:
-        """Take the lease with its own command (transports that cannot fold it); True if held."""
-        answer = self.lease(agent_path, "acquire", lease.work_dir, lease.owner, lease.ttl)
-        self._lease_answers[job_dir] = answer
-        return bool(answer.get("ok"))
-
-    @abstractmethod
-    def read_events(self, job_dir: str, offset: int) -> tuple[list[dict[str, Any]], int]:
-        """Return complete events after byte ``offset`` of the job's log, and the new offset."""
-
-    @abstractmethod
-    def job_status(self, job_dir: str) -> JobStatus:
-        """Is the agent for ``job_dir`` running, exited, or was it never started?"""
-
-    @abstractmethod
-    def fetch_log(self, job_dir: str) -> str:
-        """Return the agent's stderr for the job (for error reports)."""
-
-    @abstractmethod
-    def cancel(self, job_dir: str) -> None:
-        """Stop the job's process group (SIGTERM, then SIGKILL)."""
-
-    @abstractmethod
-    def job_dir(self, sweep_id: str, job_key: str, attempt: int) -> str:
-        """Where on the device one attempt of one job lives."""
-
-    def wait_for_events(self, job_dir: str, timeout: float, stop: threading.Event) -> None:
-        """Block until the job may have new events, ``timeout`` passes or ``stop`` is set.
-
-        The default just waits; a transport that streams events (ssh) wakes up
-        as soon as bytes arrive, so a job's end is seen without polling delay.
-        """
-        stop.wait(timeout)
-
-    def forget(self, job_dir: str) -> None:
-        """Drop whatever the transport keeps for a finished job (channels, handles)."""
-        self._lease_answers.pop(job_dir, None)
-
-    def expand_path(self, path: str) -> str:
-        """A device path with ``~`` expanded as the device sees it."""
-        return os.path.expanduser(path)
-
-    def agent_argv(self, agent_path: str, *args: str) -> list[str]:
-        return [self.python, agent_path, *args]
-
-    def lease(self, agent_path: str, action: str, work_dir: str, owner: str,
-              ttl: float) -> dict[str, Any]:
-        """Acquire, refresh or release the device lease (see ``agents/jobctl.py``).
-
-        ``work_dir`` goes as it is: the agent expands ``~`` itself.
-        """
-        result = self.run(self.agent_argv(agent_path, "lease", action, "--work-dir", work_dir,
-                                          "--owner", owner, "--ttl", str(ttl)), timeout=60)
-        try:
-            return dict(json.loads(result.stdout))
-        except ValueError:
-            raise TransportError(f"device {self.device_name}: agent lease {action} failed: "
-                                 f"{result.stderr.strip()[-500:]}") from None
-
-
-def parse_event_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
-    """Split complete JSON lines off ``data``; return events and bytes consumed.
-
-    A partly written last line is not consumed, so it is read whole next time.
-    """
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], 0
-    events = []
-    for raw in data[: end + 1].splitlines():
-        if raw.strip():
+        start = time.monotonic()
+        while True:
             try:
-                events.append(json.loads(raw))
-            except ValueError:
-                continue
-    return events, end + 1
+                stream = self.exec(argv, stdin)
+                break
+            except LinkDown:
+                continue  # the transport slept its back-off and keeps its own deadline
+        if not stream.wait(timeout):
+            stream.close()
+            raise TransportError(f"device {self.device_name}: {argv[0]} timed out after "
+                                 f"{timeout:g} s")
+        if stream.exit_code is None:
+            raise TransportError(f"device {self.device_name}: the link dropped while "
+                                 f"running {argv[0]}")
+        return CommandResult(stream.exit_code, stream.take().decode(errors="replace"),
+                             stream.stderr.decode(errors="replace"), time.monotonic() - start)

@@ -1,68 +1,85 @@
 """The ``local`` transport: this machine as a device.
 
-It follows the same job protocol as ssh: the agent zipapp is copied into the
-device's work directory, started detached in its own session, and followed
-through its event log, so local runs exercise the code path real devices use.
+Commands run as child processes in their own session (as a remote command
+would: the controller's Ctrl-C does not reach them), files are copied with a
+rename. Everything else — the agent upload, ``agent start --follow``, the
+lease — is the agent client's, exactly as over ssh.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from orchestrator.transport.base import (
-    CommandResult,
-    JobStatus,
-    LeaseRequest,
-    Transport,
-    check_connected,
-    parse_event_lines,
-)
+from orchestrator.transport.base import Stream, Transport, check_connected
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
+class _ProcessStream(Stream):
+    """A child process's stdout, stderr drained on the side so it never blocks."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__("local-exec")
+        self.proc = proc
+        self._err = bytearray()
+        self._err_thread = threading.Thread(target=self._drain, args=(proc.stderr,),
+                                            daemon=True, name="local-stderr")
+        self._err_thread.start()
+        self._start()
+
+    def _drain(self, pipe: IO[bytes] | None) -> None:
+        if pipe is not None:
+            for chunk in iter(lambda: pipe.read1(65536), b""):
+                self._err.extend(chunk)
+
+    def _recv(self) -> bytes:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read1(65536)
+
+    def _finish(self) -> tuple[int | None, bytes]:
+        code = self.proc.wait()
+        self._err_thread.join(5)
+        if self.closed_by_us:
+            return None, bytes(self._err)
+        return code, bytes(self._err)
+
+    def _close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
 
 
 class LocalTransport(Transport):
-    """Runs the agent on this machine, detached, in the device's work_dir."""
+    """Runs commands on this machine for a device whose ``transport`` is ``local``."""
 
     name = "local"
 
     def __init__(self, device: Any) -> None:
         super().__init__(device.name)
         self.device = device
-        self.work_dir = Path(os.path.expanduser(device.work_dir))
         # A local device whose inventory entry names no interpreter uses the
         # controller's own: it has the xllamacpp wheel that edgefarm installs.
         self.python = device.python if "python" in device.model_fields_set else sys.executable
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     @check_connected
-    def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None
-            ) -> CommandResult:
-        start = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False,
-                              input=stdin)
-        return CommandResult(proc.returncode, proc.stdout.decode(errors="replace"),
-                             proc.stderr.decode(errors="replace"), time.monotonic() - start)
+    def exec(self, argv: list[str], stdin: bytes | None = None) -> Stream:
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)  # the agent runs from its zipapp alone
+        proc = subprocess.Popen([os.path.expanduser(a) if a.startswith("~/") else a
+                                 for a in argv],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, env=env)
+        assert proc.stdin is not None
+        try:
+            if stdin:
+                proc.stdin.write(stdin)
+            proc.stdin.close()
+        except BrokenPipeError:  # it did not want its input; its status says why
+            pass
+        return _ProcessStream(proc)
 
     @check_connected
     def put(self, local: str, remote: str) -> None:
@@ -75,88 +92,3 @@ class LocalTransport(Transport):
     @check_connected
     def get(self, remote: str, local: str) -> None:
         shutil.copyfile(os.path.expanduser(remote), local)
-
-    @check_connected
-    def ensure_agent(self, bundle_path: str, sha256: str) -> str:
-        target = self.work_dir / "agent" / Path(bundle_path).name
-        if not target.exists():
-            self.put(bundle_path, str(target))
-        return str(target)
-
-    def job_dir(self, sweep_id: str, job_key: str, attempt: int) -> str:
-        return str(self.work_dir / "jobs" / sweep_id / f"{job_key}-a{attempt}")
-
-    @check_connected
-    def start_job(self, job_dir: str, spec: dict[str, Any], agent_path: str,
-                  lease: LeaseRequest | None = None) -> None:
-        if lease is not None and not self._lease_before_start(job_dir, agent_path, lease):
-            return  # held by another controller: run_attempt reads the answer
-        path = Path(job_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "job.json").write_text(json.dumps(spec, sort_keys=True))
-        with open(path / "agent.stderr", "ab") as err:
-            child = subprocess.Popen(
-                [self.python, agent_path, "run", "--quiet", str(path)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                start_new_session=True,  # survives the controller, like nohup/setsid
-                cwd=str(path), env=self._agent_env())
-        self._children[job_dir] = child
-
-    def _agent_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)  # the agent runs from its zipapp alone
-        return env
-
-    @check_connected
-    def read_events(self, job_dir: str, offset: int) -> tuple[list[dict[str, Any]], int]:
-        log = Path(job_dir) / "events.jsonl"
-        try:
-            with open(log, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return [], offset
-        events, used = parse_event_lines(data)
-        return events, offset + used
-
-    @check_connected
-    def job_status(self, job_dir: str) -> JobStatus:
-        child = self._children.get(job_dir)
-        if child is not None:
-            code = child.poll()
-            return JobStatus("running" if code is None else "exited", code, child.pid)
-        pid_file = Path(job_dir) / "agent.pid"
-        if not pid_file.exists():
-            return JobStatus("absent")
-        try:
-            pid = int(pid_file.read_text().strip())
-        except ValueError:
-            return JobStatus("exited")
-        return JobStatus("running" if _pid_alive(pid) else "exited", None, pid)
-
-    @check_connected
-    def fetch_log(self, job_dir: str) -> str:
-        try:
-            return (Path(job_dir) / "agent.stderr").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    @check_connected
-    def cancel(self, job_dir: str) -> None:
-        status = self.job_status(job_dir)
-        if status.state != "running" or status.pid is None:
-            return
-        try:
-            group = os.getpgid(status.pid)
-        except ProcessLookupError:
-            return
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(group, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if self.job_status(job_dir).state != "running":
-                    return
-                time.sleep(0.05)
