@@ -18,6 +18,8 @@ jobs there) and ``agent/agent-<sha256>.pyz`` (the agent itself).
 """
 
 
+from typing import Dict, FrozenSet, Tuple
+
 #: Version of the JSON-lines event schema (the ``v`` field of every event).
 PROTOCOL_VERSION = 1
 
@@ -88,11 +90,11 @@ CONTROLLER_ERROR_KINDS = (ERR_AGENT_CRASHED, ERR_TIMEOUT, ERR_CANCELLED, ERR_TRA
                           ERR_UNREACHABLE, ERR_HOST_KEY, ERR_AUTH, ERR_DEVICE_LEASED,
                           ERR_CONTROLLER)
 #: Kinds that say the device, not the job, is broken: its other jobs would fail alike.
-DEVICE_FAILURE_KINDS = frozenset({ERR_UNREACHABLE, ERR_HOST_KEY, ERR_AUTH,
-                                  ERR_DEVICE_LEASED})  # type: FrozenSet[str]
+DEVICE_FAILURE_KINDS: FrozenSet[str] = frozenset({ERR_UNREACHABLE, ERR_HOST_KEY, ERR_AUTH,
+                                                   ERR_DEVICE_LEASED})
 
 #: Every error kind a stored attempt may carry, with what it means (for docs and reports).
-ERROR_KINDS = {
+ERROR_KINDS: Dict[str, str] = {
     ERR_MODEL_MISSING: "the model file is not on the device",
     ERR_BACKEND_MISSING: "the chosen backend is not installed on the device",
     ERR_BACKEND: "the backend failed while running the job",
@@ -108,10 +110,10 @@ ERROR_KINDS = {
     ERR_AUTH: "the device refused the controller's key",
     ERR_DEVICE_LEASED: "another controller holds the device's lease",
     ERR_CONTROLLER: "the controller itself failed (a bug; the device is not blamed)",
-}  # type: Dict[str, str]
+}
 
 # -- lease actions ------------------------------------------------------------------
-LEASE_ACTIONS = ("acquire", "refresh", "release", "takeover")  # type: Tuple[str, ...]
+LEASE_ACTIONS: Tuple[str, ...] = ("acquire", "refresh", "release", "takeover")
 
 
 def agent_filename(sha256: str) -> str:
