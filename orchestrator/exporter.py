@@ -35,6 +35,7 @@ from orchestrator.metrics import LiveMetrics, MultiProgress, StoreCollector
 from orchestrator.store import DB_NAME, Store
 
 __all__ = [
+    "AddressError",
     "DEFAULT_ADDR",
     "SERVE_ADDR",
     "ExporterError",
@@ -61,22 +62,28 @@ class ExporterError(EdgefarmError, OSError):
     """The metrics endpoint could not be started (bad address, port in use)."""
 
 
+class AddressError(ExporterError, ValueError):
+    """A metrics address that is not ``host:port`` (bad input, unlike a busy port)."""
+
+    exit_code = 2
+
+
 def parse_addr(addr: str) -> tuple[str, int]:
     """``host:port`` -> ``(host, port)``; ``[::1]:9464`` for IPv6; ``:9464`` means loopback."""
     text = addr.strip()
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        raise ExporterError(f"metrics address {addr!r}: expected host:port, e.g. {DEFAULT_ADDR}")
+        raise AddressError(f"metrics address {addr!r}: expected host:port, e.g. {DEFAULT_ADDR}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     host = host or "127.0.0.1"
     try:
         port = int(port_text)
     except ValueError:
-        raise ExporterError(f"metrics address {addr!r}: port {port_text!r} is not a number")\
+        raise AddressError(f"metrics address {addr!r}: port {port_text!r} is not a number")\
             from None
     if not 0 <= port <= 65535:
-        raise ExporterError(f"metrics address {addr!r}: port {port} is out of range")
+        raise AddressError(f"metrics address {addr!r}: port {port} is out of range")
     return host, port
 
 

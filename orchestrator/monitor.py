@@ -70,7 +70,12 @@ class MonitorError(EdgefarmError, RuntimeError):
 
 
 class PrometheusMissing(MonitorError):
-    """No ``prometheus`` binary; the message says how to install one."""
+    """No ``prometheus`` binary; the message says how to install one.
+
+    The CLI exits 2 for it, as for bad input: the user must supply something.
+    """
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -337,7 +342,7 @@ def up(settings: MonitorSettings) -> dict[str, Any]:
         if pid is not None:
             os.kill(pid, signal.SIGHUP)
 
-    if settings.serve and _read_pid(paths.serve_pid, "orchestrator.cli.monitor_cmd") is None:
+    if settings.serve and _read_pid(paths.serve_pid, "orchestrator.serve") is None:
         start_serve(settings.results_dir, settings.serve_addr, settings.ready_timeout_s)
     return status(settings.results_dir)
 
@@ -346,14 +351,14 @@ def start_serve(results_dir: Path, addr: str, deadline_s: float = 30.0) -> int:
     """Start ``edgefarm serve`` detached (for ``monitor up``); return its pid."""
     paths = MonitorPaths.under(results_dir)
     _refuse_taken(addr, "edgefarm serve (--serve-addr)")
-    argv = [sys.executable, "-m", "orchestrator.cli.monitor_cmd",
+    argv = [sys.executable, "-m", "orchestrator.serve",
             "--results-dir", str(Path(results_dir).resolve()), "--addr", addr]
     proc = _spawn(argv, paths.serve_log, paths.serve_pid)
     try:
         wait_ready(f"http://{addr}/metrics", deadline_s, process=proc, log_path=paths.serve_log,
                    what="edgefarm serve")
     except MonitorError:
-        _terminate(proc.pid, "orchestrator.cli.monitor_cmd")
+        _terminate(proc.pid, "orchestrator.serve")
         paths.serve_pid.unlink(missing_ok=True)
         raise
     state = _state(paths)
@@ -400,7 +405,7 @@ def down(results_dir: str | Path) -> list[str]:
     """Stop the store exporter and Prometheus started from ``results_dir``; say what stopped."""
     paths = MonitorPaths.under(results_dir)
     stopped = []
-    for pid_path, expect, name in ((paths.serve_pid, "orchestrator.cli.monitor_cmd",
+    for pid_path, expect, name in ((paths.serve_pid, "orchestrator.serve",
                                     "edgefarm serve"),
                                    (paths.pid, "prometheus", "prometheus")):
         pid = _read_pid(pid_path, expect)
@@ -416,7 +421,7 @@ def status(results_dir: str | Path) -> dict[str, Any]:
     paths = MonitorPaths.under(results_dir)
     pid = _read_pid(paths.pid, "prometheus")
     state = _state(paths)
-    serve_pid = _read_pid(paths.serve_pid, "orchestrator.cli.monitor_cmd")
+    serve_pid = _read_pid(paths.serve_pid, "orchestrator.serve")
     out: dict[str, Any] = {"running": pid is not None, "pid": pid, "url": state.get("url"),
                            "serve": {"running": serve_pid is not None, "pid": serve_pid,
                                      "addr": state.get("serve_addr")},

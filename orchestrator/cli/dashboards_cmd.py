@@ -1,10 +1,9 @@
 """``edgefarm dashboards``: write the generated Grafana JSON, push it to a Grafana server.
 
-Registered in ``orchestrator/cli/main.py`` as
-``app.add_typer(dashboards_app, name="dashboards")``. The work lives in
-``orchestrator.dashboards`` and ``orchestrator.grafana_push``; this module only
-parses options and prints. Errors print one line and exit 2 for bad input or
-1 for server trouble.
+The work lives in ``orchestrator.dashboards`` and ``orchestrator.grafana_push``;
+this module only parses options and prints. Errors go through the CLI's one
+boundary: a ``GrafanaPushError`` carries its exit status (2 for bad input, 1
+for server trouble).
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ import typer
 from rich.console import Console
 
 from orchestrator import dashboards
+from orchestrator.cli.app import new_app
 from orchestrator.grafana_push import (
     DEFAULT_FOLDER,
     DEFAULT_PROMETHEUS_URL,
-    GrafanaPushError,
     PushResult,
     push,
     token_from_env,
@@ -27,8 +26,7 @@ from orchestrator.grafana_push import (
 
 __all__ = ["dashboards_app"]
 
-dashboards_app = typer.Typer(help="Grafana dashboards: generate the JSON, push it to Grafana.",
-                             no_args_is_help=True)
+dashboards_app = new_app(help="Grafana dashboards: generate the JSON, push it to Grafana.")
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -59,13 +57,9 @@ def push_cmd(
 
     Idempotent: items already as wanted are reported "unchanged" and not written.
     """
-    try:
-        token = token_from_env(token_env)
-        results = push(url, token, folder=folder, prometheus_url=prometheus_url,
-                       timeout=timeout, on_result=_print_result)
-    except GrafanaPushError as exc:
-        err_console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from None
+    token = token_from_env(token_env)
+    results = push(url, token, folder=folder, prometheus_url=prometheus_url,
+                   timeout=timeout, on_result=_print_result)
     counts: dict[str, int] = {}
     for result in results:
         key = result.action.split(" ")[0]
@@ -75,7 +69,7 @@ def push_cmd(
 
 @dashboards_app.command("write")
 def write_cmd(
-    out: Annotated[Path, typer.Option(help="Directory for the JSON files.")]
+    out: Annotated[Path, typer.Option(file_okay=False, help="Directory for the JSON files.")]
         = dashboards.DEFAULT_OUT_DIR,
     check: Annotated[bool, typer.Option(
         "--check", help="Write nothing; exit 1 if the files differ from the code.")] = False,

@@ -1,90 +1,32 @@
 """``edgefarm monitor up|down|status`` and ``edgefarm serve``: thin typer commands.
 
-The work is in ``orchestrator.monitor`` and ``orchestrator.exporter``; this
-module only parses options and prints. Register it in ``cli/main.py`` with::
-
-    from orchestrator.cli.monitor_cmd import monitor_app, serve_cmd
-    app.add_typer(monitor_app, name="monitor")
-    app.command("serve")(serve_cmd)
-
-It is also runnable on its own (``python -m orchestrator.cli.monitor_cmd
---results-dir DIR``), which is how ``monitor up`` starts the store exporter
-detached without depending on how the main CLI is installed.
+The work is in ``orchestrator.monitor`` and ``orchestrator.serve``; this
+module only parses options and prints. Errors go through the CLI's one
+boundary (``orchestrator.cli.app``): a missing Prometheus exits 2, other
+monitor trouble 1.
 """
 
 from __future__ import annotations
 
-import functools
-import signal
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.app import console, err_console, new_app
+from orchestrator.cli.options import DEFAULT_RESULTS, ResultsOpt
 from orchestrator.exporter import DEFAULT_ADDR, SERVE_ADDR
 from orchestrator.monitor import (
     DEFAULT_LISTEN,
     MACMON_PORT,
     NODE_EXPORTER_PORT,
     MonitorSettings,
-    PrometheusMissing,
 )
 
-__all__ = ["monitor_app", "serve_app", "serve_cmd"]
+__all__ = ["monitor_app", "serve_cmd"]
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-console = Console()
-err_console = Console(stderr=True)
-
-# The same option as cli/main.py's ResultsOpt (repeated here so this module
-# never imports main, which imports it).
-DEFAULT_RESULTS = "edgefarm-results"
-ResultsOpt = Annotated[Path, typer.Option(
-    "--results-dir", "-r", envvar="EDGEFARM_RESULTS_DIR",
-    help="Directory of the results store (SQLite); Prometheus keeps its data under it.")]
-
-monitor_app = typer.Typer(help="A local Prometheus scraping the controller and the devices.",
-                          no_args_is_help=True)
-
-
-def _reraise_missing(func: F) -> F:
-    """Let ``PrometheusMissing`` pass cli_errors untouched, so ``_errors`` can exit 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except PrometheusMissing as exc:
-            raise _Missing(exc) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-class _Missing(BaseException):
-    """Carries PrometheusMissing past cli_errors (which handles every Exception)."""
-
-    def __init__(self, exc: PrometheusMissing) -> None:
-        super().__init__(str(exc))
-        self.exc = exc
-
-
-def _guarded(func: F) -> F:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from orchestrator.cli.main import cli_errors
-
-        try:
-            return cli_errors(_reraise_missing(func))(*args, **kwargs)
-        except _Missing as missing:
-            err_console.print(f"[red]error:[/] {missing.exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper  # type: ignore[return-value]
+monitor_app = new_app(help="A local Prometheus scraping the controller and the devices.")
 
 
 def _print_status(info: dict[str, Any]) -> None:
@@ -113,9 +55,8 @@ def _print_status(info: dict[str, Any]) -> None:
 
 
 @monitor_app.command("up")
-@_guarded
 def monitor_up(
-    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+    results_dir: ResultsOpt = DEFAULT_RESULTS,
     inventory: Annotated[Path | None, typer.Option(
         "--inventory", "-i", envvar="EDGEFARM_INVENTORY",
         help="Inventory whose ssh devices Prometheus scrapes (macmon on Macs, node_exporter "
@@ -156,8 +97,7 @@ def monitor_up(
 
 
 @monitor_app.command("down")
-@_guarded
-def monitor_down(results_dir: ResultsOpt = Path(DEFAULT_RESULTS)) -> None:
+def monitor_down(results_dir: ResultsOpt = DEFAULT_RESULTS) -> None:
     """Stop the Prometheus (and `edgefarm serve`) that `monitor up` started."""
     from orchestrator.monitor import down
 
@@ -166,8 +106,7 @@ def monitor_down(results_dir: ResultsOpt = Path(DEFAULT_RESULTS)) -> None:
 
 
 @monitor_app.command("status")
-@_guarded
-def monitor_status(results_dir: ResultsOpt = Path(DEFAULT_RESULTS)) -> None:
+def monitor_status(results_dir: ResultsOpt = DEFAULT_RESULTS) -> None:
     """Say whether Prometheus runs, where, and how each scrape target is doing."""
     from orchestrator.monitor import status
 
@@ -177,41 +116,17 @@ def monitor_status(results_dir: ResultsOpt = Path(DEFAULT_RESULTS)) -> None:
         raise typer.Exit(1)
 
 
-@_guarded
 def serve_cmd(
-    results_dir: ResultsOpt = Path(DEFAULT_RESULTS),
+    results_dir: ResultsOpt = DEFAULT_RESULTS,
     addr: Annotated[str, typer.Option(
         help="Address to serve /metrics on (host:port; loopback unless you say otherwise).")]
         = SERVE_ADDR,
 ) -> None:
     """Serve the last finished sweep's metrics from the results store until Ctrl-C."""
-    from orchestrator.exporter import exporter_url, serve_registry, start_exporter, stop_exporter
-    from orchestrator.store import DB_NAME
+    from orchestrator.serve import serve
 
-    if not (Path(results_dir) / DB_NAME).exists():
-        # Not an error: `monitor up` may start this before the first sweep.
-        # The collector reads the store at each scrape and finds it once written.
-        err_console.print(f"[yellow]warning:[/] no results store in {results_dir} yet; "
-                          "metrics appear once a sweep has finished there", highlight=False)
-    server, thread = start_exporter(addr, registry=serve_registry(results_dir))
-    console.print(f"serving {Path(results_dir) / DB_NAME} at {exporter_url(server)} "
-                  "(Ctrl-C stops)", highlight=False)
-    done = threading.Event()
-    # ``monitor down`` sends SIGTERM: stop as cleanly as on Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        stop_exporter(server, thread)
+    serve(results_dir, addr,
+          on_ready=lambda url: console.print(f"serving {results_dir} at {url} (Ctrl-C stops)",
+                                             highlight=False),
+          on_warning=lambda text: err_console.print(f"[yellow]warning:[/] {text}"))
     console.print("stopped")
-
-
-serve_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-serve_app.command()(serve_cmd)
-
-if __name__ == "__main__":
-    serve_app()
