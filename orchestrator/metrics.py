@@ -46,7 +46,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import CollectorRegistry
 
 from orchestrator.errors import StoreError
-from orchestrator.states import JOB_STATES, SweepState
+from orchestrator.states import ATTEMPT_STATES, JOB_STATES, AttemptState, SweepState
 from orchestrator.store import DB_NAME, Store, sample_memory_bytes
 
 __all__ = [
@@ -162,7 +162,7 @@ STORE_METRICS = tuple(name for name in METRICS if name not in LIVE_METRICS)
 #: ignored so that the label set stays the one the contract lists.
 PHASES = ("model", "synth", "load", "warmup", "prefill", "decode", "bench", "cooldown", "idle")
 #: Outcomes ``edgefarm_job_attempts_total`` counts.
-ATTEMPT_OUTCOMES = ("done", "failed", "cancelled")
+ATTEMPT_OUTCOMES = tuple(str(s) for s in ATTEMPT_STATES if s != AttemptState.RUNNING)
 #: At most this many rails (and, separately, sensors) per device: a rail or
 #: sensor set is fixed by the hardware, so more means a misbehaving agent,
 #: and Prometheus must not pay for it.
@@ -270,7 +270,7 @@ class LiveMetrics:
                 device.attempts[state] += 1
             # An attempt that failed without a single event never reached the
             # agent (connection, upload or start failed): the device did not answer.
-            if state == "failed" and not device.answered:
+            if state == AttemptState.FAILED and not device.answered:
                 device.up = 0
 
     def _sample(self, state: _DeviceState, ev: dict[str, Any]) -> None:
@@ -436,7 +436,7 @@ class StoreCollector:
         chosen = []
         rows = store.sweeps(limit=1000)
         if self.include_running:
-            chosen += [r for r in rows if r["state"] == "running"][:1]
+            chosen += [r for r in rows if r["state"] == SweepState.RUNNING][:1]
         chosen += [r for r in rows if r["state"] in ENDED_STATES][:1]
         return chosen
 

@@ -229,7 +229,7 @@ class SweepRun:
             self.failures_in_a_row[device] = 0
             self.store.finish_job(self.sweep_id, key, JobState.DONE, attempt,
                                   result=outcome["result"])
-            self.progress.job_finished(job, "done", None, False)
+            self.progress.job_finished(job, JobState.DONE, None, False)
             return
         device_broken = outcome["error_kind"] in DEVICE_FAILURE_KINDS
         used = attempt - self.first_attempt[key] + 1
