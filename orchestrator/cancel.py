@@ -15,31 +15,36 @@ import socket
 import time
 from typing import Any
 
+from agents.protocol import ERR_CANCELLED
 from orchestrator.agent_client import AgentClient
 from orchestrator.bundle import build
 from orchestrator.config.inventory import Inventory
 from orchestrator.deadline import Deadline
 from orchestrator.errors import EdgefarmError
-from orchestrator.store import Store
+from orchestrator.states import JobState, SweepState
+from orchestrator.store import IllegalTransitionError, Store
 from orchestrator.transport import make_transport
 
 
 def cancel_sweep(store: Store, sweep_id: str, settings: dict[str, Any], wait: float) -> str:
     state = store.sweep(sweep_id)["state"]
-    if state in ("finished", "cancelled"):
+    if state in (SweepState.FINISHED, SweepState.CANCELLED):
         return f"nothing to cancel: the sweep is {state}"
-    store.set_sweep_state(sweep_id, "cancelling")
-    if state == "running":
+    store.set_sweep_state(sweep_id, SweepState.CANCELLING)
+    if state == SweepState.RUNNING:
         deadline = Deadline(wait)
         while not deadline.expired:
-            if store.sweep(sweep_id)["state"] == "cancelled":
+            if store.sweep(sweep_id)["state"] == SweepState.CANCELLED:
                 return "cancelled by its controller"
             time.sleep(0.5)
     stopped, problems = stop_on_devices(store, sweep_id, settings)
-    for row in store.jobs(sweep_id, states=("pending", "running")):
-        store.finish_job(sweep_id, row["key"], "cancelled", error_kind="cancelled",
-                         error="cancelled by edgefarm sweep cancel")
-    store.set_sweep_state(sweep_id, "cancelled")
+    for row in store.jobs(sweep_id, states=(JobState.PENDING, JobState.RUNNING)):
+        try:
+            store.finish_job(sweep_id, row["key"], JobState.CANCELLED, error_kind=ERR_CANCELLED,
+                             error="cancelled by edgefarm sweep cancel")
+        except IllegalTransitionError:
+            pass  # it ended (done or failed) since it was read: its own end stands
+    store.set_sweep_state(sweep_id, SweepState.CANCELLED)
     text = f"cancelled; stopped {stopped} running job(s) on the devices"
     if problems:
         text += "; could not reach: " + "; ".join(problems)
@@ -52,7 +57,7 @@ def stop_on_devices(store: Store, sweep_id: str,
     inventory = Inventory.model_validate(json.loads(store.sweep(sweep_id)["inventory_json"]))
     devices = {d.name: d for d in inventory.devices}
     running: dict[str, list[Any]] = {}
-    for row in store.jobs(sweep_id, states=("running",)):
+    for row in store.jobs(sweep_id, states=(JobState.RUNNING,)):
         running.setdefault(row["device"], []).append(row)
     bundle = build(store.dir / "agent")
     owner = f"{socket.gethostname()}:{os.getpid()}:cancel-{sweep_id}"

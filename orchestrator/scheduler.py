@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agents.protocol import ERR_CONTROLLER
 from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.errors import DEVICE_FAILURE_KINDS
@@ -43,7 +44,7 @@ log = logging.getLogger("edgefarm.scheduler")
 #: Failure kinds that say nothing about the device: the controller itself
 #: failed (a bug, a full disk on the controller). Counting them would
 #: quarantine a healthy device for the controller's fault.
-CONTROLLER_FAILURE_KINDS = frozenset({"controller-error"})
+CONTROLLER_FAILURE_KINDS = frozenset({ERR_CONTROLLER})
 
 
 class Progress(Protocol):
