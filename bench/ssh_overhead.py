@@ -42,6 +42,7 @@ from orchestrator.bundle import build  # noqa: E402
 from orchestrator.config.inventory import Inventory  # noqa: E402
 from orchestrator.gateway import Gateway  # noqa: E402
 from orchestrator.jobrunner import run_attempt  # noqa: E402
+from orchestrator.transport.settings import GatewaySettings, TransportSettings  # noqa: E402
 from orchestrator.transport.ssh import SshTransport  # noqa: E402
 
 
@@ -121,7 +122,8 @@ def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
             """The gateway's own code path, cold connections."""
             gateway = Gateway("bench", [d.model_dump(mode="json", exclude_unset=True)
                                         for d in inventory.devices], str(bundle.path),
-                              bundle.sha256, {"known_hosts": str(known), "owner": "bench:1:x"})
+                              bundle.sha256, GatewaySettings(TransportSettings(str(known)),
+                                                             owner="bench:1:x"))
             started = time.monotonic()
             for dev in inventory.devices:
                 gateway.start({"device": dev.name, "sweep_id": f"fleet-{tag}", "job": "noop",

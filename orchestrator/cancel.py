@@ -23,10 +23,10 @@ from orchestrator.deadline import Deadline
 from orchestrator.errors import EdgefarmError
 from orchestrator.states import JobState, SweepState
 from orchestrator.store import IllegalTransitionError, Store
-from orchestrator.transport import make_transport
+from orchestrator.transport import TransportSettings, make_transport
 
 
-def cancel_sweep(store: Store, sweep_id: str, settings: dict[str, Any], wait: float) -> str:
+def cancel_sweep(store: Store, sweep_id: str, settings: TransportSettings, wait: float) -> str:
     state = store.sweep(sweep_id)["state"]
     if state in (SweepState.FINISHED, SweepState.CANCELLED):
         return f"nothing to cancel: the sweep is {state}"
@@ -52,7 +52,7 @@ def cancel_sweep(store: Store, sweep_id: str, settings: dict[str, Any], wait: fl
 
 
 def stop_on_devices(store: Store, sweep_id: str,
-                    settings: dict[str, Any]) -> tuple[int, list[str]]:
+                    settings: TransportSettings) -> tuple[int, list[str]]:
     """Kill the sweep's running jobs on their devices and release the leases."""
     inventory = Inventory.model_validate(json.loads(store.sweep(sweep_id)["inventory_json"]))
     devices = {d.name: d for d in inventory.devices}

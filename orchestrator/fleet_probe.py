@@ -16,7 +16,7 @@ from typing import Any
 from orchestrator.agent_client import AgentClient
 from orchestrator.bundle import build
 from orchestrator.errors import EdgefarmError
-from orchestrator.transport import make_transport
+from orchestrator.transport import TransportSettings, make_transport
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ProbeResult:
 
 
 def probe_device(device: Any, bundle_path: str, sha256: str,
-                 settings: dict[str, Any]) -> ProbeResult:
+                 settings: TransportSettings) -> ProbeResult:
     try:
         transport = make_transport(device, settings)
         transport.connect()
@@ -49,7 +49,7 @@ def probe_device(device: Any, bundle_path: str, sha256: str,
         transport.close()
 
 
-def probe_all(devices: Iterable[Any], cache_dir: Path, settings: dict[str, Any],
+def probe_all(devices: Iterable[Any], cache_dir: Path, settings: TransportSettings,
               workers: int = 32) -> list[ProbeResult]:
     """Probe ``devices`` in parallel; results in inventory order."""
     devices = list(devices)

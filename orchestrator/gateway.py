@@ -36,7 +36,7 @@ from agents.protocol import ERR_CONTROLLER
 from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
 from orchestrator.errors import LeaseError, TransportError
 from orchestrator.jobrunner import Outcome, run_attempt
-from orchestrator.transport import make_transport
+from orchestrator.transport import GatewaySettings, make_transport
 
 log = logging.getLogger("edgefarm.gateway")
 
@@ -58,16 +58,16 @@ class Gateway:
     """Runs jobs on the devices of one site. Plain class; ``remote_gateway`` wraps it for Ray."""
 
     def __init__(self, site: str, devices: list[dict[str, Any]], bundle_path: str,
-                 bundle_sha256: str, settings: dict[str, Any] | None = None) -> None:
+                 bundle_sha256: str, settings: GatewaySettings | None = None) -> None:
         from orchestrator.config.inventory import Device
 
         self.site = site
         self.devices = {d["name"]: Device.model_validate(d) for d in devices}
         self.bundle_path = bundle_path
         self.bundle_sha256 = bundle_sha256
-        self.settings = settings or {}
-        self.owner = str(self.settings.get("owner") or f"{socket.gethostname()}:{os.getpid()}")
-        self.lease_ttl = float(self.settings.get("lease_ttl_s", 120.0))
+        self.settings = settings or GatewaySettings()
+        self.owner = self.settings.owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.lease_ttl = self.settings.lease_ttl_s
         self.leased: set[str] = set()
         self.refresher: threading.Thread | None = None
         self.closing = threading.Event()
@@ -93,7 +93,7 @@ class Gateway:
             with self.lock:
                 client = self.clients.get(device)
             if client is None:
-                transport = make_transport(self.devices[device], self.settings)
+                transport = make_transport(self.devices[device], self.settings.transport)
                 transport.connect()
                 client = AgentClient(transport, self.devices[device].work_dir, self.bundle_path,
                                      self.bundle_sha256)

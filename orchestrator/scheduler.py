@@ -38,6 +38,7 @@ from orchestrator.errors import DEVICE_FAILURE_KINDS
 from orchestrator.gateway import remote_gateway
 from orchestrator.states import JobState, SweepState
 from orchestrator.store import Store
+from orchestrator.transport.settings import GatewaySettings, TransportSettings
 
 log = logging.getLogger("edgefarm.scheduler")
 
@@ -142,15 +143,15 @@ class SweepRun:
     """One run of the driver loop over a sweep's jobs that are not done yet."""
 
     def __init__(self, store: Store, sweep_id: str, progress: Progress,
-                 transport_settings: dict[str, Any], poll_s: float,
+                 transport_settings: TransportSettings, poll_s: float,
                  quarantine_after: int) -> None:
         self.store = store
         self.sweep_id = sweep_id
         self.progress = progress
         self.poll_s = poll_s
         self.quarantine_after = quarantine_after
-        self.settings = dict(transport_settings)
-        self.settings.setdefault("owner", f"{socket.gethostname()}:{os.getpid()}:{sweep_id}")
+        self.settings = GatewaySettings(transport_settings,
+                                        owner=f"{socket.gethostname()}:{os.getpid()}:{sweep_id}")
         inventory = Inventory.model_validate(json.loads(store.sweep(sweep_id)["inventory_json"]))
         self.devices = {d.name: d for d in inventory.devices}
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -328,7 +329,7 @@ class SweepRun:
 def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
               progress: Progress | None = None, poll_s: float = 1.0,
               should_stop: Callable[[], bool] | None = None,
-              transport_settings: dict[str, Any] | None = None,
+              transport_settings: TransportSettings | None = None,
               quarantine_after: int = 3) -> Summary:
     """Run every job of ``sweep_id`` that is not done; return a summary.
 
@@ -337,7 +338,8 @@ def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
     store state says ``cancelling`` (``edgefarm sweep cancel``) stops too.
     """
     started = time.monotonic()
-    run = SweepRun(store, sweep_id, progress or NullProgress(), transport_settings or {},
+    run = SweepRun(store, sweep_id, progress or NullProgress(),
+                   transport_settings or TransportSettings(),
                    poll_s, quarantine_after)
     store.set_sweep_state(sweep_id, SweepState.RUNNING)
     # A resume is the user's fresh try: devices quarantined by an earlier run

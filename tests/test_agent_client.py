@@ -20,7 +20,7 @@ from orchestrator.agent_client import AgentClient
 from orchestrator.bundle import build
 from orchestrator.config.inventory import Inventory
 from orchestrator.jobrunner import run_attempt
-from orchestrator.transport import make_transport
+from orchestrator.transport import TransportSettings, make_transport
 from orchestrator.transport.base import Stream, Transport
 
 
@@ -43,7 +43,7 @@ def _recording(t: Transport) -> list[list[str]]:
     return sent
 
 
-def _run_one(device: Any, settings: dict[str, Any], bundle: Any, model: dict[str, Any]
+def _run_one(device: Any, settings: TransportSettings, bundle: Any, model: dict[str, Any]
              ) -> tuple[list[dict[str, Any]], list[list[str]], str]:
     transport = make_transport(device, settings)
     transport.connect()
@@ -76,8 +76,9 @@ def test_local_and_ssh_run_the_same_commands_and_events(tmp_path: Path,
     inv, known = write_ssh_inventory(tmp_path / "s", [sshd])
     ssh_dev = Inventory.load(inv).devices[0]
 
-    local_events, local_sent, local_agent = _run_one(local_dev, {}, bundle, model)
-    ssh_events, ssh_sent, ssh_agent = _run_one(ssh_dev, {"known_hosts": str(known)}, bundle,
+    local_events, local_sent, local_agent = _run_one(local_dev, TransportSettings(), bundle,
+                                                     model)
+    ssh_events, ssh_sent, ssh_agent = _run_one(ssh_dev, TransportSettings(str(known)), bundle,
                                                model)
 
     assert _shape(local_events) == _shape(ssh_events)
@@ -105,7 +106,7 @@ def test_a_warm_local_device_spends_one_exec_per_job(tmp_path: Path) -> None:
     bundle = build(tmp_path / "bundle")
     model = sleep_models(tmp_path, 1)[0]
     device = Inventory.load(write_inventory(tmp_path, ["here"])).devices[0]
-    transport = make_transport(device, {})
+    transport = make_transport(device, TransportSettings())
     transport.connect()
     client = AgentClient(transport, device.work_dir, bundle.path, bundle.sha256)
     client.ensure_agent()

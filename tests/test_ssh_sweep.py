@@ -29,12 +29,13 @@ from helpers import (
 from test_scheduler import start
 
 from orchestrator.scheduler import run_sweep
+from orchestrator.transport.settings import TransportSettings
 
 SLEEP = {"backend": "sleep", "warmup": 0}
 
 
-def settings(known: Path, unreachable: float = 60) -> dict[str, Any]:
-    return {"known_hosts": str(known), "unreachable_after_s": unreachable}
+def settings(known: Path, unreachable: float = 60) -> TransportSettings:
+    return TransportSettings(str(known), unreachable_after_s=unreachable)
 
 
 def counted_per_job(store: Any, sweep_id: str) -> dict[str, int]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from orchestrator.transport.settings import TransportSettings
 
 __all__ = ["DEFAULT_INVENTORY", "DEFAULT_RESULTS", "InventoryOpt", "KnownHostsOpt",
            "MetricsAddrOpt", "MetricsLingerOpt", "RayAddressOpt", "ResultsOpt", "SweepIdArg",
@@ -42,9 +44,10 @@ RayAddressOpt = Annotated[str | None, typer.Option(
 SweepIdArg = Annotated[str, typer.Argument(help="Sweep id (see `edgefarm sweep status`).")]
 
 
-def transport_settings(known_hosts: Path | None, unreachable_after: float) -> dict[str, Any]:
+def transport_settings(known_hosts: Path | None, unreachable_after: float
+                       ) -> TransportSettings:
     """The transport settings the scheduler and ``sweep cancel`` pass to every transport."""
     from orchestrator.transport.ssh import known_hosts_path
 
-    return {"known_hosts": str(known_hosts_path(str(known_hosts) if known_hosts else None)),
-            "unreachable_after_s": unreachable_after}
+    return TransportSettings(known_hosts_path(str(known_hosts) if known_hosts else None)
+                             .as_posix(), unreachable_after_s=unreachable_after)

@@ -30,6 +30,7 @@ from orchestrator.cli.options import (
     UnreachableOpt,
     transport_settings,
 )
+from orchestrator.transport.settings import TransportSettings
 
 __all__ = ["sweep_app"]
 
@@ -61,7 +62,7 @@ class RunOptions:
 
     ray_address: str | None
     report: bool
-    settings: dict[str, Any]
+    settings: TransportSettings
     metrics_addr: str = "off"
     metrics_linger: float = 0.0
 
