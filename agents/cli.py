@@ -50,7 +50,7 @@ def use_unpacked_copy() -> Optional[str]:
             pass
         if not os.path.isdir(package):  # (if another start won the race, its copy serves)
             return None
-    agents.__path__ = [package]  # type: ignore[assignment]
+    agents.__path__ = [package]
     return unpacked
 
 

@@ -130,7 +130,10 @@ def power_mode() -> Optional[str]:
         return None
     text = out.stdout.decode("utf-8", "replace")
     match = re.search(r"NV Power Mode:\s*(\S+)", text)
-    return match.group(1) if match else (text.strip().splitlines() or [None])[0]
+    if match:
+        return match.group(1)
+    lines = text.strip().splitlines()
+    return lines[0] if lines else None
 
 
 def facts(llama_bench: Optional[str] = None) -> Dict[str, object]:

@@ -35,7 +35,7 @@ class AgentBundle:
 
 
 def _source_files() -> list[Path]:
-    files = []
+    files: list[Path] = []
     for root, dirs, names in os.walk(AGENTS_DIR):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         files.extend(Path(root) / n for n in sorted(names) if n.endswith((".py", ".typed")))

@@ -125,8 +125,9 @@ def stop_exporter(server: WSGIServer, thread: threading.Thread, timeout_s: float
 
 def exporter_url(server: WSGIServer) -> str:
     """``http://host:port/metrics`` of a running exporter (with the port it really got)."""
-    host, port = server.server_address[:2]
-    host = f"[{host}]" if ":" in str(host) else host
+    address, port = server.server_address[:2]
+    host = address.decode() if isinstance(address, bytes) else str(address)
+    host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{port}/metrics"
 
 

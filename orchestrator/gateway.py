@@ -242,4 +242,6 @@ def remote_gateway(max_concurrency: int) -> Any:
     """The Ray actor class for ``Gateway`` (threaded: poll and jobs run side by side)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_concurrency=max_concurrency)(Gateway)
+    # Ray's stubs type ray.remote for functions; actor options such as
+    # max_concurrency are accepted at run time (and tested) but not in them.
+    return ray.remote(num_cpus=0, max_concurrency=max_concurrency)(Gateway)  # type: ignore[call-overload]

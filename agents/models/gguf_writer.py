@@ -100,7 +100,7 @@ def _encode_array(elem_type: int, values: Sequence[object]) -> bytes:
         parts = [head]
         pack = struct.Struct("<Q").pack
         for v in values:
-            b = v.encode("utf-8")  # type: ignore[union-attr]
+            b = str(v).encode("utf-8")
             parts.append(pack(len(b)))
             parts.append(b)
         return b"".join(parts)

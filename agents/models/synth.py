@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, TypedDict
 
 try:
     import fcntl
@@ -211,8 +211,22 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
+class SynthInfo(TypedDict):
+    """What ``synthesize`` wrote (printed as JSON by ``agent synth``)."""
+
+    path: str
+    size_bytes: int
+    params_total: int
+    params_active: int
+    preset: str
+    quant: str
+    seed: int
+    writer_version: int
+    seconds: float
+
+
 def synthesize(preset: str, quant: str, out_path: str, seed: int = 0,
-               progress: Progress = None) -> Dict[str, object]:
+               progress: Progress = None) -> SynthInfo:
     """Write the random-weight model ``preset`` quantized as ``quant`` to ``out_path``.
 
     The file is written to ``out_path + ".partial"`` and renamed into place

@@ -90,7 +90,9 @@ def _report_unexpected(exc: Exception) -> NoReturn:
 class BoundaryGroup(TyperGroup):
     """A typer group whose ``invoke`` is the CLI's error boundary (see the module docstring)."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    # typer passes its own Context subclass; the base class it overrides names the
+    # vendored click Context, which has no public import.
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):

@@ -14,6 +14,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +113,9 @@ def field_reference(model_cls: type[BaseModel]) -> str:
     """A Markdown table of ``model_cls``'s keys: type, default and description."""
     lines = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
     for name, info in model_cls.model_fields.items():
-        annotation = info.annotation
+        annotation: Any = info.annotation
         if info.metadata:  # pydantic moves a field's own Annotated extras here
-            annotation = typing.Annotated[(annotation, *info.metadata)]  # type: ignore[valid-type]
+            annotation = typing.Annotated[(annotation, *info.metadata)]
         type_label = _type_label(annotation) + _constraints(info)
         description = (info.description or "").replace("|", "\\|").replace("\n", " ")
         lines.append(f"| `{name}` | {type_label} | {_default_label(info)} | {description} |")
@@ -129,6 +130,15 @@ def _marker_re(name: str) -> re.Pattern[str]:
     )
 
 
+def _replacer(table: str) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` callback that puts ``table`` between a generated table's markers."""
+
+    def replace(match: re.Match[str]) -> str:
+        return match.group(1) + table + match.group(3)
+
+    return replace
+
+
 def render_doc(text: str, doc: str) -> str:
     """``text`` (the content of ``doc``) with every generated table brought up to date."""
     for model_cls, doc_path, name in DOC_TABLES:
@@ -138,7 +148,7 @@ def render_doc(text: str, doc: str) -> str:
         if not pattern.search(text):
             raise ValueError(f"{doc}: missing markers for generated table {name!r}")
         table = field_reference(model_cls)
-        text = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(3), text)
+        text = pattern.sub(_replacer(table), text)
     return text
 
 

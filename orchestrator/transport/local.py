@@ -13,8 +13,9 @@ import shutil
 import subprocess
 import sys
 import threading
+from io import BufferedReader
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from orchestrator.transport.base import Stream, Transport, check_connected
 
@@ -26,19 +27,21 @@ class _ProcessStream(Stream):
         super().__init__("local-exec")
         self.proc = proc
         self._err = bytearray()
-        self._err_thread = threading.Thread(target=self._drain, args=(proc.stderr,),
+        stderr = proc.stderr if isinstance(proc.stderr, BufferedReader) else None
+        self._err_thread = threading.Thread(target=self._drain, args=(stderr,),
                                             daemon=True, name="local-stderr")
         self._err_thread.start()
         self._start()
 
-    def _drain(self, pipe: IO[bytes] | None) -> None:
+    def _drain(self, pipe: BufferedReader | None) -> None:
         if pipe is not None:
             for chunk in iter(lambda: pipe.read1(65536), b""):
                 self._err.extend(chunk)
 
     def _recv(self) -> bytes:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.read1(65536)
+        stdout = self.proc.stdout
+        assert isinstance(stdout, BufferedReader)
+        return stdout.read1(65536)
 
     def _finish(self) -> tuple[int | None, bytes]:
         code = self.proc.wait()
