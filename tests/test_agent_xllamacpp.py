@@ -18,6 +18,7 @@ from agent_fixtures import (  # noqa: F401  (tiny_models_fixture: the fixture ti
     write_job,
 )
 
+from agents.backends.base import PROVENANCE_KEYS
 from agents.backends.xllamacpp_backend import decode_rate
 from agents.models.synth import cache_path
 
@@ -64,6 +65,29 @@ def test_warmup_runs_are_marked_and_come_first(moe_events):
     phases = [e["phase"] for e in moe_events if e["kind"] == "phase"]
     assert phases[:2] == ["model", "load"]
     assert phases.count("warmup") == WARMUP and phases.count("prefill") == REPS
+
+
+def test_result_info_has_the_provenance(moe_events):
+    """What llama.cpp was asked to run with, read back from the bindings, and why any is absent."""
+    import xllamacpp
+
+    prov = moe_events[-1]["info"]["provenance"]
+    assert set(prov) == set(PROVENANCE_KEYS) | {"unknown"}
+    assert prov["backend"] == "xllamacpp" and prov["backend_version"] == xllamacpp.__version__
+    # The job's threads; n_batch = max(prompt, 512); the rest llama.cpp's defaults.
+    assert (prov["threads"], prov["n_batch"], prov["n_ubatch"], prov["gpu_layers"]) == \
+        (2, 512, 512, 0)
+    assert (prov["flash_attn"], prov["type_k"], prov["type_v"]) == ("auto", "f16", "f16")
+    for key, value in prov.items():
+        if value is None:
+            assert prov["unknown"][key], key  # every absent value says why
+    build = xllamacpp.BUILD_INFO
+    if build["build_number"] > 0:
+        assert prov["build_number"] == build["build_number"]
+    else:  # this wheel: built without git metadata, and the reason quotes llama.cpp
+        assert prov["build_number"] is None
+        assert "reports build_number 0" in prov["unknown"]["build_number"]
+    assert moe_events[-1]["info"]["llama_system_info"].startswith("CPU :")
 
 
 def test_result_info_has_the_gguf_facts(moe_events, tiny_models):

@@ -137,6 +137,20 @@ def test_parse_old_schema_with_backend_booleans():
     assert tg["test"] == "tg" and tg["n_gen"] == 128 and tg["avg_ns"] == 977425219
 
 
+def test_provenance_of_an_old_build_says_what_it_does_not_print():
+    from agents.backends.llama_bench import _raw_record, bench_provenance
+
+    text = read(JSON_B1275)
+    pp = parse_llama_bench(text)[0]
+    prov = bench_provenance(_raw_record(text, pp), pp)
+    assert (prov["build_number"], prov["build_commit"], prov["threads"], prov["n_batch"],
+            prov["gpu_layers"]) == (1275, "3469684", 16, 512, 99)
+    for key in ("n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
+        assert prov[key] is None
+        assert prov["unknown"][key] == f"this llama-bench (build 1275) does not print {key}"
+    assert set(prov["unknown"]) == {"n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"}
+
+
 def test_parse_mid_2025_json_with_rpc_backend():
     pp, tg = parse_llama_bench(read(JSON_B5606))
     assert pp["backends"] == "CUDA,RPC"
@@ -441,6 +455,13 @@ def test_run_end_to_end_with_recorded_json(stand_in):
         "warmup_runs_builtin": 1,
         "repetitions_reported": 5,
         "aggregate": False,
+        # Straight from the recorded JSON's fields (n_batch 2048, flash_attn false...).
+        "provenance": {
+            "backend": "llama-bench", "backend_version": "5163 (8cf427ff)",
+            "build_number": 5163, "build_commit": "8cf427ff", "threads": 8, "n_batch": 2048,
+            "n_ubatch": 512, "flash_attn": "off", "type_k": "f16", "type_v": "f16",
+            "use_mmap": True, "gpu_layers": 99, "unknown": {},
+        },
     }
 
 

@@ -92,3 +92,79 @@ class Backend(object):
         build info, model load seconds). Raises ``BackendError`` on failure.
         """
         raise NotImplementedError("%s does not implement run()" % type(self).__name__)
+
+
+#: Keys of a result's ``provenance`` dict, the same for every backend: what
+#: built llama.cpp and the settings that decide speed. Two results can only be
+#: compared when all of them agree (the report refuses a pair otherwise), so a
+#: backend reports every key; one it cannot know is ``None`` with the reason
+#: under ``provenance["unknown"][key]``, never a guess. Settings are the values
+#: passed to llama.cpp (llama.cpp may cap ``n_batch``/``n_ubatch`` at the
+#: context size, the same way for both sides of a pair).
+PROVENANCE_KEYS = (
+    "backend",          # "xllamacpp" or "llama-bench"
+    "backend_version",  # the wheel's version, or llama-bench's "build (commit)"
+    "build_number",     # llama.cpp's build number (git commit count)
+    "build_commit",     # llama.cpp's short commit hash
+    "threads",          # threads for prompt processing and generation
+    "n_batch",          # logical batch size
+    "n_ubatch",         # physical (micro-)batch size
+    "flash_attn",       # "on", "off" or "auto" (llama.cpp decides per model)
+    "type_k",           # KV cache types, llama.cpp's names ("f16", "q8_0")
+    "type_v",
+    "use_mmap",         # True/False
+    "gpu_layers",       # layers offloaded to the GPU
+)
+
+
+def make_provenance(backend: str, values: Dict[str, object],
+                    unknown: Dict[str, str]) -> Dict[str, object]:
+    """A ``provenance`` dict with every key of ``PROVENANCE_KEYS``.
+
+    ``values`` holds what the backend knows; any key missing from it or None
+    becomes None with its reason from ``unknown`` (or "not reported by
+    <backend>"), so a reader always learns why a value is absent.
+    """
+    out: Dict[str, object] = {}
+    reasons: Dict[str, str] = {}
+    for key in PROVENANCE_KEYS:
+        value = values.get(key)
+        out[key] = value
+        if value is None:
+            reasons[key] = unknown.get(key) or "not reported by %s" % backend
+    out["unknown"] = reasons
+    return out
+
+
+def flash_attn_label(value: object) -> Optional[str]:
+    """llama.cpp's flash-attention setting as "on", "off" or "auto"; None if unrecognised.
+
+    llama-bench printed a boolean before flash attention got an "auto" mode
+    and may print an int (-1 auto, 0 off, 1 on) or a word since; the bindings
+    give an enum whose name ends in AUTO/ENABLED/DISABLED. One spelling lets
+    the two backends' results be compared and shown alike.
+    """
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int):
+        return {-1: "auto", 0: "off", 1: "on"}.get(value)
+    name = getattr(value, "name", value)
+    if not isinstance(name, str):
+        return None
+    word = name.strip().lower().rsplit("_", 1)[-1]
+    return {"auto": "auto", "on": "on", "enabled": "on", "true": "on", "1": "on",
+            "off": "off", "disabled": "off", "false": "off", "0": "off"}.get(word)
+
+
+def kv_type_label(value: object) -> Optional[str]:
+    """A KV cache type as llama-bench prints it ("f16", "q8_0"); None if unrecognised.
+
+    The bindings give ``ggml_type.GGML_TYPE_F16``; llama-bench prints "f16".
+    """
+    name = getattr(value, "name", value)
+    if not isinstance(name, str) or not name.strip():
+        return None
+    name = name.strip()
+    if name.upper().startswith("GGML_TYPE_"):
+        name = name[len("GGML_TYPE_"):]
+    return name.lower()

@@ -64,7 +64,15 @@ import time
 from typing import Dict, List, Optional, Tuple, Union
 
 from agents import peakmem
-from agents.backends.base import Backend, BackendError, Emit, JobParams
+from agents.backends.base import (
+    Backend,
+    BackendError,
+    Emit,
+    JobParams,
+    flash_attn_label,
+    kv_type_label,
+    make_provenance,
+)
 from agents.protocol import (
     ERR_BACKEND,
     ERR_BACKEND_MISSING,
@@ -517,10 +525,10 @@ class LlamaBenchBackend(Backend):
             emit("repetition", dict(rep, process_window_mono=window))
         first = pp if pp is not None else tg
         assert first is not None  # a job has a prompt or a generation test
-        return self._result(first, argv, params, events, peak, stderr)
+        return self._result(first, argv, params, events, peak, stderr, stdout)
 
     def _result(self, first: Record, argv: List[str], params: JobParams, events: List[Record],
-                peak: Optional[int], stderr: str) -> Record:
+                peak: Optional[int], stderr: str, stdout: str = "") -> Record:
         info: Record = {
             "backend": "llama-bench",
             "binary": self.binary,
@@ -545,4 +553,64 @@ class LlamaBenchBackend(Backend):
                     if line.strip().lower().startswith("warning:")][:10]
         if warnings:
             info["warnings"] = warnings  # e.g. "warning: debug build, performance may be affected"
+        info["provenance"] = bench_provenance(_raw_record(stdout, first), first)
         return info
+
+
+# ------------------------------------------------------------------------ provenance
+
+def _raw_record(stdout: str, first: Record) -> Optional[Dict[str, object]]:
+    """The unparsed JSON object ``first`` was parsed from, for its settings fields.
+
+    ``parse_llama_bench`` keeps only measurement fields; the settings that
+    decide speed (batch sizes, flash attention, KV types, mmap) are read here
+    from the same output instead.
+    """
+    for value in _json_values(_NON_FINITE.sub("null", stdout)):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict) and _normalize(item) == first:
+                return item
+    return None
+
+
+def bench_provenance(raw: Optional[Dict[str, object]], first: Record) -> Dict[str, object]:
+    """The job's ``provenance`` (see ``base.PROVENANCE_KEYS``) from llama-bench's own record.
+
+    Every value is what llama-bench printed for the run; a field this build
+    does not print (older builds lack ``n_ubatch``, ``flash_attn``,
+    ``use_mmap``...) is None with that reason, not filled with a default.
+    """
+    item = raw or {}
+    build = "build %s" % first.get("build_number", "?")
+    absent = "this llama-bench (%s) does not print %%s" % build
+    values: Dict[str, object] = {"backend": "llama-bench"}
+    unknown: Dict[str, str] = {}
+    if "build_number" in first and "build_commit" in first:
+        values["backend_version"] = "%s (%s)" % (first["build_number"], first["build_commit"])
+    else:
+        unknown["backend_version"] = absent % "build_number and build_commit"
+    for key, src in (("build_number", "build_number"), ("build_commit", "build_commit"),
+                     ("threads", "n_threads"), ("gpu_layers", "n_gpu_layers")):
+        if src in first:
+            values[key] = first[src]
+        else:
+            unknown[key] = absent % src
+    if raw is None:
+        reason = "llama-bench's record for the run was not found in its output"
+        for key in ("n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
+            unknown[key] = reason
+        return make_provenance("llama-bench", values, unknown)
+    for key in ("n_batch", "n_ubatch"):
+        values[key] = _as_count(item.get(key))
+        if values[key] is None:
+            unknown[key] = absent % key
+    values["flash_attn"] = flash_attn_label(item.get("flash_attn"))
+    for key in ("type_k", "type_v"):
+        values[key] = kv_type_label(item.get(key))
+    mmap = item.get("use_mmap")
+    values["use_mmap"] = mmap if isinstance(mmap, bool) else None
+    for key in ("flash_attn", "type_k", "type_v", "use_mmap"):
+        if values[key] is None:
+            unknown[key] = (absent % key if key not in item
+                            else "unrecognised %s %r" % (key, item.get(key)))
+    return make_provenance("llama-bench", values, unknown)

@@ -27,7 +27,15 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from agents import peakmem
-from agents.backends.base import Backend, BackendError, Emit, JobParams
+from agents.backends.base import (
+    Backend,
+    BackendError,
+    Emit,
+    JobParams,
+    flash_attn_label,
+    kv_type_label,
+    make_provenance,
+)
 from agents.gguf_info import read_gguf_info
 from agents.protocol import ERR_BACKEND, ERR_BACKEND_MISSING, ERR_MODEL_MISSING, ERR_OUT_OF_MEMORY
 
@@ -67,6 +75,70 @@ def decode_rate(predicted_n: int, decode_s: float) -> Optional[float]:
 def _failure_kind(text: str) -> str:
     """``out-of-memory`` when llama.cpp's message says so, else ``backend-error``."""
     return ERR_OUT_OF_MEMORY if any(w in text.lower() for w in _OOM_WORDS) else ERR_BACKEND
+
+
+def provenance(module: object, cparams: object, version: str) -> Dict[str, object]:
+    """The job's ``provenance`` (see ``base.PROVENANCE_KEYS``), read back from the bindings.
+
+    Settings are read from ``cparams`` after edgefarm set them, so a default
+    that changes between wheels is recorded as it was. The llama.cpp build
+    comes from the wheel's ``BUILD_INFO``; a wheel built outside a llama.cpp
+    git checkout says build 0 and commit "unknown", llama.cpp's own markers
+    for "not known", which are recorded as None with that reason rather than
+    as a build number. The wheel's version then is what pins the build.
+    """
+    values: Dict[str, object] = {"backend": "xllamacpp", "backend_version": version}
+    unknown: Dict[str, str] = {}
+    build = getattr(module, "BUILD_INFO", None)
+    if isinstance(build, dict):
+        number, commit = build.get("build_number"), build.get("commit")
+        said = ("llama.cpp in xllamacpp %s reports build_number %r, commit %r (built without "
+                "git metadata; the wheel version identifies it)" % (version, number, commit))
+        if isinstance(number, int) and not isinstance(number, bool) and number > 0:
+            values["build_number"] = number
+        else:
+            unknown["build_number"] = said
+        if isinstance(commit, str) and commit.strip() and commit.strip() != "unknown":
+            values["build_commit"] = commit.strip()
+        else:
+            unknown["build_commit"] = said
+    else:
+        unknown["build_number"] = unknown["build_commit"] = (
+            "xllamacpp %s has no BUILD_INFO" % version)
+    cpu = getattr(cparams, "cpuparams", None)
+    threads = getattr(cpu, "n_threads", None)
+    if isinstance(threads, int) and threads > 0:
+        values["threads"] = threads
+    else:
+        unknown["threads"] = ("threads %r: llama.cpp picks its default, which the bindings "
+                              "do not report" % (threads,))
+    for key in ("n_batch", "n_ubatch"):
+        value = getattr(cparams, key, None)
+        if isinstance(value, int) and value > 0:
+            values[key] = value
+    flash = getattr(cparams, "flash_attn_type", None)
+    values["flash_attn"] = flash_attn_label(flash)
+    if values["flash_attn"] is None:
+        unknown["flash_attn"] = "unrecognised flash_attn_type %r" % (flash,)
+    for key, attr in (("type_k", "cache_type_k"), ("type_v", "cache_type_v")):
+        values[key] = kv_type_label(getattr(cparams, attr, None))
+    mode = getattr(cparams, "load_mode", None)
+    mode_name = str(getattr(mode, "name", mode))
+    if mode_name.endswith(("_MMAP", "_MMAP_MLOCK")):
+        values["use_mmap"] = True
+    elif mode_name.endswith(("_NONE", "_DIRECT_IO", "_MLOCK")):
+        values["use_mmap"] = False
+    elif mode is not None:
+        unknown["use_mmap"] = ("load_mode %s: llama.cpp chooses whether to mmap the model "
+                               "and the bindings do not report its choice" % mode_name)
+    else:
+        use_mmap = getattr(cparams, "use_mmap", None)  # bindings before load_mode
+        if isinstance(use_mmap, bool):
+            values["use_mmap"] = use_mmap
+    gpu = getattr(cparams, "n_gpu_layers", None)
+    if isinstance(gpu, int):
+        values["gpu_layers"] = gpu
+    return make_provenance("xllamacpp", values, unknown)
 
 
 class XllamacppBackend(Backend):
@@ -123,7 +195,13 @@ class XllamacppBackend(Backend):
                         "peak_rss_bytes": rss, "peak_rss_scope": scope})
             emit("repetition", rep)
         del server
-        return {"backend": "xllamacpp", "backend_version": version, "load_s": load_s}
+        info: Dict[str, object] = {"backend": "xllamacpp", "backend_version": version,
+                                   "load_s": load_s,
+                                   "provenance": provenance(xllamacpp, cparams, version)}
+        system_info = getattr(xllamacpp, "get_system_info", None)
+        if callable(system_info):
+            info["llama_system_info"] = str(system_info()).strip()
+        return info
 
     def _one_completion(self, server: object, prompt: List[int],
                         params: JobParams) -> Dict[str, object]:
