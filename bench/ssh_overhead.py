@@ -128,12 +128,12 @@ def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
             for dev in inventory.devices:
                 gateway.start({"device": dev.name, "sweep_id": f"fleet-{tag}", "job": "noop",
                                "attempt": 1, "spec": noop_spec(model, "noop"),
-                               "timeout_s": 120})
+                               "timeout_s": 120, "attach": False})
             ends = 0
             while ends < n_devices:
                 for msg in gateway.poll(0.5):
                     if msg["type"] == "end":
-                        assert msg["outcome"]["state"] == "done", msg
+                        assert msg["outcome"].state == "done", msg
                         ends += 1
             took = time.monotonic() - started
             gateway.release_all()

@@ -28,7 +28,6 @@ import os
 import queue
 import socket
 import threading
-from dataclasses import asdict
 from typing import Any
 
 from agents.pids import pid_alive
@@ -36,6 +35,7 @@ from agents.protocol import ERR_CONTROLLER
 from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
 from orchestrator.errors import LeaseError, TransportError
 from orchestrator.jobrunner import Outcome, run_attempt
+from orchestrator.messages import Event, GatewayMessage, StartJob
 from orchestrator.transport import GatewaySettings, make_transport
 
 log = logging.getLogger("edgefarm.gateway")
@@ -71,7 +71,7 @@ class Gateway:
         self.leased: set[str] = set()
         self.refresher: threading.Thread | None = None
         self.closing = threading.Event()
-        self.outbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.outbox: queue.Queue[GatewayMessage] = queue.Queue()
         self.busy: dict[str, threading.Thread] = {}
         self.stops: dict[str, threading.Event] = {}
         self.clients: dict[str, AgentClient] = {}
@@ -101,7 +101,7 @@ class Gateway:
                     self.clients[device] = client
             return client
 
-    def start(self, payload: dict[str, Any]) -> None:
+    def start(self, payload: StartJob) -> None:
         """Start one attempt: payload has device, sweep_id, job (key), attempt, spec, timeout_s."""
         device = payload["device"]
         if device not in self.devices:
@@ -117,10 +117,10 @@ class Gateway:
             self.stops[device] = stop
         thread.start()
 
-    def _run(self, payload: dict[str, Any], stop: threading.Event) -> None:
+    def _run(self, payload: StartJob, stop: threading.Event) -> None:
         device, key, attempt = payload["device"], payload["job"], payload["attempt"]
 
-        def forward(events: list[dict[str, Any]]) -> None:
+        def forward(events: list[Event]) -> None:
             self.outbox.put({"type": "events", "device": device, "job": key,
                              "attempt": attempt, "events": events})
 
@@ -151,7 +151,7 @@ class Gateway:
             outcome = Outcome("failed", ERR_CONTROLLER, f"{type(exc).__name__}: {exc}")
             self._drop_transport(device)
         self.outbox.put({"type": "end", "device": device, "job": key, "attempt": attempt,
-                         "outcome": asdict(outcome)})
+                         "outcome": outcome})
 
     def _drop_transport(self, device: str) -> None:
         """Forget a transport after an error, so the next job connects afresh."""
@@ -217,9 +217,9 @@ class Gateway:
                 log.warning("could not release the lease of %s", device, exc_info=True)
         self.leased.clear()
 
-    def poll(self, timeout: float = 0.5, max_messages: int = 1000) -> list[dict[str, Any]]:
+    def poll(self, timeout: float = 0.5, max_messages: int = 1000) -> list[GatewayMessage]:
         """Return the messages waiting, blocking up to ``timeout`` for the first."""
-        out: list[dict[str, Any]] = []
+        out: list[GatewayMessage] = []
         try:
             out.append(self.outbox.get(timeout=timeout))
             while len(out) < max_messages:

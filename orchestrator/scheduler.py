@@ -36,6 +36,8 @@ from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.errors import DEVICE_FAILURE_KINDS
 from orchestrator.gateway import remote_gateway
+from orchestrator.jobrunner import Outcome
+from orchestrator.messages import GatewayMessage, StartJob
 from orchestrator.states import JobState, SweepState
 from orchestrator.store import Store
 from orchestrator.transport.settings import GatewaySettings, TransportSettings
@@ -191,14 +193,15 @@ class SweepRun:
 
         job, attempt, attach = self.queues[device].popleft()
         self.store.start_attempt(self.sweep_id, job["key"], attempt)
-        ray.get(self.gateways[self.devices[device].site].start.remote({
+        payload: StartJob = {
             "device": device, "sweep_id": self.sweep_id, "job": job["key"], "attempt": attempt,
-            "spec": agent_spec(job, self.devices[device]), "timeout_s": job["timeout_s"],
-            "attach": attach}))
+            "spec": agent_spec(job, self.devices[device]), "timeout_s": float(job["timeout_s"]),
+            "attach": attach}
+        ray.get(self.gateways[self.devices[device].site].start.remote(payload))
         self.running[device] = (job, attempt)
         self.progress.job_started(job, attempt)
 
-    def handle(self, msg: dict[str, Any]) -> None:
+    def handle(self, msg: GatewayMessage) -> None:
         device = msg["device"]
         if msg["type"] == "warning":
             log.warning("%s: %s", device, msg["message"])
@@ -222,32 +225,32 @@ class SweepRun:
         self.job_ended(device, job, msg["attempt"], msg["outcome"])
 
     def job_ended(self, device: str, job: dict[str, Any], attempt: int,
-                  outcome: dict[str, Any]) -> None:
+                  outcome: Outcome) -> None:
         key = job["key"]
         self.running.pop(device, None)
-        self.store.end_attempt(self.sweep_id, key, attempt, outcome["state"],
-                               outcome["error_kind"], outcome["error"])
-        if outcome["state"] == JobState.DONE:
+        self.store.end_attempt(self.sweep_id, key, attempt, outcome.state,
+                               outcome.error_kind, outcome.error)
+        if outcome.state == JobState.DONE:
             self.failures_in_a_row[device] = 0
             self.store.finish_job(self.sweep_id, key, JobState.DONE, attempt,
-                                  result=outcome["result"])
+                                  result=outcome.result)
             self.progress.job_finished(job, JobState.DONE, None, False)
             return
-        device_broken = outcome["error_kind"] in DEVICE_FAILURE_KINDS
+        device_broken = outcome.error_kind in DEVICE_FAILURE_KINDS
         used = attempt - self.first_attempt[key] + 1
-        retry = (outcome["state"] == JobState.FAILED and used <= int(job.get("retries", 0))
+        retry = (outcome.state == JobState.FAILED and used <= int(job.get("retries", 0))
                  and not self.stopping and not device_broken)
         if retry:
-            self.store.requeue(self.sweep_id, key, outcome["error_kind"], outcome["error"])
+            self.store.requeue(self.sweep_id, key, outcome.error_kind, outcome.error)
             self.queues[device].appendleft((job, attempt + 1, False))
         else:
-            self.fail(device, job, attempt, outcome["state"], outcome["error_kind"],
-                      outcome["error"], outcome["result"] or None)
-        self.progress.job_finished(job, outcome["state"], outcome["error"], retry)
-        if outcome["state"] == JobState.FAILED and not retry \
-                and self.count_failure(device, outcome["error_kind"]):
-            self.quarantine(device, f"[{outcome['error_kind']}] {outcome['error']}",
-                            outcome["error_kind"])
+            self.fail(device, job, attempt, outcome.state, outcome.error_kind,
+                      outcome.error, outcome.result or None)
+        self.progress.job_finished(job, outcome.state, outcome.error, retry)
+        if outcome.state == JobState.FAILED and not retry \
+                and self.count_failure(device, outcome.error_kind):
+            self.quarantine(device, f"[{outcome.error_kind}] {outcome.error}",
+                            outcome.error_kind)
 
     def count_failure(self, device: str, error_kind: str | None) -> bool:
         """Count a job that failed for good against its device; say whether to quarantine it.

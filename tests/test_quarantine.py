@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
 from orchestrator.cli.watch_cmd import render
+from orchestrator.jobrunner import Outcome
 from orchestrator.scheduler import CONTROLLER_FAILURE_KINDS, NullProgress, SweepRun
 from orchestrator.store import Store
 from orchestrator.sweeps import create_sweep, load_plan, resume_info, snapshot
@@ -42,9 +43,9 @@ def end_next(run: SweepRun, device: str, state: str = "failed",
     job, attempt, _ = run.queues[device].popleft()
     run.store.start_attempt(run.sweep_id, job["key"], attempt)
     run.running[device] = (job, attempt)
-    outcome = {"state": state, "error_kind": error_kind if state != "done" else None,
-               "error": f"{error_kind} happened" if state != "done" else None,
-               "result": {} if state != "done" else {"ok": True}}
+    outcome = Outcome(state, error_kind if state != "done" else None,
+                      f"{error_kind} happened" if state != "done" else None,
+                      {} if state != "done" else {"ok": True})
     run.job_ended(device, job, attempt, outcome)
     return job
 
