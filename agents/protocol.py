@@ -18,7 +18,7 @@ jobs there) and ``agent/agent-<sha256>.pyz`` (the agent itself).
 """
 
 
-from typing import Dict, FrozenSet, Tuple
+from typing import Dict, FrozenSet, Optional, Tuple, TypedDict
 
 #: Version of the JSON-lines event schema (the ``v`` field of every event).
 PROTOCOL_VERSION = 1
@@ -111,6 +111,80 @@ ERROR_KINDS: Dict[str, str] = {
     ERR_DEVICE_LEASED: "another controller holds the device's lease",
     ERR_CONTROLLER: "the controller itself failed (a bug; the device is not blamed)",
 }
+
+# -- the job spec (job.json) --------------------------------------------------------
+#: Version of the job spec (the ``schema`` field of job.json).
+JOB_SPEC_SCHEMA = 1
+
+
+class ModelRef(TypedDict):
+    """Which model a job benchmarks: ``source`` is ``{"path": P}`` or ``{"preset", "quant"}``."""
+
+    id: str
+    arch: str
+    source: Dict[str, object]
+
+
+class JobParamsSpec(TypedDict):
+    """What one job measures."""
+
+    prompt_tokens: int
+    gen_tokens: int
+    threads: int
+    gpu_layers: int
+    repetitions: int
+    warmup: int
+
+
+class DeviceRef(TypedDict):
+    """The device's own settings, added by the controller when it sends the job."""
+
+    name: str
+    models_dir: str
+    llama_bench: Optional[str]
+
+
+class CooldownSpec(TypedDict):
+    """Wait between repetitions until the hottest sensor is below ``max_temp_c`` (telemetry)."""
+
+    max_temp_c: float
+    timeout_s: float
+
+
+class _JobSpecRequired(TypedDict):
+    schema: int
+    job_key: str
+    model: ModelRef
+    params: JobParamsSpec
+    backend: str
+
+
+class JobSpec(_JobSpecRequired, total=False):
+    """job.json: what the agent is asked to run (the controller's ``planner.Job``)."""
+
+    attempt: int
+    timeout_s: float
+    device: DeviceRef
+    heartbeat_s: float
+    telemetry: bool
+    telemetry_interval_s: float
+    idle_s: float
+    cooldown: CooldownSpec
+    #: Test-only telemetry source (``agents/telemetry/sources/fake.py``).
+    telemetry_test_source: str
+
+
+class EventEnvelope(TypedDict):
+    """The fields every event carries; each kind adds its own (see agents/events.py)."""
+
+    v: int
+    seq: int
+    kind: str
+    job: str
+    attempt: int
+    t: float
+    mono: float
+
 
 # -- lease actions ------------------------------------------------------------------
 LEASE_ACTIONS: Tuple[str, ...] = ("acquire", "refresh", "release", "takeover")

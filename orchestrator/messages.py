@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
+from agents.protocol import JobSpec
 from orchestrator.jobrunner import Outcome
 
 #: One agent event (``agents/events.py``): the envelope ``v, seq, kind, job,
@@ -25,7 +26,7 @@ class StartJob(TypedDict):
     sweep_id: str
     job: str  # the job's key
     attempt: int
-    spec: dict[str, Any]  # the job.json the agent receives (planner.Job.to_agent_spec)
+    spec: JobSpec  # the job.json the agent receives
     timeout_s: float
     attach: bool  # re-attach to an attempt a previous controller started
 

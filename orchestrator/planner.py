@@ -18,12 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from agents.protocol import JOB_SPEC_SCHEMA, JobSpec
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.config.sweep import Sweep, check_against_inventory
 from orchestrator.errors import ConfigError
 
 #: Version of the job spec JSON the agent receives (``to_agent_spec``).
-AGENT_SPEC_SCHEMA = 1
+AGENT_SPEC_SCHEMA = JOB_SPEC_SCHEMA
 #: Length of ``Job.key`` in hex digits (64 bits: collisions are not a concern
 #: at the scale of a benchmark farm, and the key stays readable in tables).
 KEY_LENGTH = 16
@@ -103,9 +104,9 @@ class Job(BaseModel):
         digest = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
         return digest[:KEY_LENGTH]
 
-    def to_agent_spec(self) -> dict[str, Any]:
-        """The JSON object the agent receives for this job (schema ``AGENT_SPEC_SCHEMA``)."""
-        return {
+    def to_agent_spec(self) -> JobSpec:
+        """The JSON object the agent receives for this job (``agents/protocol.py``)."""
+        spec: JobSpec = {
             "schema": AGENT_SPEC_SCHEMA,
             "job_key": self.key,
             "model": {
@@ -123,8 +124,17 @@ class Job(BaseModel):
             },
             "backend": self.backend,
             "timeout_s": self.timeout_s,
-            **self.telemetry,
         }
+        telemetry = self.telemetry  # only what the sweep set: the agent has defaults
+        if "telemetry" in telemetry:
+            spec["telemetry"] = bool(telemetry["telemetry"])
+        if "telemetry_interval_s" in telemetry:
+            spec["telemetry_interval_s"] = float(telemetry["telemetry_interval_s"])
+        if "idle_s" in telemetry:
+            spec["idle_s"] = float(telemetry["idle_s"])
+        if "cooldown" in telemetry:
+            spec["cooldown"] = telemetry["cooldown"]
+        return spec
 
 
 def selected_devices(sweep: Sweep, inventory: Inventory) -> list[Device]:

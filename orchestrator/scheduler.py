@@ -29,9 +29,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from agents.protocol import ERR_CONTROLLER
+from agents.protocol import ERR_CONTROLLER, JobSpec
 from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.errors import DEVICE_FAILURE_KINDS
@@ -133,9 +133,9 @@ def ensure_ray(sites: list[str], address: str | None) -> None:
                  _node_ip_address="127.0.0.1", _system_config=RAY_SYSTEM_CONFIG)
 
 
-def agent_spec(job: dict[str, Any], device: Device) -> dict[str, Any]:
+def agent_spec(job: dict[str, Any], device: Device) -> JobSpec:
     """The job.json the agent receives: the planned spec plus the device's own settings."""
-    spec = dict(job["agent_spec"])
+    spec = cast(JobSpec, dict(job["agent_spec"]))  # as stored from planner.Job.to_agent_spec
     spec["device"] = {"name": device.name, "models_dir": device.models_dir,
                       "llama_bench": device.llama_bench}
     return spec
