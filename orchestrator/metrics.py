@@ -405,9 +405,9 @@ class StoreCollector:
     ``build_report`` and are cached per sweep until its state, job counts or
     number of repetitions change; a running sweep is rebuilt at most every
     ``rebuild_s`` seconds
-    (longer for a sweep whose report is slow to build), because
-    ``build_report`` bootstraps confidence intervals and a scrape should not
-    keep a 2-core controller busy.
+    (longer for a sweep whose report is slow to build), because a large
+    sweep's report reads every repetition and a scrape should not keep a
+    2-core controller busy.
     """
 
     def __init__(self, results_dir: str | Path, *, registry: CollectorRegistry | None = None,
@@ -520,14 +520,16 @@ def result_rows(store: Store, sweep_id: str) -> list[Row]:
     """Per-configuration medians and MoE/dense ratios of one sweep, as metric rows.
 
     Speeds, TTFT, peak memory and ratios are taken from ``build_report`` as
-    they are, so dashboards and ``edgefarm report`` can never disagree. Only
+    they are, so dashboards and ``edgefarm report`` can never disagree: the
+    decode and prefill ratios are the paired estimates behind the report's
+    verdict, and a pair the report refuses (provenance differs) has none. Only
     energy and routing share (which the report does not compute yet) are
     read from the counted repetitions here, and only when they carry them.
     Models in no comparison pair are not in the report and not exported.
     """
     from orchestrator.report import CONFIG_KEYS, build_report
 
-    report = build_report(store, sweep_id, ci=False)  # metrics export no intervals
+    report = build_report(store, sweep_id)
     extra: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
         lambda: defaultdict(list))
     for rep in store.counted_repetitions(sweep_id):

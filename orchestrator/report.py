@@ -6,32 +6,69 @@ dense baseline's and answers "is the MoE behind or ahead, and by how much".
 Only counted repetitions of a job's successful attempt are used; warm-ups
 never are. A side with no measurements is reported with the job's reason,
 never filled in.
+
+The statistics are ``orchestrator.stats``'s, and the report says which:
+
+* each model's decode throughput: median with a 95% CI (order statistics,
+  n >= 6) or, below that, the range; CV, flagged above 5%;
+* the MoE/dense ratio: per-round ratios of paired repetitions, their
+  geometric mean and a t-interval on the logs (5 rounds or more), else the
+  range; the verdict calls the MoE behind or ahead only when the 95% CI
+  excludes 1.
+
+Pairing: repetitions that carry a ``round`` (the runner's interleaved MoE and
+dense rounds) are paired by it. Until the runner records rounds, repetition i
+of the MoE job is paired with repetition i of the dense job; the two jobs ran
+one after the other, not interleaved, so drift between them is not cancelled,
+and the report says "paired by repetition index; rounds not interleaved".
+A repetition whose ``disturbed`` field names a reason spoils its pair, which
+is left out and counted by reason.
+
+Provenance: each job's result carries the backend, llama.cpp build and the
+settings that decide speed (``agents.backends.base.PROVENANCE_KEYS``). A pair
+whose sides differ in any of them is not compared: the report names the
+difference instead of a verdict.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import math
 import statistics
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator import stats
 from orchestrator.store import Store
 
 CONFIG_KEYS = ("prompt_tokens", "gen_tokens", "threads", "gpu_layers")
 
+PAIRED_BY_INDEX = "paired by repetition index; rounds not interleaved"
+PAIRED_BY_ROUND = "paired by round (MoE and dense interleaved)"
+
+#: Provenance keys in the order they are shown and compared; keys a newer
+#: agent adds are compared too, after these.
+PROVENANCE_ORDER = ("backend", "backend_version", "build_number", "build_commit", "threads",
+                    "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap",
+                    "gpu_layers")
+
 
 @dataclass
 class ModelStats:
-    """One model's counted repetitions on one device and configuration."""
+    """One model's counted repetitions on one device and configuration.
+
+    ``decode`` is ``stats.summarize_model`` of the decode rates as a dict
+    (median, low/high with ``interval`` "95% CI" or "range", its method and
+    coverage, mean, sd, cv, cv_warning); None without measurements.
+    """
 
     model_id: str
     arch: str
     n: int
     decode_tps_median: float | None
-    decode_tps_min: float | None
-    decode_tps_max: float | None
+    decode: dict[str, Any] | None
     prefill_tps_median: float | None
     ttft_s_median: float | None
     peak_rss_bytes: int | None
@@ -44,56 +81,179 @@ class ModelStats:
     j_per_token_median: float | None = None
     idle_power_w: float | None = None
     energy_note: str | None = None  # why energy is absent, when it is
+    provenance: dict[str, Any] | None = None  # the job's result provenance, as recorded
 
 
 @dataclass
 class Comparison:
-    """One MoE against one dense baseline under identical conditions."""
+    """One MoE against one dense baseline under identical conditions.
+
+    ``decode_ratio``/``prefill_ratio`` are the paired estimates' points (the
+    geometric mean of per-round MoE/dense ratios); ``decode_estimate`` is the
+    whole ``stats.RatioEstimate`` (interval, kind, method). ``not_compared``
+    says why no verdict was given when the two sides' provenance differs;
+    the ratios are then None.
+    """
 
     device: str
     config: dict[str, int]
     moe: ModelStats
     dense: ModelStats
+    pairing: str | None
+    rounds: int
     decode_ratio: float | None
-    decode_ratio_ci95: tuple[float, float] | None
+    decode_estimate: dict[str, Any] | None
     prefill_ratio: float | None
     verdict: str
-    energy_ratio: float | None = None  # MoE J/token ÷ dense J/token
+    significant: bool | None
+    not_compared: str | None = None
+    excluded: dict[str, int] = field(default_factory=dict)
+    unpaired: int = 0
+    energy_ratio: float | None = None  # MoE J/token ÷ dense J/token (medians)
 
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def bootstrap_ratio_ci(a: list[float], b: list[float], rounds: int = 2000,
-                       seed: int = 0) -> tuple[float, float] | None:
-    """95% bootstrap interval of median(a) / median(b); None with fewer than 2 each."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    rng = random.Random(seed)
-    ratios = sorted(
-        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
-        for _ in range(rounds))
-    return ratios[int(0.025 * rounds)], ratios[int(0.975 * rounds) - 1]
+def _positive(values: Sequence[Any]) -> list[float]:
+    """The positive, finite numbers among ``values`` (backends leave failed ones out)."""
+    return [float(v) for v in values
+            if isinstance(v, int | float) and not isinstance(v, bool)
+            and math.isfinite(v) and v > 0]
 
 
-def verdict(ratio: float | None, moe: ModelStats, dense: ModelStats) -> str:
-    if ratio is None:
-        missing = [s for s in (moe, dense) if s.decode_tps_median is None]
-        reasons = "; ".join(f"{s.model_id}: {s.error or s.job_state}" for s in missing)
-        return f"not measured ({reasons})"
-    pct = (ratio - 1.0) * 100.0
-    if abs(pct) < 0.05:
-        return "MoE is level with dense"
-    return f"MoE is {abs(pct):.1f}% {'ahead' if pct > 0 else 'behind'}"
+def pair_repetitions(moe: Sequence[Mapping[str, Any]], dense: Sequence[Mapping[str, Any]]
+                     ) -> tuple[list[tuple[Mapping[str, Any], Mapping[str, Any]]], str]:
+    """Pairs of (MoE, dense) counted repetitions, and how they were paired.
 
-
-def build_report(store: Store, sweep_id: str, ci: bool = True) -> dict[str, Any]:
-    """Collect everything the renderers need as plain, JSON-serialisable data.
-
-    ``ci=False`` skips the bootstrap confidence intervals, the costly part,
-    for callers that do not show them (the metrics exporter).
+    By ``round`` when every repetition on both sides has one (the runner's
+    interleaved rounds); otherwise by ``index`` (repetition i of each job),
+    which the returned method labels "rounds not interleaved". A round or
+    index present on one side only has no partner and is left out.
     """
+    by_round = bool(moe) and bool(dense) and all(
+        r.get("round") is not None for r in (*moe, *dense))
+    key = "round" if by_round else "index"
+    dense_by: dict[Any, Mapping[str, Any]] = {}
+    for rep in dense:
+        dense_by.setdefault(rep.get(key), rep)
+    pairs = [(rep, dense_by[rep.get(key)]) for rep in moe if rep.get(key) in dense_by]
+    seen: set[Any] = set()
+    unique = []
+    for m, d in pairs:  # one pair per round/index, the first of a duplicate
+        if m.get(key) not in seen:
+            seen.add(m.get(key))
+            unique.append((m, d))
+    return unique, PAIRED_BY_ROUND if by_round else PAIRED_BY_INDEX
+
+
+def paired_rounds(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+                  metric: str) -> list[stats.PairedRound]:
+    """``stats.PairedRound`` per pair where both sides measured ``metric``.
+
+    A pair is disturbed when either side's ``disturbed`` names a reason.
+    """
+    rounds = []
+    for m, d in pairs:
+        a, b = _positive([m.get(metric)]), _positive([d.get(metric)])
+        if a and b:
+            rounds.append(stats.PairedRound(moe_tps=a[0], dense_tps=b[0],
+                                            disturbed=m.get("disturbed") or d.get("disturbed")))
+    return rounds
+
+
+def _show(value: Any) -> str:
+    """A provenance value as the refusal message prints it."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def provenance_difference(moe: Mapping[str, Any] | None,
+                          dense: Mapping[str, Any] | None) -> str | None:
+    """Why the two sides may not be compared, or None when their provenance agrees.
+
+    Every provenance key counts (``PROVENANCE_ORDER`` first, then any other
+    but ``unknown``); a value unknown on both sides agrees. Neither side
+    recorded (an agent from before provenance, the test-only sleep backend)
+    agrees too; only one side recorded does not.
+    """
+    if moe is None and dense is None:
+        return None
+    if moe is None or dense is None:
+        return ("not compared: provenance recorded for "
+                f"{'dense' if moe is None else 'moe'} only")
+    extra = sorted((set(moe) | set(dense)) - set(PROVENANCE_ORDER) - {"unknown"})
+    diffs = [f"{key} differs (moe: {_show(moe.get(key))}, dense: {_show(dense.get(key))})"
+             for key in (*PROVENANCE_ORDER, *extra) if moe.get(key) != dense.get(key)]
+    return "not compared: " + "; ".join(diffs) if diffs else None
+
+
+def _summary(values: list[float]) -> dict[str, Any] | None:
+    """``stats.summarize_model`` as a dict for JSON, with its CV warning; None without values."""
+    if not values:
+        return None
+    s = stats.summarize_model(values)
+    out = asdict(s)
+    out["interval"] = out.pop("kind")
+    out["cv_warning"] = s.cv_warning
+    return out
+
+
+def _missing_reason(moe: ModelStats, dense: ModelStats) -> str:
+    missing = [s for s in (moe, dense) if s.decode_tps_median is None]
+    if not missing:
+        return "no repetition of the MoE has a partner in the dense job"
+    return "not measured (" + "; ".join(
+        f"{s.model_id}: {s.error or s.job_state}" for s in missing) + ")"
+
+
+def compare(device: str, config: dict[str, int], moe: ModelStats, dense: ModelStats,
+            moe_reps: Sequence[Mapping[str, Any]],
+            dense_reps: Sequence[Mapping[str, Any]]) -> Comparison:
+    """One pair's comparison: provenance check, pairing, ratio estimate and verdict."""
+    energy_ratio = None
+    if moe.j_per_token_median and dense.j_per_token_median:
+        energy_ratio = moe.j_per_token_median / dense.j_per_token_median
+    refusal = provenance_difference(moe.provenance, dense.provenance)
+    if refusal is not None and moe.n and dense.n:
+        return Comparison(device=device, config=config, moe=moe, dense=dense, pairing=None,
+                          rounds=0, decode_ratio=None, decode_estimate=None,
+                          prefill_ratio=None, verdict=refusal, significant=None,
+                          not_compared=refusal)
+    pairs, pairing = pair_repetitions(moe_reps, dense_reps)
+    decode_rounds = paired_rounds(pairs, "decode_tps")
+    kept = stats.exclude_disturbed(decode_rounds)
+    estimate = stats.estimate_ratio(kept.kept)
+    reason = _missing_reason(moe, dense)
+    if decode_rounds and not kept.kept:
+        reason = "every paired round was disturbed"
+    said = stats.verdict(estimate, no_rounds_reason=reason)
+    prefill = stats.exclude_disturbed(paired_rounds(pairs, "prefill_tps"))
+    prefill_estimate = stats.estimate_ratio(prefill.kept)
+    return Comparison(
+        device=device, config=config, moe=moe, dense=dense,
+        pairing=pairing if pairs else None, rounds=len(decode_rounds),
+        decode_ratio=estimate.ratio,
+        decode_estimate=asdict(estimate) if estimate.kind != "none" else None,
+        prefill_ratio=prefill_estimate.ratio, verdict=said.text,
+        significant=said.significant, excluded=kept.excluded,
+        unpaired=max(len(moe_reps), len(dense_reps)) - len(pairs),
+        energy_ratio=energy_ratio)
+
+
+def _rep(row: Any) -> dict[str, Any]:
+    """A counted repetition as the pairing reads it: its body, with the stored columns."""
+    body = json.loads(row["body"])
+    return dict(body, index=row["idx"], decode_tps=row["decode_tps"],
+                prefill_tps=row["prefill_tps"])
+
+
+def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
+    """Collect everything the renderers need as plain, JSON-serialisable data."""
     sweep_row = store.sweep(sweep_id)
     sweep = json.loads(sweep_row["sweep_json"])
     reps: dict[tuple[str, str, tuple[int, ...]], list[Any]] = defaultdict(list)
@@ -106,11 +266,11 @@ def build_report(store: Store, sweep_id: str, ci: bool = True) -> dict[str, Any]
         spec = json.loads(row["spec_json"])
         jobs[(row["device"], row["model_id"], tuple(int(spec[k]) for k in CONFIG_KEYS))] = row
 
-    def stats(device: str, model: dict[str, Any], config: tuple[int, ...]) -> ModelStats:
+    def model_stats(device: str, model: dict[str, Any], config: tuple[int, ...]) -> ModelStats:
         rows = reps.get((device, model["id"], config), [])
         job = jobs.get((device, model["id"], config))
         result = json.loads(job["result_json"]) if job is not None and job["result_json"] else {}
-        decode = [r["decode_tps"] for r in rows if r["decode_tps"] is not None]
+        decode = _positive([r["decode_tps"] for r in rows])
         prefill = [r["prefill_tps"] for r in rows if r["prefill_tps"] is not None]
         ttft = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
         rss = [r["peak_rss_bytes"] for r in rows if r["peak_rss_bytes"] is not None]
@@ -120,45 +280,37 @@ def build_report(store: Store, sweep_id: str, ci: bool = True) -> dict[str, Any]
                 if isinstance(b.get("idle_power_w"), int | float)]
         notes = [b["energy_unmeasured_reason"] for b in bodies
                  if b.get("energy_unmeasured_reason")]
+        provenance = result.get("provenance")
         return ModelStats(
             model_id=model["id"], arch=model["arch"], n=len(rows),
-            decode_tps_median=_median(decode), decode_tps_min=min(decode, default=None),
-            decode_tps_max=max(decode, default=None), prefill_tps_median=_median(prefill),
+            decode_tps_median=_median(decode), decode=_summary(decode),
+            prefill_tps_median=_median(prefill),
             ttft_s_median=_median(ttft), peak_rss_bytes=max(rss, default=None),
             model_size_bytes=result.get("model_size_bytes"),
             params_total=result.get("params_total"), params_active=result.get("params_active"),
             decode_tps=decode, job_state=job["state"] if job is not None else "not planned",
             error=job["error"] if job is not None else None,
             j_per_token_median=_median(jpt), idle_power_w=_median(idle),
-            energy_note=None if jpt else (notes[0] if notes else None))
+            energy_note=None if jpt else (notes[0] if notes else None),
+            provenance=provenance if isinstance(provenance, dict) else None)
 
     models = {m["id"]: m for m in sweep["models"]}
+    all_jobs = store.jobs(sweep_id)
     devices = sorted({key[0] for key in jobs}, key=lambda d: min(
-        r["ordinal"] for r in store.jobs(sweep_id) if r["device"] == d))
+        r["ordinal"] for r in all_jobs if r["device"] == d))
     configs = sorted({key[2] for key in jobs})
     comparisons: list[Comparison] = []
     for device in devices:
         for config in configs:
+            cfg = dict(zip(CONFIG_KEYS, config, strict=True))
             for pair in sweep["pairs"]:
                 dense_ids = pair["dense"] if isinstance(pair["dense"], list) else [pair["dense"]]
-                moe = stats(device, models[pair["moe"]], config)
+                moe = model_stats(device, models[pair["moe"]], config)
+                moe_reps = [_rep(r) for r in reps.get((device, pair["moe"], config), [])]
                 for dense_id in dense_ids:
-                    dense = stats(device, models[dense_id], config)
-                    ratio = interval = prefill_ratio = None
-                    if moe.decode_tps_median and dense.decode_tps_median:
-                        ratio = moe.decode_tps_median / dense.decode_tps_median
-                        interval = (bootstrap_ratio_ci(moe.decode_tps, dense.decode_tps)
-                                    if ci else None)
-                    if moe.prefill_tps_median and dense.prefill_tps_median:
-                        prefill_ratio = moe.prefill_tps_median / dense.prefill_tps_median
-                    energy_ratio = None
-                    if moe.j_per_token_median and dense.j_per_token_median:
-                        energy_ratio = moe.j_per_token_median / dense.j_per_token_median
-                    comparisons.append(Comparison(
-                        device=device, config=dict(zip(CONFIG_KEYS, config, strict=True)),
-                        moe=moe, dense=dense, decode_ratio=ratio, decode_ratio_ci95=interval,
-                        prefill_ratio=prefill_ratio, verdict=verdict(ratio, moe, dense),
-                        energy_ratio=energy_ratio))
+                    dense = model_stats(device, models[dense_id], config)
+                    dense_reps = [_rep(r) for r in reps.get((device, dense_id, config), [])]
+                    comparisons.append(compare(device, cfg, moe, dense, moe_reps, dense_reps))
     return {
         "sweep_id": sweep_id,
         "sweep_name": sweep_row["name"],
@@ -183,24 +335,70 @@ def _params(value: int | None) -> str:
     return f"{value / 1e9:.2f}B" if value >= 1e8 else f"{value / 1e6:.2f}M"
 
 
-def _spread(s: dict[str, Any]) -> str:
-    if s["decode_tps_median"] is None:
-        return "n/a"
-    return (f"{s['decode_tps_median']:.1f} "
-            f"[{s['decode_tps_min']:.1f}–{s['decode_tps_max']:.1f}] (n={s['n']})")
+def _num(value: float) -> str:
+    """A throughput with one decimal, thousands separated only when long."""
+    return f"{value:,.1f}" if value >= 10_000 else f"{value:.1f}"
 
 
-ROW_HEADERS = ("model", "decode tok/s median [min–max]", "prefill tok/s", "TTFT",
-               "peak RSS", "decode J/token", "file", "params total/active")
+def _decode_cells(s: dict[str, Any]) -> tuple[str, str, str]:
+    """Median (n), its interval with kind, and CV (flagged when high) of one model."""
+    d = s.get("decode")
+    if not d:
+        return "n/a", "n/a", "n/a"
+    interval = f"{d['interval']} {_num(d['low'])}–{_num(d['high'])}"
+    cv = "n/a" if d["cv"] is None else f"{d['cv'] * 100:.1f}%"
+    if d["cv_warning"]:
+        cv += " (high)"
+    return f"{_num(d['median'])} (n={d['n']})", interval, cv
+
+
+ROW_HEADERS = ("model", "decode tok/s median", "decode interval", "decode CV",
+               "prefill tok/s", "TTFT", "peak RSS", "decode J/token", "file",
+               "params total/active")
 
 
 def model_row(s: dict[str, Any]) -> tuple[str, ...]:
-    return (f"{s['model_id']} ({s['arch']})", _spread(s), _fmt(s["prefill_tps_median"]),
+    """One model's measures, in ``ROW_HEADERS`` order."""
+    return (f"{s['model_id']} ({s['arch']})", *_decode_cells(s), _fmt(s["prefill_tps_median"]),
             _fmt(s["ttft_s_median"], ".0f", 1000, " ms"), _mib(s["peak_rss_bytes"]),
             _fmt(s.get("j_per_token_median"), ".3f", 1, " J") if s.get("j_per_token_median")
             is not None else "not measured",
             _mib(s["model_size_bytes"]),
             f"{_params(s['params_total'])} / {_params(s['params_active'])}")
+
+
+PROVENANCE_HEADERS = ("backend", "llama.cpp build", "threads · batch/ubatch",
+                      "flash attn · KV k/v · mmap")
+
+
+def provenance_row(s: dict[str, Any]) -> tuple[str, ...]:
+    """One model's provenance, compact, in ``PROVENANCE_HEADERS`` order ("?" = unknown).
+
+    llama-bench's version is its build, so the build cell is not repeated there.
+    """
+    p = s.get("provenance")
+    if not p:
+        return ("not recorded",) * len(PROVENANCE_HEADERS)
+
+    def v(key: str) -> str:
+        value = p.get(key)
+        if value is None:
+            return "?"
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return str(value)
+
+    backend = f"{v('backend')} {v('backend_version')}"
+    build = "?" if p.get("build_number") is None and p.get("build_commit") is None \
+        else f"{v('build_number')} ({v('build_commit')})"
+    return (backend, build, f"{v('threads')} · {v('n_batch')}/{v('n_ubatch')}",
+            f"{v('flash_attn')} · {v('type_k')}/{v('type_v')} · {v('use_mmap')}")
+
+
+def provenance_line(s: dict[str, Any]) -> str:
+    """One model's provenance on one line, for Markdown."""
+    return f"{s['model_id']}: " + "; ".join(
+        f"{h} {c}" for h, c in zip(PROVENANCE_HEADERS, provenance_row(s), strict=True))
 
 
 def comparison_title(c: dict[str, Any]) -> str:
@@ -220,19 +418,51 @@ def energy_notes(report: dict[str, Any]) -> list[str]:
     return [f"{device}: {note}" for device, note in seen.items()]
 
 
-def ratio_line(c: dict[str, Any]) -> str:
-    line = c["verdict"]
-    if c["decode_ratio"] is not None:
-        line += f" in decode (MoE/dense = {c['decode_ratio']:.3f}"
-        if c["decode_ratio_ci95"]:
-            lo, hi = c["decode_ratio_ci95"]
-            line += f", 95% CI {lo:.3f}–{hi:.3f}"
-        line += ")"
-    if c["prefill_ratio"] is not None:
-        line += f"; prefill MoE/dense = {c['prefill_ratio']:.3f}"
+def provenance_notes(report: dict[str, Any]) -> list[str]:
+    """Why each "?" in the provenance rows is unknown, once per distinct reason."""
+    seen: dict[str, list[str]] = {}
+    for c in report["comparisons"]:
+        for side in (c["moe"], c["dense"]):
+            for key, why in ((side.get("provenance") or {}).get("unknown") or {}).items():
+                keys = seen.setdefault(why, [])
+                if key not in keys:
+                    keys.append(key)
+    return [f"{', '.join(keys)} unknown: {why}" for why, keys in seen.items()]
+
+
+def ratio_lines(c: dict[str, Any]) -> list[str]:
+    """The verdict, then how it was reached, then the other ratios and any warnings."""
+    if c.get("not_compared"):
+        lines = [c["not_compared"]]
+    else:
+        lines = [f"Decode: {c['verdict']}"]
+    est = c.get("decode_estimate")
+    if est is not None:
+        how = f"MoE/dense {est['ratio']:.3f}, {est['method']}"
+        if c.get("pairing"):
+            how += f"; {c['pairing']}"
+        lines.append(how)
+    extra = []
+    if c.get("prefill_ratio") is not None:
+        extra.append(f"prefill MoE/dense {c['prefill_ratio']:.3f}")
     if c.get("energy_ratio") is not None:
-        line += f"; decode energy per token MoE/dense = {c['energy_ratio']:.2f}x"
-    return line
+        extra.append(f"decode energy per token MoE/dense {c['energy_ratio']:.2f}x")
+    if extra:
+        lines.append("; ".join(extra))
+    for reason, count in (c.get("excluded") or {}).items():
+        lines.append(f"{count} round{'s' if count != 1 else ''} left out: {reason}")
+    if c.get("unpaired"):
+        lines.append(f"{c['unpaired']} repetition(s) without a partner on the other side")
+    for side in (c["moe"], c["dense"]):
+        warning = (side.get("decode") or {}).get("cv_warning")
+        if warning:
+            lines.append(f"{side['model_id']} decode: {warning}")
+    return lines
+
+
+def ratio_line(c: dict[str, Any]) -> str:
+    """``ratio_lines`` joined, for a table caption."""
+    return "\n".join(ratio_lines(c))
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -240,15 +470,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in report["jobs"].items() if v)
     out += [f"Sweep state: {report['state']}; jobs: {counts}.", ""]
     for c in report["comparisons"]:
-        out += [f"## {comparison_title(c)}", "", f"**{ratio_line(c)}**", "",
-                "| " + " | ".join(ROW_HEADERS) + " |",
-                "|" + "---|" * len(ROW_HEADERS)]
+        first, *rest = ratio_lines(c)
+        out += [f"## {comparison_title(c)}", "", f"**{first}**", ""]
+        if rest:
+            out += [f"- {line}" for line in rest] + [""]
+        out += ["| " + " | ".join(ROW_HEADERS) + " |", "|" + "---|" * len(ROW_HEADERS)]
         for side in (c["moe"], c["dense"]):
             out.append("| " + " | ".join(model_row(side)) + " |")
+        out += ["", "Provenance:", ""]
+        out += [f"- {provenance_line(side)}" for side in (c["moe"], c["dense"])]
         out.append("")
     if not report["comparisons"]:
         out.append("No comparison pairs with results in this sweep.")
-    for note in energy_notes(report):
+    for note in energy_notes(report) + provenance_notes(report):
         out.append(f"- {note}")
     return "\n".join(out) + "\n"
 

@@ -43,8 +43,14 @@ def test_tiny_moe_vs_dense_sweep_runs_real_llama_cpp_and_reports(tmp_path: Path)
         assert side["peak_rss_bytes"] > 10 * 2**20 and side["model_size_bytes"] > 100_000
         assert side["params_total"] >= side["params_active"] > 0
     assert comp["moe"]["params_total"] > comp["moe"]["params_active"]  # experts inactive
-    ratio = comp["moe"]["decode_tps_median"] / comp["dense"]["decode_tps_median"]
+    # The paired estimate: repetition i of each job, geometric mean of the ratios.
+    moe_tps, dense_tps = comp["moe"]["decode_tps"], comp["dense"]["decode_tps"]
+    ratio = (moe_tps[0] / dense_tps[0] * moe_tps[1] / dense_tps[1]) ** 0.5
     assert abs(comp["decode_ratio"] - ratio) < 1e-9
+    assert comp["pairing"] == "paired by repetition index; rounds not interleaved"
+    assert comp["decode_estimate"]["kind"] == "range"  # 2 rounds: too few for a 95% CI
+    prov = comp["moe"]["provenance"]
+    assert prov == comp["dense"]["provenance"] and prov["backend"] == "xllamacpp"
     assert report["device_facts"]["local"]["backends"]["xllamacpp"]["present"] is True
 
     md = edgefarm("report", sweep_id, "-r", str(results), "--format", "md", tmp=tmp_path)

@@ -345,8 +345,13 @@ def test_store_collector_exports_what_build_report_computes(tmp_path: Path) -> N
         assert value(reg, "edgefarm_moe_dense_prefill_ratio", **pair) == c["prefill_ratio"]
         checked += c["decode_ratio"] is not None
     assert checked == 6  # the failed dense job's two comparisons have no ratio: absent
+    # The report's paired estimate: repetition i of the MoE over repetition i of
+    # the dense model (rates_for: 20, 21.5, 19.5 against 25, 26.5, 24.5), then
+    # the geometric mean of the three per-round ratios.
+    paired = (20 / 25 * 21.5 / 26.5 * 19.5 / 24.5) ** (1 / 3)
     assert value(reg, "edgefarm_moe_dense_decode_ratio", sweep="s1", device="dev-a",
-                 pair="m-moe_vs_m-dense1", config="p16-g8-t1-ngl0") == pytest.approx(20 / 25)
+                 pair="m-moe_vs_m-dense1", config="p16-g8-t1-ngl0") == pytest.approx(paired)
+    assert paired == pytest.approx(0.802387, abs=1e-6)
     text = generate_latest(reg).decode()
     assert 'device="dev-b",model="m-dense2"' not in text  # failed: not measured, absent
     for name in ("edgefarm_energy_per_token_joules", "edgefarm_moe_dense_energy_ratio",

@@ -1,54 +1,254 @@
-"""The report's energy columns, from a store filled with recorded-shape events."""
+"""The report from a real SQLite store filled with recorded-shape events.
+
+Numbers are checked against answers worked out by hand (the formulas are
+written out beside them), not against the code's own output.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import math
 from pathlib import Path
+from typing import Any
 
-from orchestrator.report import build_report, render_markdown
+import pytest
+from rich.console import Console
+
+from orchestrator.cli.render import print_report
+from orchestrator.report import (
+    PAIRED_BY_INDEX,
+    PAIRED_BY_ROUND,
+    build_report,
+    provenance_difference,
+    render_json,
+    render_markdown,
+)
 from orchestrator.store import Store
 
 SWEEP = {"models": [{"id": "moe", "arch": "moe"}, {"id": "dense", "arch": "dense"}],
          "pairs": [{"moe": "moe", "dense": ["dense"]}]}
 CONFIG = {"prompt_tokens": 8, "gen_tokens": 9, "threads": 1, "gpu_layers": 0}
 
+#: Student t, 97.5% quantile, 4 degrees of freedom (any t table: 2.776).
+T_975_4 = 2.7764451051977934
 
-def fill(store: Store, energy: dict[str, float] | None) -> None:
+PROVENANCE = {"backend": "xllamacpp", "backend_version": "2026.10.11549", "build_number": None,
+              "build_commit": None, "threads": 1, "n_batch": 512, "n_ubatch": 512,
+              "flash_attn": "auto", "type_k": "f16", "type_v": "f16", "use_mmap": None,
+              "gpu_layers": 0,
+              "unknown": {"build_number": "wheel says 0", "build_commit": "wheel says unknown",
+                          "use_mmap": "load_mode auto"}}
+
+
+def fill(store: Store, reps: dict[str, list[dict[str, Any]]],
+         results: dict[str, dict[str, Any]] | None = None) -> None:
+    """One sweep with a MoE and a dense job on device "dev", each with these counted reps."""
     jobs = [dict(CONFIG, key=m, device="dev", model_id=m, arch=m) for m in ("moe", "dense")]
     store.create_sweep("s", "t", SWEEP, {"devices": []}, jobs)
     for job in jobs:
         key = job["key"]
         store.start_attempt("s", key, 1)
-        events = []
-        for i in range(3):
-            rep = {"v": 1, "seq": i, "kind": "repetition", "job": key, "attempt": 1, "t": 1.0,
-                   "index": i, "warmup": False, "decode_tps": 10.0 + i, "prefill_tps": 50.0}
-            if energy is not None:
-                rep["j_per_token"] = energy[key] + i * 0.01
-                rep["idle_power_w"] = 3.0
-            else:
-                rep["energy_unmeasured_reason"] = "energy not measured on this device: test"
-            events.append(rep)
+        events = [dict({"v": 1, "seq": i, "kind": "repetition", "job": key, "attempt": 1,
+                        "t": 1.0, "index": i, "warmup": False}, **rep)
+                  for i, rep in enumerate(reps[key])]
         store.add_events("s", "dev", events)
-        store.finish_job("s", key, "done", 1, result={})
+        store.finish_job("s", key, "done", 1, result=(results or {}).get(key, {}))
+
+
+def decode(values: list[float], **extra: Any) -> list[dict[str, Any]]:
+    return [dict(extra, decode_tps=v, prefill_tps=50.0) for v in values]
+
+
+def one(store: Store) -> dict[str, Any]:
+    (c,) = build_report(store, "s")["comparisons"]
+    return c
 
 
 def test_energy_per_token_and_ratio(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    fill(store, {"moe": 0.50, "dense": 0.25})
-    (c,) = build_report(store, "s")["comparisons"]
+    reps = {m: [dict(decode_tps=10.0 + i, prefill_tps=50.0, j_per_token=jpt + i * 0.01,
+                     idle_power_w=3.0) for i in range(3)]
+            for m, jpt in (("moe", 0.50), ("dense", 0.25))}
+    fill(store, reps)
+    c = one(store)
     assert c["moe"]["j_per_token_median"] == 0.51 and c["dense"]["j_per_token_median"] == 0.26
     assert abs(c["energy_ratio"] - 0.51 / 0.26) < 1e-12
     assert c["moe"]["energy_note"] is None
-    assert "decode energy per token MoE/dense = 1.96x" in render_markdown(
-        build_report(store, "s"))
+    assert "decode energy per token MoE/dense 1.96x" in render_markdown(build_report(store, "s"))
 
 
 def test_unmeasured_energy_says_why(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    fill(store, None)
+    note = "energy not measured on this device: test"
+    fill(store, {m: decode([10.0, 11.0, 12.0], energy_unmeasured_reason=note)
+                 for m in ("moe", "dense")})
     report = build_report(store, "s")
     (c,) = report["comparisons"]
     assert c["energy_ratio"] is None and c["moe"]["j_per_token_median"] is None
-    assert c["moe"]["energy_note"] == "energy not measured on this device: test"
+    assert c["moe"]["energy_note"] == note
     md = render_markdown(report)
-    assert "not measured" in md and "- dev: energy not measured on this device: test" in md
+    assert "not measured" in md and f"- dev: {note}" in md
+
+
+def test_five_paired_rounds_give_a_t_interval_and_a_verdict(tmp_path: Path) -> None:
+    """Per-round ratios 0.7 * e^(k * 0.05), k = -2..2, against a steady dense 100 tok/s.
+
+    Logs: mean ln 0.7, sd = 0.05 * sqrt(10 / 4); half-width on the log scale
+    h = t(0.975, 4) * sd / sqrt(5); CI = 0.7 * e^(-h) .. 0.7 * e^(+h)
+    = 0.634551 .. 0.772200: 22.8% to 36.5% behind, printed whole (point >= 10%).
+    """
+    store = Store(tmp_path)
+    moe = [100 * 0.7 * math.exp(k * 0.05) for k in (-2, -1, 0, 1, 2)]
+    fill(store, {"moe": decode(moe), "dense": decode([100.0] * 5)})
+    c = one(store)
+    h = T_975_4 * 0.05 * math.sqrt(10 / 4) / math.sqrt(5)
+    est = c["decode_estimate"]
+    assert c["decode_ratio"] == pytest.approx(0.7, rel=1e-12)
+    assert (est["low"], est["high"]) == (pytest.approx(0.7 * math.exp(-h), rel=1e-9),
+                                         pytest.approx(0.7 * math.exp(h), rel=1e-9))
+    assert est["low"] == pytest.approx(0.634551, abs=1e-6)
+    assert est["high"] == pytest.approx(0.772200, abs=1e-6)
+    assert est["kind"] == "95% CI" and est["n"] == 5
+    assert est["method"] == "t-interval on log per-round ratios, n=5"
+    assert c["verdict"] == "MoE is 30% behind (95% CI 23–37%)"
+    assert c["significant"] is True
+    assert c["pairing"] == PAIRED_BY_INDEX and c["rounds"] == 5
+    # The prefill ratio is paired the same way: 50 / 50 every round.
+    assert c["prefill_ratio"] == pytest.approx(1.0)
+    md = render_markdown(build_report(store, "s"))
+    assert "**Decode: MoE is 30% behind (95% CI 23–37%)**" in md
+    assert ("- MoE/dense 0.700, t-interval on log per-round ratios, n=5; "
+            "paired by repetition index; rounds not interleaved") in md
+
+
+def test_few_rounds_give_a_range_not_a_ci(tmp_path: Path) -> None:
+    """Ratios 0.5, 0.6, 0.7: geometric mean (0.21)^(1/3) = 0.594392, range 30–50% behind."""
+    store = Store(tmp_path)
+    fill(store, {"moe": decode([50.0, 60.0, 70.0]), "dense": decode([100.0] * 3)})
+    c = one(store)
+    assert c["decode_ratio"] == pytest.approx(0.21 ** (1 / 3), rel=1e-12)
+    assert c["decode_estimate"]["kind"] == "range"
+    assert (c["decode_estimate"]["low"], c["decode_estimate"]["high"]) == \
+        (pytest.approx(0.5), pytest.approx(0.7))
+    assert c["verdict"] == "MoE is 41% behind (range 30–50% over 3 rounds, too few for a 95% CI)"
+    assert c["significant"] is None
+
+
+def test_per_model_median_interval_and_cv(tmp_path: Path) -> None:
+    """n = 6: the 95% CI of the median is [x(1), x(6)] (coverage 62/64); n = 3: the range.
+
+    Dense 100, 100, 100, 100, 100, 112: mean 102, sd = sqrt(5 * 2^2 + 10^2) / sqrt(5)
+    = sqrt(24) = 4.898979, CV 4.80% (not flagged). MoE 50, 60, 70, 80, 90, 100:
+    mean 75, sd = sqrt(1750 / 5) = 18.708287, CV 24.94% (flagged, > 5%).
+    """
+    store = Store(tmp_path)
+    fill(store, {"moe": decode([50.0, 60.0, 70.0, 80.0, 90.0, 100.0]),
+                 "dense": decode([100.0] * 5 + [112.0])})
+    c = one(store)
+    m, d = c["moe"]["decode"], c["dense"]["decode"]
+    assert (m["median"], m["low"], m["high"], m["interval"]) == (75.0, 50.0, 100.0, "95% CI")
+    assert m["coverage"] == pytest.approx(62 / 64)
+    assert m["cv"] == pytest.approx(math.sqrt(350) / 75)
+    assert m["cv_warning"] == ("coefficient of variation 24.9% is above 5%: noisy "
+                               "measurements (throttling or competing load?)")
+    assert (d["median"], d["low"], d["high"]) == (100.0, 100.0, 112.0)
+    assert d["cv"] == pytest.approx(math.sqrt(24) / 102) and d["cv_warning"] is None
+    md = render_markdown(build_report(store, "s"))
+    assert "| 75.0 (n=6) | 95% CI 50.0–100.0 | 24.9% (high) |" in md
+    assert "| 100.0 (n=6) | 95% CI 100.0–112.0 | 4.8% |" in md
+    assert "- moe decode: coefficient of variation 24.9% is above 5%" in md
+
+    store2 = Store(tmp_path / "small")
+    fill(store2, {"moe": decode([50.0, 60.0, 70.0]), "dense": decode([100.0] * 3)})
+    m = one(store2)["moe"]["decode"]
+    assert (m["interval"], m["low"], m["high"]) == ("range", 50.0, 70.0)
+    assert m["coverage"] == pytest.approx(6 / 8)  # 1 - 2 * (1/2)^3
+
+
+def test_a_round_field_pairs_by_round_instead_of_index(tmp_path: Path) -> None:
+    """By index: 10/20 and 20/10 (ratios 0.5 and 2); by round: 20/20 and 10/10 (both 1)."""
+    store = Store(tmp_path)
+    fill(store, {"moe": [dict(decode_tps=10.0, round=1), dict(decode_tps=20.0, round=0)],
+                 "dense": [dict(decode_tps=20.0, round=0), dict(decode_tps=10.0, round=1)]})
+    c = one(store)
+    assert c["pairing"] == PAIRED_BY_ROUND
+    assert (c["decode_estimate"]["low"], c["decode_estimate"]["high"]) == (1.0, 1.0)
+    assert c["verdict"] == "MoE is level with dense (all 2 rounds identical, too few for a 95% CI)"
+
+    store2 = Store(tmp_path / "by-index")
+    fill(store2, {"moe": decode([10.0, 20.0]), "dense": decode([20.0, 10.0])})
+    c = one(store2)
+    assert c["pairing"] == PAIRED_BY_INDEX
+    assert (c["decode_estimate"]["low"], c["decode_estimate"]["high"]) == (0.5, 2.0)
+    assert c["decode_ratio"] == pytest.approx(1.0)  # sqrt(0.5 * 2)
+
+
+def test_disturbed_rounds_are_left_out_and_counted(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    moe = decode([50.0, 60.0]) + [dict(decode_tps=10.0, disturbed="thermal throttling")]
+    fill(store, {"moe": moe, "dense": decode([100.0] * 3)})
+    c = one(store)
+    assert c["excluded"] == {"thermal throttling": 1} and c["rounds"] == 3
+    assert (c["decode_estimate"]["low"], c["decode_estimate"]["high"]) == (0.5, 0.6)
+    assert "- 1 round left out: thermal throttling" in render_markdown(build_report(store, "s"))
+
+
+def test_a_missing_side_gives_no_verdict_with_the_reason(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    fill(store, {"moe": decode([50.0, 60.0]), "dense": []})
+    c = one(store)
+    assert c["decode_ratio"] is None and c["decode_estimate"] is None
+    assert c["verdict"] == "no verdict: not measured (dense: done)"
+
+
+def test_a_pair_whose_provenance_differs_is_not_compared(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    dense_prov = dict(PROVENANCE, n_batch=2048)
+    fill(store, {"moe": decode([50.0, 60.0, 70.0]), "dense": decode([100.0] * 3)},
+         results={"moe": {"provenance": PROVENANCE}, "dense": {"provenance": dense_prov}})
+    report = build_report(store, "s")
+    (c,) = report["comparisons"]
+    assert c["not_compared"] == c["verdict"] == \
+        "not compared: n_batch differs (moe: 512, dense: 2048)"
+    assert c["decode_ratio"] is None and c["prefill_ratio"] is None and c["significant"] is None
+    assert c["moe"]["decode"]["median"] == 60.0  # the measurements are still shown
+    md = render_markdown(report)
+    assert "**not compared: n_batch differs (moe: 512, dense: 2048)**" in md
+    assert "MoE is" not in md
+    assert json.loads(render_json(report))["comparisons"][0]["moe"]["provenance"] == PROVENANCE
+
+
+def test_provenance_difference_rules() -> None:
+    assert provenance_difference(PROVENANCE, dict(PROVENANCE)) is None
+    assert provenance_difference(None, None) is None  # neither recorded (sleep backend)
+    assert provenance_difference(PROVENANCE, None) == \
+        "not compared: provenance recorded for moe only"
+    # Unknown on both sides agrees; unknown on one side does not.
+    both = dict(PROVENANCE, use_mmap=True, flash_attn="off")
+    assert provenance_difference(PROVENANCE, both) == (
+        "not compared: flash_attn differs (moe: auto, dense: off); "
+        "use_mmap differs (moe: unknown, dense: yes)")
+    # Reasons are not compared; a key a newer agent adds is.
+    assert provenance_difference(PROVENANCE, dict(PROVENANCE, unknown={})) is None
+    assert provenance_difference(dict(PROVENANCE, numa="off"), PROVENANCE) == \
+        "not compared: numa differs (moe: off, dense: unknown)"
+
+
+def test_table_shows_provenance_and_fits_100_columns(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    moe = [100 * 0.7 * math.exp(k * 0.05) for k in (-2, -1, 0, 1, 2)]
+    fill(store, {"moe": decode(moe), "dense": decode([100.0] * 5)},
+         results={m: {"provenance": PROVENANCE} for m in ("moe", "dense")})
+    out = io.StringIO()
+    print_report(Console(file=out, width=100, color_system=None), build_report(store, "s"))
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "Decode: MoE is 30% behind (95% CI 23–37%)" in text
+    assert "t-interval on log per-round ratios, n=5" in text
+    assert text.count("xllamacpp 2026.10.11549") == 2
+    assert text.count("1 · 512/512") == 2 and text.count("auto · f16/f16 · ?") == 2
+    assert "use_mmap unknown: load_mode auto" in text
+    md = render_markdown(build_report(store, "s"))
+    assert ("- moe: backend xllamacpp 2026.10.11549; llama.cpp build ?; threads · batch/ubatch "
+            "1 · 512/512; flash attn · KV k/v · mmap auto · f16/f16 · ?") in md

@@ -9,10 +9,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.report import (
+    PROVENANCE_HEADERS,
     ROW_HEADERS,
     comparison_title,
     energy_notes,
     model_row,
+    provenance_notes,
+    provenance_row,
     ratio_line,
 )
 
@@ -31,10 +34,16 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         table.add_column("")
         table.add_column(escape(moe[0]))
         table.add_column(escape(dense[0]))
-        for header, a, b in zip(ROW_HEADERS[1:], moe[1:], dense[1:], strict=True):
+        measures = list(zip(ROW_HEADERS[1:], moe[1:], dense[1:], strict=True))
+        for i, (header, a, b) in enumerate(measures):
+            # A rule after the measures; provenance below says what each column ran on.
+            table.add_row(escape(header), escape(a), escape(b),
+                          end_section=i == len(measures) - 1)
+        for header, a, b in zip(PROVENANCE_HEADERS, provenance_row(c["moe"]),
+                                provenance_row(c["dense"]), strict=True):
             table.add_row(escape(header), escape(a), escape(b))
         console.print(table)
-    for note in energy_notes(report):
+    for note in energy_notes(report) + provenance_notes(report):
         console.print(escape(note), style="dim", highlight=False)
 
 
