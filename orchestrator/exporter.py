@@ -21,7 +21,6 @@ import ipaddress
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +29,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
+from orchestrator.deadline import Deadline
 from orchestrator.errors import EdgefarmError, StoreError
 from orchestrator.metrics import LiveMetrics, MultiProgress, StoreCollector
 from orchestrator.store import DB_NAME, Store
@@ -177,9 +177,9 @@ def start_sweep_exporter(results_dir: str | Path, addr: str = DEFAULT_ADDR, *,
         try:
             if linger_s > 0:
                 log.info("metrics stay up %.0f s more at %s", linger_s, exporter_url(server))
-                deadline = time.monotonic() + linger_s
-                while (left := deadline - time.monotonic()) > 0:
-                    stopped.wait(min(left, 0.5))  # short waits: Ctrl-C lands promptly
+                deadline = Deadline(linger_s)
+                while not deadline.expired:
+                    stopped.wait(deadline.clamp(0.5))  # short waits: Ctrl-C lands promptly
         except KeyboardInterrupt:
             pass  # Ctrl-C ends the grace period, not the (finished) sweep
         finally:

@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from agents.pids import pid_alive
+from orchestrator.deadline import Deadline
 from orchestrator.errors import EdgefarmError
 from orchestrator.exporter import DEFAULT_ADDR, SERVE_ADDR, parse_addr
 
@@ -197,24 +199,20 @@ def render_config(*, scrape_interval_s: float, controller_targets: Sequence[str]
 
 
 def _pid_alive(pid: int, expect: str) -> bool:
-    """Is ``pid`` running and (where /proc tells) still the program we started?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Is ``pid`` running and (where /proc tells) still the program we started?
+
+    A pid file can outlive its process and the pid be reused; the command
+    line tells ours from a stranger's.
+    """
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return False
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-            return False
-        return expect in text
-    return True
+    try:
+        text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except FileNotFoundError:
+        return True  # no /proc here (macOS): the pid is all there is to go by
+    except OSError:
+        return False
+    return expect in text.decode(errors="replace")
 
 
 def _read_pid(path: Path, expect: str) -> int | None:
@@ -243,7 +241,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 def wait_ready(url: str, deadline_s: float, *, process: subprocess.Popen | None = None,
                log_path: Path | None = None, what: str = "prometheus") -> None:
     """Poll ``url`` until it answers 200, the process dies, or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
+    deadline = Deadline(deadline_s)
     last = "no answer yet"
     delay = 0.05
     while True:
@@ -257,7 +255,7 @@ def wait_ready(url: str, deadline_s: float, *, process: subprocess.Popen | None 
             last = f"HTTP {code}"
         except OSError as exc:
             last = str(exc)
-        if time.monotonic() >= deadline:
+        if deadline.expired:
             raise MonitorError(f"{what} not ready at {url} after {deadline_s:.0f} s ({last}); "
                                f"log {log_path}:\n{_tail(log_path) if log_path else ''}")
         time.sleep(delay)  # a poll interval under the deadline, not a wait for readiness
@@ -380,8 +378,8 @@ def _terminate(pid: int, expect: str, timeout_s: float = 15.0) -> None:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    deadline = Deadline(timeout_s)
+    while not deadline.expired:
         _reap(pid)
         if not _pid_alive(pid, expect):
             return

@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 from agents.protocol import ERR_CONTROLLER, JobSpec
 from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
+from orchestrator.deadline import Deadline
 from orchestrator.errors import DEVICE_FAILURE_KINDS
 from orchestrator.gateway import remote_gateway
 from orchestrator.jobrunner import Outcome
@@ -314,8 +315,8 @@ class SweepRun:
 
     def drain(self, seconds: float) -> None:
         """After a stop: collect the cancelled jobs' last events and outcomes."""
-        deadline = time.monotonic() + seconds
-        while self.running and time.monotonic() < deadline:
+        deadline = Deadline(seconds)
+        while self.running and not deadline.expired:
             self.poll_once(0.5)
 
     def shutdown(self) -> None:
