@@ -368,7 +368,7 @@ def model_row(s: dict[str, Any]) -> tuple[str, ...]:
 
 
 PROVENANCE_HEADERS = ("backend", "llama.cpp build", "threads · batch/ubatch",
-                      "flash attn · KV k/v · mmap")
+                      "flash attn · KV · mmap")
 
 
 def provenance_row(s: dict[str, Any]) -> tuple[str, ...]:

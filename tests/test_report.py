@@ -251,4 +251,4 @@ def test_table_shows_provenance_and_fits_100_columns(tmp_path: Path) -> None:
     assert "use_mmap unknown: load_mode auto" in text
     md = render_markdown(build_report(store, "s"))
     assert ("- moe: backend xllamacpp 2026.10.11549; llama.cpp build ?; threads · batch/ubatch "
-            "1 · 512/512; flash attn · KV k/v · mmap auto · f16/f16 · ?") in md
+            "1 · 512/512; flash attn · KV · mmap auto · f16/f16 · ?") in md
