@@ -21,15 +21,25 @@ def reset_peak() -> bool:
         return False
 
 
-def _vm_hwm_bytes() -> Optional[int]:
+def _status_bytes(field: str) -> Optional[int]:
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _vm_hwm_bytes() -> Optional[int]:
+    return _status_bytes("VmHWM")
+
+
+def current_rss_bytes() -> Tuple[Optional[int], str]:
+    """This process's resident set now (``VmRSS``); None where /proc is missing."""
+    rss = _status_bytes("VmRSS")
+    return rss, "current" if rss is not None else "unavailable"
 
 
 def rusage_maxrss_bytes(usage: "resource.struct_rusage") -> int:

@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import traceback
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from agents import probe
 from agents.backends import get_backend
@@ -38,6 +38,8 @@ from agents.protocol import (
     JOB_FILE,
     PID_FILE,
 )
+from agents.round_runner import RoundRunner
+from agents.rounds import RoundPlan
 from agents.telemetry.job import JobTelemetry, TelemetryConfigError
 
 
@@ -80,6 +82,17 @@ def model_facts(path: str) -> Dict[str, object]:
             "preset": meta.get("edgefarm.preset")}
 
 
+def job_models(spec: Dict[str, object]) -> List[Dict[str, object]]:
+    """The job's models: ``models`` (a MoE and its baselines), or the one ``model``."""
+    models = spec.get("models")
+    if isinstance(models, list) and models and all(isinstance(m, dict) for m in models):
+        return models
+    model = spec.get("model")
+    if isinstance(model, dict):
+        return [model]
+    raise BackendError(ERR_BAD_JOB, "the job names no model (neither models nor model)")
+
+
 def run_job(job_dir: str, echo: bool = False) -> int:
     """Run the job in ``job_dir``; return the process exit status (0 = ok)."""
     with open(os.path.join(job_dir, JOB_FILE)) as handle:
@@ -93,13 +106,14 @@ def run_job(job_dir: str, echo: bool = False) -> int:
 
     telemetry: Optional[JobTelemetry] = None
 
-    def emit(kind: str, fields: Optional[Dict[str, object]] = None) -> None:
+    def emit(kind: str, fields: Optional[Dict[str, object]] = None) -> Dict[str, object]:
         body = dict(fields) if fields else {}
         if telemetry is not None:
             body = telemetry.before(kind, body)
         writer.emit(kind, body)
         if telemetry is not None:
             telemetry.after(kind, body)
+        return body
 
     status = 1
     result: Dict[str, object] = {"status": "failed", "error_kind": ERR_AGENT}
@@ -111,17 +125,35 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                 raise BackendError(ERR_BAD_JOB, str(exc)) from exc
             telemetry.start()
             emit("phase", {"phase": "model"})
-            model_path = resolve_model(spec["model"]["source"],
-                                       device.get("models_dir", "~/.cache/edgefarm/models"), emit)
+            models = job_models(spec)
+            models_dir = device.get("models_dir", "~/.cache/edgefarm/models")
+            paths = [resolve_model(m["source"], models_dir, emit) for m in models]
             p = spec["params"]
+            try:
+                plan = RoundPlan.from_spec(p["repetitions"], seed=int(p.get("seed", 0)))
+            except ValueError as exc:
+                raise BackendError(ERR_BAD_JOB, str(exc)) from exc
             params = JobParams(int(p["prompt_tokens"]), int(p["gen_tokens"]), int(p["threads"]),
-                               int(p["gpu_layers"]), int(p["repetitions"]), int(p["warmup"]),
+                               int(p["gpu_layers"]), plan.maximum, int(p["warmup"]),
                                seed=int(p.get("seed", 0)))
+            if len(models) > 1 or plan.adaptive:
+                telemetry.expected = None  # the count of repetitions is not known up front
             backend = get_backend(spec.get("backend", "auto"), device.get("llama_bench"))
-            info = backend.run(model_path, params, emit)
-            info["model_path"] = model_path
-            info["model_size_bytes"] = os.path.getsize(model_path)
-            info.update(model_facts(model_path))
+            rounds = RoundRunner(backend, models, paths, params, plan, emit,
+                                 int(p.get("repetitions_per_round", 1)))
+            summary = rounds.run()
+            per_model: Dict[str, object] = {}
+            for model_id, path in zip(rounds.ids, paths):
+                one = dict(rounds.infos.get(model_id, {}))
+                one["model_path"] = path
+                one["model_size_bytes"] = os.path.getsize(path)
+                one.update(model_facts(path))
+                per_model[model_id] = one
+            # Single-model jobs keep the model's facts at the top level too.
+            first = per_model[rounds.ids[0]]
+            info = dict(first) if len(models) == 1 and isinstance(first, dict) else {}
+            info["models"] = per_model
+            info["rounds"] = summary
             telemetry.stop()
             info.update(telemetry.result_info())
             result = {"status": "ok", "info": info}

@@ -251,8 +251,16 @@ def test_unknown_preset_is_bad_job(tmp_path):
     assert error["error_kind"] == "bad-job"
 
 
-def test_malformed_params_are_an_agent_error_not_a_crash(tmp_path, stand_in_model):
+def test_malformed_repetitions_are_a_bad_job_not_a_crash(tmp_path, stand_in_model):
     job = write_job(tmp_path / "job", {"path": str(stand_in_model)}, repetitions="many")
+    assert run_job(str(job)) == 1
+    error, _ = _failure(job)
+    assert error["error_kind"] == "bad-job"
+    assert "repetitions must be a number or a mapping" in error["message"]
+
+
+def test_malformed_params_are_an_agent_error_not_a_crash(tmp_path, stand_in_model):
+    job = write_job(tmp_path / "job", {"path": str(stand_in_model)}, threads="many")
     assert run_job(str(job)) == 1
     error, _ = _failure(job)
     assert error["error_kind"] == "agent-error"

@@ -1,17 +1,27 @@
 """The contract every inference backend follows.
 
-A backend runs one job's repetitions against one model file and reports each
-repetition through ``emit``. The runner (``agents/runner.py``) owns the job's
-life cycle: it resolves the model, emits ``hello``/``result``/``error`` and
-catches exceptions; a backend only measures.
+A backend measures repetitions of one model file and reports each through
+``emit``. The runner (``agents/runner.py``) owns the job's life cycle: it
+resolves the models, orders the paired rounds, emits ``hello``/``result``/
+``error`` and catches exceptions; a backend only measures.
 
-Life cycle: ``available()`` -> ``run(...)`` (once per job).
+Two shapes, by what the backend can do:
+
+* **sessions** (``supports_sessions``; xllamacpp, the test-only sleep
+  backend): ``open(model, params, emit)`` loads the model once and returns a
+  ``Session`` whose ``repetition(index, warmup, emit)`` runs exactly one; the
+  runner keeps every model of a job loaded and interleaves them round by
+  round.
+* **batches** (llama-bench, a process per invocation): ``run(model, params,
+  emit)`` loads, warms up and runs ``params.repetitions`` repetitions; for a
+  job of several models the runner calls it once per model per round.
 """
 
 from typing import Callable, Dict, Optional, Tuple
 
-#: ``emit(kind, fields)``: write one event of ``kind`` with ``fields``.
-Emit = Callable[[str, Dict[str, object]], None]
+#: ``emit(kind, fields)``: write one event of ``kind`` with ``fields``; returns
+#: the event's fields as written (the runner adds telemetry and round fields).
+Emit = Callable[[str, Dict[str, object]], Optional[Dict[str, object]]]
 
 
 class BackendError(Exception):
@@ -76,10 +86,38 @@ TELEMETRY_FIELDS = (
 )
 
 
+class Session(object):
+    """A model a backend has loaded, ready for repetitions one at a time."""
+
+    def repetition(self, index: int, warmup: bool, emit: Emit) -> Dict[str, object]:
+        """Run one repetition: emit its ``phase`` event(s), return the ``repetition`` fields.
+
+        The runner emits the ``repetition`` event itself (adding the round,
+        the model and the disturbance fields).
+        """
+        raise NotImplementedError("%s does not implement repetition()" % type(self).__name__)
+
+    def info(self) -> Dict[str, object]:
+        """Facts for the ``result`` event (backend version, load seconds, provenance)."""
+        raise NotImplementedError("%s does not implement info()" % type(self).__name__)
+
+    def close(self) -> None:
+        """Unload the model."""
+
+
 class Backend(object):
-    """Base class: subclasses set ``name`` and implement both methods."""
+    """Base class: subclasses set ``name`` and implement ``available`` and ``run`` or ``open``."""
 
     name = "base"
+    #: True when ``open`` gives sessions (repetitions one at a time).
+    supports_sessions = False
+    #: True when the model runs on the CPU in this process (the descheduled
+    #: rule of agents/disturbance.py applies to it).
+    cpu_in_process = False
+
+    def open(self, model_path: str, params: "JobParams", emit: Emit) -> Session:
+        """Load ``model_path`` and return a session (backends with ``supports_sessions``)."""
+        raise NotImplementedError("%s runs batches, not sessions" % type(self).__name__)
 
     def available(self) -> Tuple[bool, str]:
         """Return ``(True, version)`` or ``(False, reason)`` without side effects."""
@@ -90,8 +128,20 @@ class Backend(object):
 
         Returns facts about the run for the ``result`` event (backend version,
         build info, model load seconds). Raises ``BackendError`` on failure.
+        A session backend gets this from ``open`` for free.
         """
-        raise NotImplementedError("%s does not implement run()" % type(self).__name__)
+        if not self.supports_sessions:
+            raise NotImplementedError("%s does not implement run()" % type(self).__name__)
+        session = self.open(model_path, params, emit)
+        try:
+            total = params.warmup + params.repetitions
+            for i in range(total):
+                warm = i < params.warmup
+                emit("repetition", session.repetition(i if warm else i - params.warmup, warm,
+                                                      emit))
+            return session.info()
+        finally:
+            session.close()
 
 
 #: Keys of a result's ``provenance`` dict, the same for every backend: what

@@ -6,7 +6,8 @@ llama.cpp. ``auto`` never selects it and its repetitions are flagged
 The "model" file it is given must exist, like a real backend's.
 
 Behaviour knobs come from the job's ``gen_tokens`` (milliseconds per
-repetition = gen_tokens) and the environment variable
+repetition = gen_tokens, times a ``sleep-scale=X`` the stand-in file may
+name) and the environment variable
 ``EDGEFARM_SLEEP_FAIL`` (``crash`` exits the process, ``error`` raises a
 backend error), which tests use to provoke failures.
 """
@@ -15,38 +16,69 @@ import os
 import time
 from typing import Dict, Tuple
 
-from agents.backends.base import Backend, BackendError, Emit, JobParams
+from agents.backends.base import Backend, BackendError, Emit, JobParams, Session
 from agents.protocol import ERR_BACKEND
+
+
+class SleepSession(Session):
+    """A "loaded model" that sleeps ``gen_tokens`` ms per repetition (test-only)."""
+
+    def __init__(self, params: JobParams, scale: float) -> None:
+        self.params = params
+        self.scale = scale
+        self.fail = os.environ.get("EDGEFARM_SLEEP_FAIL", "")
+
+    def repetition(self, index: int, warmup: bool, emit: Emit) -> Dict[str, object]:
+        emit("phase", {"phase": "warmup" if warmup else "decode"})
+        start = time.monotonic()
+        time.sleep(self.params.gen_tokens * self.scale / 1000.0)
+        if self.fail == "crash" and not warmup:
+            os._exit(3)
+        seconds = time.monotonic() - start
+        return {
+            "index": index,
+            "warmup": warmup,
+            "synthetic": True,
+            "prompt_tokens": self.params.prompt_tokens,
+            "gen_tokens": self.params.gen_tokens,
+            "decode_s": seconds,
+            "decode_tps": self.params.gen_tokens / seconds if seconds > 0 else None,
+        }
+
+    def info(self) -> Dict[str, object]:
+        return {"backend": "sleep", "synthetic": True}
 
 
 class SleepBackend(Backend):
     """Sleeps ``gen_tokens`` milliseconds per repetition (test-only)."""
 
     name = "sleep"
+    supports_sessions = True
 
     def available(self) -> Tuple[bool, str]:
         return True, "test-only"
 
-    def run(self, model_path: str, params: JobParams, emit: Emit) -> Dict[str, object]:
-        fail = os.environ.get("EDGEFARM_SLEEP_FAIL", "")
-        if fail == "error":
+    def open(self, model_path: str, params: JobParams, emit: Emit) -> Session:
+        if os.environ.get("EDGEFARM_SLEEP_FAIL", "") == "error":
             raise BackendError(ERR_BACKEND, "sleep backend asked to fail (EDGEFARM_SLEEP_FAIL)")
-        total = params.warmup + params.repetitions
-        for i in range(total):
-            warm = i < params.warmup
-            emit("phase", {"phase": "warmup" if warm else "decode"})
-            start = time.monotonic()
-            time.sleep(params.gen_tokens / 1000.0)
-            if fail == "crash" and not warm:
-                os._exit(3)
-            seconds = time.monotonic() - start
-            emit("repetition", {
-                "index": i if warm else i - params.warmup,
-                "warmup": warm,
-                "synthetic": True,
-                "prompt_tokens": params.prompt_tokens,
-                "gen_tokens": params.gen_tokens,
-                "decode_s": seconds,
-                "decode_tps": params.gen_tokens / seconds if seconds > 0 else None,
-            })
-        return {"backend": "sleep", "synthetic": True}
+        return SleepSession(params, _scale(model_path))  # nothing to load: no load phase
+
+
+def _scale(model_path: str) -> float:
+    """A stand-in file may name a speed: ``sleep-scale=1.3`` in its first line (tests).
+
+    Lets a test give two "models" different, known speeds, so paired rounds
+    and ratios can be checked end to end without llama.cpp.
+    """
+    try:
+        with open(model_path, "rb") as handle:
+            head = handle.read(200).decode("ascii", "replace")
+    except OSError:
+        return 1.0
+    for word in head.split():
+        if word.startswith("sleep-scale="):
+            try:
+                return max(0.0, float(word.split("=", 1)[1]))
+            except ValueError:
+                return 1.0
+    return 1.0

@@ -1,6 +1,8 @@
 """llama.cpp in process, through the ``xllamacpp`` bindings.
 
-The model is loaded once per job; every repetition is one completion request
+The model is loaded once per job (``open`` gives a session; a job of several
+models keeps each loaded and runs their repetitions in paired rounds); every
+repetition is one completion request
 with ``cache_prompt: false`` (no prompt-cache reuse between repetitions) and
 ``ignore_eos: true`` (generation runs to the requested length). The prompt is
 a list of token ids, so its length is exact whatever the tokenizer.
@@ -32,6 +34,7 @@ from agents.backends.base import (
     BackendError,
     Emit,
     JobParams,
+    Session,
     flash_attn_label,
     kv_type_label,
     make_provenance,
@@ -141,10 +144,45 @@ def provenance(module: object, cparams: object, version: str) -> Dict[str, objec
     return make_provenance("xllamacpp", values, unknown)
 
 
+class XllamacppSession(Session):
+    """One model loaded in this process; each ``repetition`` is one completion."""
+
+    def __init__(self, backend: "XllamacppBackend", server: object, model_path: str,
+                 params: JobParams, info: Dict[str, object]) -> None:
+        self.backend = backend
+        self.server: Optional[object] = server
+        self.params = params
+        self._info = info
+        # The same seeded prompt sequence for every model of a job (within
+        # each model's own vocabulary), so paired repetitions see alike prompts.
+        self.rng = random.Random(params.seed)
+        self.id_range = prompt_id_range(model_path)
+
+    def repetition(self, index: int, warmup: bool, emit: Emit) -> Dict[str, object]:
+        if self.server is None:
+            raise BackendError(ERR_BACKEND, "repetition on a closed xllamacpp session")
+        emit("phase", {"phase": "warmup" if warmup else "prefill"})
+        prompt = [self.rng.randrange(*self.id_range) for _ in range(self.params.prompt_tokens)]
+        peakmem.reset_peak()
+        rep = self.backend._one_completion(self.server, prompt, self.params)
+        rss, scope = peakmem.peak_rss_bytes()
+        rep.update({"index": index, "warmup": warmup, "peak_rss_bytes": rss,
+                    "peak_rss_scope": scope})
+        return rep
+
+    def info(self) -> Dict[str, object]:
+        return dict(self._info)
+
+    def close(self) -> None:
+        self.server = None  # the bindings free the model with the last reference
+
+
 class XllamacppBackend(Backend):
     """Runs llama.cpp in this process through xllamacpp."""
 
     name = "xllamacpp"
+    supports_sessions = True
+    cpu_in_process = True  # with gpu_layers 0 the model runs on this process's threads
 
     def available(self) -> Tuple[bool, str]:
         try:
@@ -153,7 +191,8 @@ class XllamacppBackend(Backend):
             return False, "python package xllamacpp not importable: %s" % exc
         return True, getattr(xllamacpp, "__version__", "unknown")
 
-    def run(self, model_path: str, params: JobParams, emit: Emit) -> Dict[str, object]:
+    def open(self, model_path: str, params: JobParams, emit: Emit) -> "XllamacppSession":
+        """Load the model (a ``load`` phase); repetitions then run one at a time."""
         ok, version = self.available()
         if not ok:
             raise BackendError(ERR_BACKEND_MISSING, version)
@@ -172,6 +211,7 @@ class XllamacppBackend(Backend):
         cparams.cpuparams_batch.n_threads = params.threads
         cparams.cache_prompt = False
         cparams.warmup = False  # warm-up runs are ours, explicit and stored
+        rss_before, _ = peakmem.current_rss_bytes()
         start = time.monotonic()
         try:
             server = xllamacpp.Server(cparams)
@@ -180,28 +220,18 @@ class XllamacppBackend(Backend):
             raise BackendError(_failure_kind(text),
                                "llama.cpp could not load %s: %s" % (model_path, text)) from exc
         load_s = time.monotonic() - start
-
-        rng = random.Random(params.seed)
-        id_range = prompt_id_range(model_path)
-        total = params.warmup + params.repetitions
-        for i in range(total):
-            warm = i < params.warmup
-            emit("phase", {"phase": "warmup" if warm else "prefill"})
-            prompt = [rng.randrange(*id_range) for _ in range(params.prompt_tokens)]
-            peakmem.reset_peak()
-            rep = self._one_completion(server, prompt, params)
-            rss, scope = peakmem.peak_rss_bytes()
-            rep.update({"index": i if warm else i - params.warmup, "warmup": warm,
-                        "peak_rss_bytes": rss, "peak_rss_scope": scope})
-            emit("repetition", rep)
-        del server
+        rss_after, _ = peakmem.current_rss_bytes()
         info: Dict[str, object] = {"backend": "xllamacpp", "backend_version": version,
                                    "load_s": load_s,
                                    "provenance": provenance(xllamacpp, cparams, version)}
+        if rss_before is not None and rss_after is not None:
+            # What loading this model added to the process: with several models
+            # resident (paired rounds) the process peak covers all of them.
+            info["load_rss_bytes"] = max(0, rss_after - rss_before)
         system_info = getattr(xllamacpp, "get_system_info", None)
         if callable(system_info):
             info["llama_system_info"] = str(system_info()).strip()
-        return info
+        return XllamacppSession(self, server, model_path, params, info)
 
     def _one_completion(self, server: object, prompt: List[int],
                         params: JobParams) -> Dict[str, object]:

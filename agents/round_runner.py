@@ -1,0 +1,243 @@
+"""Run a job's models in paired rounds and say what was done.
+
+A job holds one model, or a MoE with its dense baselines (``spec["models"]``).
+After each model's warm-ups, every round runs one counted repetition of every
+model in an order drawn for that round (``agents/rounds.py``), so drift in
+the machine lands on all models alike and each round gives one paired ratio
+per MoE/dense pair. Each repetition event carries ``model``, ``round`` and
+``position`` and the disturbance record of ``agents/disturbance.py``; a round
+with a disturbed repetition stays in the log but is left out of the ratios,
+and an adaptive job runs another in its place (within ``max``).
+
+Where the models stay loaded:
+
+* session backends (xllamacpp, sleep) keep every model of the job loaded when
+  the device's available memory allows (file sizes × ``RESIDENT_FACTOR``
+  against ``MemAvailable``), so no round reloads a model; otherwise each
+  repetition loads its model afresh, after its own warm-ups. The result
+  records which (``resident``).
+* batch backends (llama-bench, one process per invocation) run one invocation
+  per model per round (``repetitions_per_round`` counted repetitions each,
+  after llama-bench's own warm-up); a single-model job is one invocation of all
+  its repetitions, as before.
+"""
+
+import itertools
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from agents.backends.base import Backend, Emit, JobParams, Session
+from agents.disturbance import Snapshot, assess
+from agents.protocol import EV_PHASE, EV_REPETITION
+from agents.rounds import RoundPlan
+
+#: Resident memory of a loaded GGUF per byte of file, used only to decide
+#: whether all models of a job fit at once (CPU weight repacking measured
+#: 7.5-7.8 GB for OLMoE-1B-7B's 3.9 GB file on x86; GPU offload needs less).
+RESIDENT_FACTOR = 2.2
+
+
+def mem_available_bytes() -> Optional[int]:
+    """``MemAvailable`` from /proc/meminfo; None elsewhere."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def resident_plan(paths: Sequence[str]) -> Tuple[str, str]:
+    """``("all" | "one-at-a-time", why)`` for a session backend's models."""
+    if len(paths) == 1:
+        return "all", "one model"
+    need = int(sum(os.path.getsize(p) for p in paths) * RESIDENT_FACTOR)
+    available = mem_available_bytes()
+    if available is None:
+        return "one-at-a-time", "available memory unknown on this system"
+    if need <= available * 0.8:
+        return "all", "%d MiB estimated for all models <= 80%% of %d MiB available" % (
+            need >> 20, available >> 20)
+    return "one-at-a-time", "%d MiB estimated for all models > 80%% of %d MiB available" % (
+        need >> 20, available >> 20)
+
+
+class RoundRunner(object):
+    """Runs one job's models in rounds through ``backend``; see the module docstring."""
+
+    def __init__(self, backend: Backend, models: List[Dict[str, object]], paths: List[str],
+                 params: JobParams, plan: RoundPlan, emit: Emit,
+                 repetitions_per_round: int = 1) -> None:
+        self.backend = backend
+        self.ids = [str(m.get("id") or "model-%d" % n) for n, m in enumerate(models)]
+        self.archs = [str(m.get("arch", "")) for m in models]
+        self.paths = paths
+        self.params = params
+        self.plan = plan
+        self.emit = emit
+        self.per_round = max(1, repetitions_per_round)
+        self.pairs = [(a, b) for a in range(len(models)) if self.archs[a] == "moe"
+                      for b in range(len(models)) if self.archs[b] == "dense"]
+        self.kept: Dict[Tuple[int, int], List[float]] = {pair: [] for pair in self.pairs}
+        self.excluded: Dict[str, int] = {}
+        # Warm-ups and counted repetitions are numbered apart, each from 0 and
+        # unique within the job (the store keys repetitions by both).
+        self.indices = {True: itertools.count(), False: itertools.count()}
+        self.cpu_inference = backend.cpu_in_process and params.gpu_layers == 0
+        self.infos: Dict[str, Dict[str, object]] = {}
+
+    # -- events ---------------------------------------------------------------------
+    def _repetition(self, i: int, round_index: Optional[int], position: Optional[int],
+                    fields: Dict[str, object], before: Optional[Snapshot]) -> Dict[str, object]:
+        """Emit one repetition with its model, round and (counted ones) disturbance record."""
+        body = dict(fields)
+        body["model"] = self.ids[i]
+        body["model_arch"] = self.archs[i]
+        warmup = bool(body.get("warmup"))
+        body["index"] = next(self.indices[warmup])
+        if not warmup:
+            body["round"] = round_index
+            body["position"] = position
+            if before is not None and not body.get("synthetic"):
+                body.update(assess(before, Snapshot(), self.params.threads, self.cpu_inference))
+        written = self.emit(EV_REPETITION, body)
+        return written if written is not None else body
+
+    def _end_round(self, round_index: int, bodies: Dict[int, List[Dict[str, object]]]) -> None:
+        """Keep the round's ratios, or count it excluded with its reasons."""
+        reasons = sorted({str(b["disturbed"]).split(":")[0] for group in bodies.values()
+                          for b in group if b.get("disturbed")})
+        if reasons:
+            for reason in reasons:
+                self.excluded[reason] = self.excluded.get(reason, 0) + 1
+            return
+        rates = {}
+        for i, group in bodies.items():
+            values = sorted(float(b["decode_tps"]) for b in group  # type: ignore[arg-type]
+                            if isinstance(b.get("decode_tps"), (int, float)))
+            if values:
+                rates[i] = values[len(values) // 2] if len(values) % 2 else \
+                    (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        for a, b in self.pairs:
+            if rates.get(a, 0) > 0 and rates.get(b, 0) > 0:
+                self.kept[(a, b)].append(rates[a] / rates[b])
+
+    # -- the two shapes ---------------------------------------------------------------
+    def run(self) -> Dict[str, object]:
+        if self.backend.supports_sessions:
+            resident, why = resident_plan(self.paths)
+            rounds, stop = self._run_sessions(resident)
+        else:
+            resident, why = "per-invocation", "a process per invocation (llama-bench)"
+            rounds, stop = self._run_batches()
+        summary: Dict[str, object] = {
+            "models": self.ids, "rounds_run": rounds, "stop_reason": stop,
+            "order_seed": self.plan.seed, "resident": resident, "resident_reason": why,
+            "excluded_rounds": dict(self.excluded),
+            "kept_rounds": min((len(v) for v in self.kept.values()), default=rounds),
+            "repetitions_per_round": self.per_round,
+        }
+        if self.plan.adaptive:
+            summary["adaptive"] = {"min": self.plan.minimum, "max": self.plan.maximum,
+                                   "target_ci_pct": self.plan.target_ci_pct}
+        return summary
+
+    def _warm(self, i: int, session: Session) -> None:
+        for w in range(self.params.warmup):
+            self._repetition(i, None, None, session.repetition(w, True, self.emit), None)
+
+    def _run_sessions(self, resident: str) -> Tuple[int, str]:
+        sessions: Dict[int, Session] = {}
+        try:
+            if resident == "all":
+                for i, path in enumerate(self.paths):
+                    sessions[i] = self.backend.open(path, self.params, self.emit)
+                    self._warm(i, sessions[i])
+            round_index = 0
+            while True:
+                order = self.plan.order(round_index, len(self.ids))
+                self.emit(EV_PHASE, {"phase": "round", "round": round_index,
+                                     "order": [self.ids[i] for i in order]})
+                bodies: Dict[int, List[Dict[str, object]]] = {}
+                for position, i in enumerate(order):
+                    session = sessions.get(i)
+                    if session is None:  # one model at a time: load, warm up, measure, unload
+                        session = self.backend.open(self.paths[i], self.params, self.emit)
+                        self._warm(i, session)
+                    for _ in range(self.per_round):
+                        before = Snapshot()
+                        fields = session.repetition(round_index, False, self.emit)
+                        bodies.setdefault(i, []).append(
+                            self._repetition(i, round_index, position, fields, before))
+                    if i not in sessions:
+                        self._keep_info(i, session)
+                        session.close()
+                self._end_round(round_index, bodies)
+                round_index += 1
+                stop, reason = self.plan.decide(round_index, self.kept)
+                if stop:
+                    return round_index, reason
+        finally:
+            for i, session in sessions.items():
+                self._keep_info(i, session)
+                session.close()
+
+    def _keep_info(self, i: int, session: Session) -> None:
+        if self.ids[i] not in self.infos:
+            self.infos[self.ids[i]] = session.info()
+
+    def _run_batches(self) -> Tuple[int, str]:
+        if len(self.ids) == 1:
+            # One invocation of all the repetitions: llama-bench's own way, one load.
+            count = self.plan.maximum if not self.plan.adaptive else self.plan.minimum
+            params = _with_repetitions(self.params, count)
+            before = Snapshot()
+            emit = self._batch_emit(0, lambda n: n, lambda n: 0, before)
+            self.infos[self.ids[0]] = self.backend.run(self.paths[0], params, emit)
+            return count, ("fixed count of %d repetitions in one invocation" % count
+                           if not self.plan.adaptive else
+                           "single model: min %d repetitions in one invocation" % count)
+        params = _with_repetitions(self.params, self.per_round)
+        round_index = 0
+        while True:
+            order = self.plan.order(round_index, len(self.ids))
+            self.emit(EV_PHASE, {"phase": "round", "round": round_index,
+                                 "order": [self.ids[i] for i in order]})
+            bodies: Dict[int, List[Dict[str, object]]] = {}
+            for position, i in enumerate(order):
+                before = Snapshot()
+                collected: List[Dict[str, object]] = []
+                emit = self._batch_emit(i, lambda n, r=round_index: r,
+                                        lambda n, p=position: p, before, collected)
+                info = self.backend.run(self.paths[i], params, emit)
+                self.infos.setdefault(self.ids[i], info)
+                bodies[i] = collected
+            self._end_round(round_index, bodies)
+            round_index += 1
+            stop, reason = self.plan.decide(round_index, self.kept)
+            if stop:
+                return round_index, reason
+
+    def _batch_emit(self, i: int, round_of: Callable[[int], int],
+                    position_of: Callable[[int], int], before: Snapshot,
+                    collected: Optional[List[Dict[str, object]]] = None) -> Emit:
+        """An emit for a batch backend: its repetitions get the model, round and position."""
+        counted = itertools.count()
+
+        def emit(kind: str, fields: Dict[str, object]) -> Optional[Dict[str, object]]:
+            if kind != EV_REPETITION:
+                return self.emit(kind, fields)
+            n = next(counted) if not fields.get("warmup") else -1
+            body = self._repetition(i, round_of(n), position_of(n), fields, before)
+            if collected is not None and not body.get("warmup"):
+                collected.append(body)
+            return body
+
+        return emit
+
+
+def _with_repetitions(params: JobParams, repetitions: int) -> JobParams:
+    return JobParams(params.prompt_tokens, params.gen_tokens, params.threads, params.gpu_layers,
+                     repetitions, params.warmup, ctx_size=params.ctx_size, seed=params.seed)

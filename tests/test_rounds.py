@@ -1,0 +1,213 @@
+"""Paired rounds on the agent: round order, the stopping rule, disturbance records.
+
+The order and stopping logic (agents/rounds.py) and the disturbance rule
+(agents/disturbance.py) are checked against hand-computed answers; the round
+runner is run end to end through the real agent runner with the test-only
+sleep backend (stand-in "models" of known speeds) and with real llama.cpp
+(xllamacpp) on the project's tiny synthetic models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_fixtures import (  # noqa: F401  (tiny_models_fixture: the fixture tiny_models)
+    load_events,
+    tiny_models_fixture,
+)
+from scipy import stats as scipy_stats
+
+from agents import disturbance
+from agents.rounds import RoundPlan, half_width_pct, t975
+from agents.runner import run_job
+
+
+def test_t_quantiles_match_scipy() -> None:
+    for df in list(range(1, 31)) + [31, 40, 60, 120, 1000]:
+        assert t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-6), df
+    with pytest.raises(ValueError):
+        t975(0)
+
+
+def test_half_width_by_hand() -> None:
+    # ratios 0.9, 0.8, 1.0, 0.85, 0.95: logs -0.105361, -0.223144, 0, -0.162519,
+    # -0.051293; mean -0.108463; squared deviations sum 0.031116, /4 = 0.007779,
+    # sd 0.088199; t(4) = 2.776445; t*sd/sqrt(5) = 0.109513; exp(0.109513) - 1 = 11.573%.
+    assert half_width_pct([0.9, 0.8, 1.0, 0.85, 0.95]) == pytest.approx(11.573, abs=0.01)
+    assert half_width_pct([1.1, 1.1, 1.1]) == 0.0
+    assert half_width_pct([0.9]) is None
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    (12, (12, 12, None)),
+    ({"min": 5, "max": 40, "target_ci_pct": 2}, (5, 40, 2.0)),
+])
+def test_round_plan_from_spec(spec: Any, expected: tuple[int, int, float | None]) -> None:
+    plan = RoundPlan.from_spec(spec, seed=3)
+    assert (plan.minimum, plan.maximum, plan.target_ci_pct) == expected
+
+
+@pytest.mark.parametrize("spec", ["many", True, {"min": 5}, {"min": 5, "max": 2,
+                                                             "target_ci_pct": 1},
+                                  {"min": 1, "max": 2, "target_ci_pct": 0}, 0])
+def test_round_plan_rejects_bad_specs(spec: Any) -> None:
+    with pytest.raises(ValueError):
+        RoundPlan.from_spec(spec)
+
+
+def test_round_orders_are_seeded_and_vary() -> None:
+    plan = RoundPlan(10, 10, seed=7)
+    orders = [tuple(plan.order(r, 2)) for r in range(10)]
+    assert orders == [tuple(RoundPlan(10, 10, seed=7).order(r, 2)) for r in range(10)]
+    assert set(orders) == {(0, 1), (1, 0)}, "both orders occur in ten rounds"
+    assert sorted(plan.order(3, 4)) == [0, 1, 2, 3]
+
+
+def test_fixed_plan_stops_at_its_count_only() -> None:
+    plan = RoundPlan(3, 3)
+    assert plan.decide(2, {(0, 1): [1.0, 1.0]}) == (False, "")
+    stop, reason = plan.decide(3, {(0, 1): [1.0, 1.0, 1.0]})
+    assert stop and "fixed count of 3" in reason
+
+
+def test_adaptive_plan_stops_at_the_target_or_max() -> None:
+    plan = RoundPlan(3, 6, target_ci_pct=2.0)
+    tight = {(0, 1): [0.80, 0.81, 0.80]}  # half-width ~1.8% (t(2)=4.30, sd 0.00718)
+    loose = {(0, 1): [0.8, 0.9, 1.0]}
+    assert plan.decide(2, {(0, 1): [0.8, 0.8]}) == (False, "")  # below min
+    stop, reason = plan.decide(3, tight)
+    assert stop and "target reached" in reason
+    assert plan.decide(3, loose) == (False, "")
+    stop, reason = plan.decide(6, loose)
+    assert stop and "max rounds (6) reached" in reason
+    # Every pair must reach the target.
+    assert plan.decide(3, {**tight, (0, 2): [0.8, 0.9, 1.0]}) == (False, "")
+
+
+def _snap(mono: float, cpu_s: float, machine: tuple[float, float, float] | None,
+          nivcsw: int = 0) -> disturbance.Snapshot:
+    snap = disturbance.Snapshot.__new__(disturbance.Snapshot)
+    snap.mono, snap.cpu_s, snap.machine, snap.nivcsw = mono, cpu_s, machine, nivcsw
+    return snap
+
+
+@pytest.mark.parametrize(("own_cpu", "busy", "steal", "cpu_inference", "reason"), [
+    # 1 s on 2 CPUs, 2 threads. Quiet: the machine was busy only with us.
+    (1.9, 1.95, 0.0, True, None),
+    # Another process took 0.9 of the 2 CPU-seconds: other load 45% > 25%.
+    (1.0, 1.9, 0.0, True, "other load: 45% of the CPUs busy with other work"),
+    # Another took 0.4 of 2: 20%, under the threshold (a low CPU share alone decides nothing).
+    (0.6, 1.0, 0.0, True, None),
+    # Steal 0.3 of 2 CPU-seconds = 15% > 10%.
+    (1.6, 1.6, 0.3, False, "hypervisor steal 15%"),
+    # GPU inference: low process CPU is expected, not a disturbance.
+    (0.1, 0.15, 0.0, False, None),
+])
+def test_disturbance_rule_by_hand(own_cpu: float, busy: float, steal: float,
+                                  cpu_inference: bool, reason: str | None) -> None:
+    before = _snap(10.0, 5.0, (100.0, 1.0, 500.0), nivcsw=3)
+    after = _snap(11.0, 5.0 + own_cpu, (100.0 + busy, 1.0 + steal, 502.0), nivcsw=10)
+    fields = disturbance.assess(before, after, threads=2, cpu_inference=cpu_inference, ncpu=2)
+    assert fields["disturbed"] == reason
+    assert fields["involuntary_switches"] == 7
+    assert fields["other_load_share"] == pytest.approx(max(0.0, busy - own_cpu) / 2, abs=1e-4)
+    assert "disturbance_rule" in fields
+
+
+def test_disturbance_without_proc_stat_says_so() -> None:
+    fields = disturbance.assess(_snap(0, 0, None), _snap(1, 1.0, None), 1, True, ncpu=1)
+    assert fields["other_load_unmeasured_reason"] == "no /proc/stat on this system"
+    assert fields["disturbed"] is None and fields["cpu_share"] == 1.0
+
+
+# -- the round runner, end to end through the agent ---------------------------------
+
+def _group_job(job_dir: Path, models: list[dict[str, Any]], backend: str,
+               repetitions: Any, warmup: int = 1, gen_tokens: int = 20,
+               **params: Any) -> Path:
+    job_dir.mkdir(parents=True)
+    p = {"prompt_tokens": 8, "gen_tokens": gen_tokens, "threads": 2, "gpu_layers": 0,
+         "repetitions": repetitions, "warmup": warmup, "seed": 11}
+    p.update(params)
+    spec = {"schema": 1, "job_key": "group", "attempt": 1, "backend": backend,
+            "models": models, "model": models[0], "params": p, "device": {},
+            "telemetry": False}
+    (job_dir / "job.json").write_text(json.dumps(spec))
+    return job_dir
+
+
+def _stand_in(tmp: Path, name: str, scale: float) -> dict[str, Any]:
+    path = tmp / f"{name}.gguf"
+    path.write_text(f"sleep-scale={scale} not a model: a stand-in for the sleep backend\n")
+    return {"id": name, "arch": "moe" if name.startswith("moe") else "dense",
+            "source": {"path": str(path)}}
+
+
+def test_a_group_job_alternates_its_models_round_by_round(tmp_path: Path) -> None:
+    models = [_stand_in(tmp_path, "moe", 1.5), _stand_in(tmp_path, "dense", 1.0)]
+    job = _group_job(tmp_path / "job", models, "sleep", repetitions=8)
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    rounds = [e for e in events if e["kind"] == "phase" and e.get("phase") == "round"]
+    assert [r["round"] for r in rounds] == list(range(8))
+    orders = {tuple(r["order"]) for r in rounds}
+    assert orders == {("moe", "dense"), ("dense", "moe")}, "the order changes between rounds"
+    reps = [e for e in events if e["kind"] == "repetition"]
+    warm = [r for r in reps if r["warmup"]]
+    counted = [r for r in reps if not r["warmup"]]
+    assert [(r["model"], r["index"]) for r in warm] == [("moe", 0), ("dense", 1)]
+    assert [r["index"] for r in counted] == list(range(16))
+    for round_ in rounds:  # each round: one repetition per model, in the recorded order
+        mine = [r for r in counted if r["round"] == round_["round"]]
+        assert [r["model"] for r in sorted(mine, key=lambda r: r["position"])] == \
+            round_["order"]
+    result = events[-1]
+    assert result["status"] == "ok"
+    summary = result["info"]["rounds"]
+    assert summary["rounds_run"] == 8 and summary["kept_rounds"] == 8
+    assert summary["resident"] == "all" and summary["stop_reason"] == "fixed count of 8 rounds"
+    assert set(result["info"]["models"]) == {"moe", "dense"}
+    # The sleep "moe" is 1.5 times slower: every round's ratio is about 1/1.5.
+    for round_ in rounds:
+        tps = {r["model"]: r["decode_tps"] for r in counted if r["round"] == round_["round"]}
+        assert tps["moe"] / tps["dense"] == pytest.approx(1 / 1.5, rel=0.15)
+
+
+def test_adaptive_rounds_stop_once_the_interval_is_tight(tmp_path: Path) -> None:
+    models = [_stand_in(tmp_path, "moe", 1.25), _stand_in(tmp_path, "dense", 1.0)]
+    job = _group_job(tmp_path / "job", models, "sleep", gen_tokens=30, warmup=0,
+                     repetitions={"min": 3, "max": 12, "target_ci_pct": 25})
+    assert run_job(str(job)) == 0
+    summary = load_events(job)[-1]["info"]["rounds"]
+    assert summary["adaptive"] == {"min": 3, "max": 12, "target_ci_pct": 25.0}
+    assert 3 <= summary["rounds_run"] < 12, summary
+    assert summary["stop_reason"].startswith("target reached")
+
+
+def test_xllamacpp_group_keeps_both_models_loaded_and_records_disturbance(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    models = [{"id": "tiny-moe", "arch": "moe", "source": {"path": str(tiny_models["tiny-moe"])}},
+              {"id": "tiny-dense", "arch": "dense",
+               "source": {"path": str(tiny_models["tiny-dense"])}}]
+    job = _group_job(tmp_path / "job", models, "xllamacpp", repetitions=4, gen_tokens=8)
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    loads = [e for e in events if e["kind"] == "phase" and e.get("phase") == "load"]
+    assert len(loads) == 2, "each model loaded once, before the rounds"
+    counted = [e for e in events if e["kind"] == "repetition" and not e["warmup"]]
+    assert len(counted) == 8
+    for rep in counted:
+        assert rep["model"] in ("tiny-moe", "tiny-dense")
+        assert 0 <= rep["cpu_share"] and rep["process_cpu_s"] > 0
+        assert "other_load_share" in rep and "disturbed" in rep
+    info = events[-1]["info"]
+    assert info["rounds"]["resident"] == "all"
+    for model in ("tiny-moe", "tiny-dense"):
+        one = info["models"][model]
+        assert one["backend"] == "xllamacpp" and one["load_rss_bytes"] > 0
+        assert one["provenance"]["backend"] == "xllamacpp"
+    assert not math.isnan(float(counted[0]["decode_tps"]))
