@@ -6,6 +6,18 @@ was published). No llama-bench can be built here, so ``run()`` is exercised
 against a STAND-IN: a small Python script named ``llama-bench`` written to a
 temporary directory, which logs the argv it receives and prints one of the
 recorded outputs (or fails the way the real binary fails).
+
+With ``--progress`` the stand-in also does what llama-bench.cpp (b11312, read in
+the llama-cpp-python 0.3.36 sdist's vendored copy) does: before each test it
+writes ``llama-bench: benchmark B/N: starting`` and its warm-up lines to
+stderr, and for each counted run it takes the start time, writes
+``llama-bench: benchmark B/N: prompt run I/R`` (``generation run`` for a tg
+test), works (here: sleeps), and records the run's nanoseconds in
+``samples_ns``; the recorded output is printed with those measured times in
+place of the recorded ones. Nothing else of llama-bench is imitated: the
+windows the backend derives are checked against what the stand-in measured.
+With ``FAKE_LLAMA_BENCH_PROGRESS=0`` it accepts ``--progress`` but prints the
+recording as it is and no progress line (output whose runs cannot be placed).
 """
 
 import json
@@ -25,7 +37,10 @@ from agents.backends.llama_bench import (
     build_argv,
     classify_failure,
     parse_llama_bench,
+    phase_windows,
+    progress_starts,
     repetition_events,
+    run_windows,
     select_tests,
 )
 
@@ -297,10 +312,98 @@ def test_select_tests_matches_token_counts_and_skips_depth():
 def test_build_argv():
     argv = build_argv("/opt/llama-bench", "/m/x.gguf", params(warmup=2))
     assert argv == ["/opt/llama-bench", "-m", "/m/x.gguf", "-p", "512", "-n", "128", "-t", "8",
-                    "-ngl", "99", "-r", "5", "-o", "json"]
+                    "-ngl", "99", "-r", "5", "-o", "json", "--progress"]
+    assert build_argv("b", "m", params(), progress=False)[-2:] == ["-o", "json"]
     assert build_argv("b", "m", params(warmup=0))[-1] == "--no-warmup"
     assert "-t" not in build_argv("b", "m", params(threads=0))
     assert build_argv("b", "m", params(ngl=-1))[9:11] == ["-ngl", "-1"]
+
+
+# ------------------------------------------- per-run windows from --progress lines
+
+def line(t, text):
+    return (t, "llama-bench: benchmark " + text)
+
+
+# Stamped stderr of a job with -p 512 -n 128 -r 3, as llama-bench.cpp (b11312)
+# writes it with --progress, at constructed times (seconds, monotonic).
+PROGRESS = [
+    (9.0, "ggml_cuda_init: found 1 CUDA devices:"),  # other stderr is ignored
+    line(10.0, "1/2: starting"),
+    line(10.5, "1/2: warmup prompt run"),
+    line(11.0, "1/2: prompt run 1/3"),
+    line(11.2, "1/2: prompt run 2/3"),
+    line(11.4, "1/2: prompt run 3/3"),
+    line(12.0, "2/2: starting"),
+    line(12.1, "2/2: warmup generation run"),
+    line(12.2, "2/2: generation run 1/3"),
+    line(12.7, "2/2: generation run 2/3"),
+    line(13.2, "2/2: generation run 3/3\r"),
+]
+PP_NS = [150_000_000, 150_000_000, 160_000_000]
+TG_NS = [450_000_000, 480_000_000, 500_000_000]
+
+
+def test_progress_starts_groups_counted_runs_only():
+    assert progress_starts(PROGRESS) == {
+        (1, "prompt"): [(1, 3, 11.0), (2, 3, 11.2), (3, 3, 11.4)],
+        (2, "generation"): [(1, 3, 12.2), (2, 3, 12.7), (3, 3, 13.2)],
+    }
+
+
+@pytest.mark.parametrize("kind, ns, windows, slack", [
+    # start = the line's stamp, end = start + samples_ns; slack = next start - end
+    ("prompt", PP_NS, [(11.0, 11.15), (11.2, 11.35), (11.4, 11.56)], 0.05),
+    ("generation", TG_NS, [(12.2, 12.65), (12.7, 13.18), (13.2, 13.7)], 0.02),
+    # A window reaching 1 ms past the next line (a late stamp) is kept.
+    ("generation", [500_000_000, 480_000_000, 500_000_000],
+     [(12.2, 12.7), (12.7, 13.18), (13.2, 13.7)], 0.0),
+    ("generation", [501_000_000, 480_000_000, 500_000_000],
+     [(12.2, 12.701), (12.7, 13.18), (13.2, 13.7)], -0.001),
+])
+def test_run_windows_from_constructed_lines(kind, ns, windows, slack):
+    got, why, least = run_windows(PROGRESS, kind, ns)
+    assert why == "progress-lines"
+    assert got == [pytest.approx(w, abs=1e-9) for w in windows]
+    assert least == pytest.approx(slack, abs=1e-9)
+
+
+@pytest.mark.parametrize("lines, kind, ns, words", [
+    (PROGRESS, "generation", TG_NS[:2], "3 'generation run' progress lines (1,2,3) for 2"),
+    ([x for x in PROGRESS if "run 2/3" not in x[1] or "prompt" not in x[1]], "prompt", PP_NS,
+     "2 'prompt run' progress lines (1,3) for 3"),
+    ([x for x in PROGRESS if "prompt run" not in x[1]], "prompt", PP_NS,
+     "no 'prompt run' progress line"),
+    # Two pp benchmarks (not this job's argv): which is the job's cannot be told.
+    (PROGRESS + [line(14.0, "3/3: prompt run 1/3")], "prompt", PP_NS, "several benchmarks (1, 3)"),
+    # A pg test prints prompt and generation lines under one benchmark number.
+    ([line(1.0, "1/1: prompt run 1/1"), line(1.1, "1/1: generation run 1/1")], "generation",
+     [1], "no 'generation run' progress line"),
+    # Run 1's line came 0.4 s late: its window would cover most of run 2.
+    ([line(11.0, "1/2: prompt run 1/2"), line(11.2, "1/2: prompt run 2/2")], "prompt",
+     [300_000_000, 100_000_000], "arrived 0.1000 s before run 1's measured end"),
+])
+def test_run_windows_refuses_what_it_cannot_place(lines, kind, ns, words):
+    got, why, _least = run_windows(lines, kind, ns)
+    assert got is None and words in why
+
+
+def test_phase_windows_for_the_job():
+    pp = {"test": "pp", "samples_ns": PP_NS}
+    tg = {"test": "tg", "samples_ns": TG_NS}
+    events = [{"index": i} for i in range(3)]
+    windows, why, least = phase_windows(PROGRESS, pp, tg, events)
+    assert why == "progress-lines" and least == pytest.approx(0.02)
+    assert windows["prefill_window_mono"][2] == pytest.approx((11.4, 11.56))
+    assert windows["decode_window_mono"][0] == pytest.approx((12.2, 12.65))
+    # A generation-only job needs only the tg lines.
+    windows, why, _ = phase_windows(PROGRESS, None, tg, events)
+    assert list(windows) == ["decode_window_mono"]
+    # One test's runs cannot be placed: no repetition gets any window.
+    assert phase_windows(PROGRESS[:5], pp, tg, events)[0] is None
+    assert phase_windows(PROGRESS, pp, tg, [{"index": 0, "aggregate": True}])[1] == \
+        "llama-bench's output has no per-run times (samples_ns)"
+    assert phase_windows(PROGRESS, pp, tg, events, "rejected")[:2] == (None, "rejected")
 
 
 # --------------------------------------------------------- failure classification
@@ -373,11 +476,41 @@ if mode == "alloc":
     ballast = bytearray(96 * 1024 * 1024)
     for i in range(0, len(ballast), 4096):
         ballast[i] = 1
+if mode == "old-build" and "--progress" in sys.argv[1:]:
+    # llama-bench.cpp's answer to a flag it does not know (then its usage, on stdout)
+    sys.stderr.write("error: invalid parameter for argument: --progress\\n")
+    sys.stdout.write("usage: %s [options]\\n" % sys.argv[0])
+    sys.exit(1)
 sys.stderr.write(os.environ.get("FAKE_LLAMA_BENCH_STDERR", ""))
 prefix = os.environ.get("FAKE_LLAMA_BENCH_PREFIX")
 if prefix:
     sys.stdout.write(open(prefix, encoding="utf-8").read())
-sys.stdout.write(open(os.environ["FAKE_LLAMA_BENCH_OUTPUT"], encoding="utf-8").read())
+output = open(os.environ["FAKE_LLAMA_BENCH_OUTPUT"], encoding="utf-8").read()
+try:
+    records = json.loads(output)
+except ValueError:  # markdown or JSON lines: printed as they are
+    records = None
+if records and "--progress" in sys.argv[1:] and \\
+        os.environ.get("FAKE_LLAMA_BENCH_PROGRESS", "1") == "1":
+    # Run as llama-bench.cpp does with --progress (see the module docstring).
+    run_s = float(os.environ.get("FAKE_LLAMA_BENCH_RUN_S", "0.01"))
+    for b, rec in enumerate(records, 1):
+        head = "llama-bench: benchmark %d/%d: " % (b, len(records))
+        kind = "prompt" if rec["n_prompt"] > 0 else "generation"
+        sys.stderr.write(head + "starting\\n")
+        if "--no-warmup" not in sys.argv[1:]:
+            sys.stderr.write(head + "warmup %s run\\n" % kind)
+        samples = []
+        for i in range(len(rec["samples_ns"])):
+            t_start = time.monotonic_ns()
+            sys.stderr.write(head + "%s run %d/%d\\n" % (kind, i + 1, len(rec["samples_ns"])))
+            sys.stderr.flush()
+            time.sleep(run_s)
+            samples.append(time.monotonic_ns() - t_start)
+        rec["samples_ns"] = samples
+        rec["avg_ns"] = sum(samples) // len(samples)
+    output = json.dumps(records, indent=2) + "\\n"
+sys.stdout.write(output)
 sys.exit(0)
 '''
 
@@ -392,7 +525,8 @@ def stand_in(tmp_path, monkeypatch):
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF stand-in model bytes")
     monkeypatch.setenv("FAKE_LLAMA_BENCH_OUTPUT", str(JSON_B5163))
-    for name in ("FAKE_LLAMA_BENCH_MODE", "FAKE_LLAMA_BENCH_PREFIX", "FAKE_LLAMA_BENCH_STDERR"):
+    for name in ("FAKE_LLAMA_BENCH_MODE", "FAKE_LLAMA_BENCH_PREFIX", "FAKE_LLAMA_BENCH_STDERR",
+                 "FAKE_LLAMA_BENCH_RUN_S", "FAKE_LLAMA_BENCH_PROGRESS"):
         monkeypatch.delenv(name, raising=False)
 
     class StandIn:
@@ -420,12 +554,15 @@ class Recorder:
         return [fields for k, fields in self.events if k == kind]
 
 
-def test_run_end_to_end_with_recorded_json(stand_in):
+def test_run_end_to_end_with_recorded_json(stand_in, monkeypatch):
+    """The recording as printed (no progress lines): no per-phase windows, and why."""
+    monkeypatch.setenv("FAKE_LLAMA_BENCH_PROGRESS", "0")
     emit = Recorder()
     info = LlamaBenchBackend(str(stand_in.path)).run(str(stand_in.model), params(), emit)
 
     assert stand_in.calls() == [["-m", str(stand_in.model), "-p", "512", "-n", "128",
-                                 "-t", "8", "-ngl", "99", "-r", "5", "-o", "json"]]
+                                 "-t", "8", "-ngl", "99", "-r", "5", "-o", "json",
+                                 "--progress"]]
     assert emit.events[0] == ("phase", {"phase": "bench"})
     reps = emit.of("repetition")
     assert [kind for kind, _ in emit.events] == ["phase"] + ["repetition"] * 5
@@ -435,6 +572,10 @@ def test_run_end_to_end_with_recorded_json(stand_in):
     for rep in reps:
         assert "ttft_s" not in rep and rep["warmup"] is False and rep["peak_rss_bytes"] == peak
         assert set(rep) <= EVENT_FIELDS
+        assert rep["phase_window_reason"] == "llama-bench printed no 'prompt run' progress line"
+        assert "prefill_window_mono" not in rep and "decode_window_mono" not in rep
+    assert info.pop("phase_windows") == reps[0]["phase_window_reason"]
+    assert info.pop("process_s") > 0 and info.pop("counted_fraction") > 0
     assert info == {
         "backend": "llama-bench",
         "backend_version": "5163 (8cf427ff)",
@@ -472,6 +613,7 @@ def test_run_end_to_end_with_recorded_json(stand_in):
 ], ids=lambda v: getattr(v, "name", str(v)))
 def test_run_with_other_recordings(stand_in, monkeypatch, recording, job):
     monkeypatch.setenv("FAKE_LLAMA_BENCH_OUTPUT", str(recording))
+    monkeypatch.setenv("FAKE_LLAMA_BENCH_PROGRESS", "0")  # the recorded times, as printed
     emit = Recorder()
     info = LlamaBenchBackend(str(stand_in.path)).run(
         str(stand_in.model), params(prompt=job[0], gen=job[1]), emit)
@@ -481,6 +623,54 @@ def test_run_with_other_recordings(stand_in, monkeypatch, recording, job):
     assert [r["decode_s"] for r in reps] == [ns / 1e9 for ns in tg["samples_ns"]]
     assert info["backends"] == pp["backends"]
     assert info["build_number"] == pp["build_number"]
+
+
+def test_run_with_progress_gives_each_run_its_window(stand_in, monkeypatch):
+    """Windows start at the progress lines' arrival and last the run's measured time."""
+    monkeypatch.setenv("FAKE_LLAMA_BENCH_RUN_S", "0.03")
+    emit = Recorder()
+    before = time.monotonic()
+    info = LlamaBenchBackend(str(stand_in.path)).run(str(stand_in.model), params(), emit)
+    after = time.monotonic()
+    reps = emit.of("repetition")
+    assert len(reps) == 5 and info["phase_windows"] == "progress-lines"
+    process = reps[0]["process_window_mono"]
+    assert before <= process[0] < process[1] <= after
+    prefill = [rep["prefill_window_mono"] for rep in reps]
+    decode = [rep["decode_window_mono"] for rep in reps]
+    for rep, pw, dw in zip(reps, prefill, decode, strict=True):
+        assert "phase_window_reason" not in rep and set(rep) <= EVENT_FIELDS
+        # The length is llama-bench's own time for the run (rounded to the microsecond).
+        assert pw[1] - pw[0] == pytest.approx(rep["prefill_s"], abs=2e-6)
+        assert dw[1] - dw[0] == pytest.approx(rep["decode_s"], abs=2e-6)
+        assert rep["decode_s"] >= 0.03 and rep["prefill_s"] >= 0.03  # the stand-in slept
+    # Every pp run before every tg run, each inside the process. A stamp is
+    # late by the reader thread's delay (on a loaded machine, milliseconds), so
+    # a window may reach past the next line by up to the backend's limit.
+    ordered = prefill + decode
+    assert process[0] <= ordered[0][0] and ordered[-1][1] <= process[1] + 0.01
+    for earlier, later in zip(ordered, ordered[1:], strict=False):
+        assert later[0] > earlier[0]
+        assert later[0] >= earlier[1] - 0.25 * (earlier[1] - earlier[0])
+    assert info["progress_least_slack_s"] >= -0.25 * 0.03
+    # The counted runs are part of this stand-in's time, never more than all of it.
+    assert 0.0 < info["counted_fraction"] <= 1.0
+
+
+def test_run_of_a_build_without_progress_runs_again_without_it(stand_in, monkeypatch):
+    monkeypatch.setenv("FAKE_LLAMA_BENCH_MODE", "old-build")
+    emit = Recorder()
+    info = LlamaBenchBackend(str(stand_in.path)).run(str(stand_in.model), params(), emit)
+    calls = stand_in.calls()
+    assert len(calls) == 2 and calls[0][-1] == "--progress" and "--progress" not in calls[1]
+    assert info["argv"] == calls[1]
+    reps = emit.of("repetition")
+    assert len(reps) == 5
+    for rep in reps:
+        assert "decode_window_mono" not in rep and "process_window_mono" in rep
+        assert rep["phase_window_reason"].startswith("this llama-bench rejects --progress: "
+                                                     "error: invalid parameter")
+    assert info["phase_windows"] == reps[0]["phase_window_reason"]
 
 
 def test_run_skips_leading_banner_and_reports_warnings(stand_in, monkeypatch):

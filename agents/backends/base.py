@@ -71,6 +71,7 @@ REPETITION_FIELDS = (
     "decode_window_mono",    # first token -> last chunk (xllamacpp)
     "decode_window_tokens",  # tokens decoded in decode_window_mono
     "process_window_mono",   # the whole child process (llama-bench)
+    "phase_window_reason",   # why llama-bench's runs have no windows (then no energy per phase)
 )
 
 #: Fields the runner adds to a ``repetition`` from the job's telemetry
@@ -80,7 +81,8 @@ TELEMETRY_FIELDS = (
     "energy_prefill_j", "energy_decode_j", "j_per_token", "avg_power_w", "peak_power_w",
     "idle_power_w", "energy_decode_net_j", "energy_source", "energy_method",
     "energy_process_j", "process_s", "energy_unmeasured_reason", "idle_unmeasured_reason",
-    "peak_mem_bytes", "peak_mem_scope", "peak_ram_used_bytes", "max_temp_c",
+    "peak_mem_bytes", "peak_mem_scope", "peak_ram_used_bytes", "peak_gpu_mem_job_bytes",
+    "max_temp_c",
     "max_temp_sensor", "warning", "cooldown_s", "cooldown_temp_c", "cooldown_sensor",
     "cooldown_timed_out", "cooldown_skipped",
 )

@@ -6,12 +6,14 @@ per job and turns its JSON output into ``repetition`` events.
 
 What is run::
 
-    llama-bench -m MODEL -p PROMPT -n GEN -t THREADS -ngl GPU_LAYERS -r REPS -o json
+    llama-bench -m MODEL -p PROMPT -n GEN -t THREADS -ngl GPU_LAYERS -r REPS -o json --progress
 
 ``-t`` is left out when the job's thread count is not positive (llama-bench
 then picks its own default). ``-p 0`` / ``-n 0`` skip that test. Output goes to
 stdout as one JSON array; ``-o jsonl`` also exists (since 2024-09) but ``json``
 is older and works with every build, and the parser accepts both anyway.
+``--progress`` makes llama-bench print a line to stderr before every run (see
+"Energy" below); a build that rejects it is run again without it.
 
 How llama-bench measures, and what that means for the events:
 
@@ -41,13 +43,36 @@ How llama-bench measures, and what that means for the events:
   (``avg_ns`` as seconds, ``avg_ts`` as the rate, which is llama-bench's mean
   of per-run rates, not tokens / mean seconds).
 * Load time is not reported by llama-bench, so the result has no ``load_s``.
-* Energy: every repetition carries ``process_window_mono``, the monotonic
-  start and end of the llama-bench process. Power samples cannot tell which
-  of its pp or tg runs was going on, so the runner measures the energy of the
-  whole process (load and llama-bench's warm-ups included) and gives each
-  repetition its average power times the test's seconds
-  (``energy_method: "process-average"``): a pp run, which draws more power
-  than a tg run, is under-counted and a tg run over-counted by that average.
+* Energy per phase, from per-run windows. With ``--progress`` llama-bench
+  (checked in its source at b11312, ``tools/llama-bench/llama-bench.cpp``)
+  writes, unbuffered to stderr, ``llama-bench: benchmark B/N: prompt run
+  I/R`` (or ``generation run I/R``) right after it takes the run's start time
+  and right before the run's work, which ends with ``llama_synchronize``;
+  the run's ``samples_ns`` entry is the time from that start to the end of the
+  work. The backend reads stderr line by line as it arrives and stamps each
+  line with ``time.monotonic()``, so counted run ``I`` of a test is the window
+  ``[stamp of its line, stamp + samples_ns[I]]``: the start from this clock,
+  the length from llama-bench's own timer. ``prefill_window_mono`` is the pp
+  run's window and ``decode_window_mono`` the tg run's, and the runner
+  measures energy over exactly those windows (model load, warm-ups, context
+  set-up and the gaps between runs are outside every window). Why not the
+  time from one line to the next: the last run of a test has no next line
+  (the test's result, context teardown and the next test's set-up come
+  first), and a line-to-line window would include the gaps. A stamp can be
+  late by the pipe's and this thread's latency (well under a millisecond on
+  an idle CPU); the windows are checked against the next line, and a window
+  reaching past the next run's line by more than a quarter of its length
+  drops the per-phase windows for the job (``phase_window_reason`` says so).
+* Without per-run windows (a build without ``--progress``, output without
+  ``samples_ns``, lines that do not match the records) every repetition
+  carries only ``process_window_mono`` (the whole llama-bench process) and
+  ``phase_window_reason``: the runner then reports the process's energy
+  (``energy_process_j``, ``energy_method: "process-average"``) and no energy
+  per phase (``energy_unmeasured_reason``), because the process's average
+  power split over its phases was 37-40 % below the measured decode energy on
+  an H200 (model load at 80-130 W counted as the runs' power). With windows,
+  ``process_window_mono`` is still sent, so the report can show what share of
+  the process the counted runs were (``counted_fraction`` in the result).
 
 The child runs in the agent's process group: whoever kills the agent's group
 kills llama-bench too. A timeout (``timeout_s``, constructor or ``run``
@@ -60,8 +85,9 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from typing import Dict, List, Optional, Tuple, Union
+from typing import IO, Dict, List, Optional, Sequence, Tuple, Union
 
 from agents import peakmem
 from agents.backends.base import (
@@ -114,6 +140,24 @@ _JSON_START = re.compile(r"^[ \t]*([\[{])", re.MULTILINE)
 # C printf's non-finite numbers (nan, -nan, inf), which are not JSON.
 _NON_FINITE = re.compile(r"(?<=[:\[,\s])-?(?:nan|inf(?:inity)?)(?=\s*[,\]}])", re.IGNORECASE)
 _VERSION_LINE = re.compile(r"version:\s*(\d+)\s*\(([0-9A-Za-z]+)\)")
+# ``--progress``'s line before each counted run (llama-bench.cpp, b11312):
+# "llama-bench: benchmark 2/2: generation run 3/5". Warm-up and depth runs
+# print other words ("warmup prompt run", "depth run") and never match.
+_PROGRESS_RUN = re.compile(r"^llama-bench: benchmark (\d+)/(\d+): (prompt|generation) run "
+                           r"(\d+)/(\d+)\s*$")
+#: A window may reach past the next run's progress line by this share of its
+#: length before the stamps are judged too late to place runs (see "Energy").
+MAX_OVERLAP_SHARE = 0.25
+#: Seconds to wait for stderr's end after the child exits (a grandchild that
+#: kept the pipe open must not hang the job).
+_READER_JOIN_S = 5.0
+
+#: One stderr line with the ``time.monotonic()`` at which it arrived.
+StampedLine = Tuple[float, str]
+#: A monotonic ``(t0, t1)`` window.
+Window = Tuple[float, float]
+#: ``(run number, runs, stamp)`` of one progress line.
+RunLine = Tuple[int, int, float]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -256,13 +300,20 @@ def _records(values: List[object]) -> List[Record]:
 
 # ----------------------------------------------------------------- mapping to events
 
-def build_argv(binary: str, model_path: str, params: JobParams) -> List[str]:
-    """The llama-bench command line for one job (a list, never a shell string)."""
+def build_argv(binary: str, model_path: str, params: JobParams,
+               progress: bool = True) -> List[str]:
+    """The llama-bench command line for one job (a list, never a shell string).
+
+    ``progress`` adds ``--progress``, whose stderr lines place each counted
+    run in time (see "Energy" in the module docstring).
+    """
     argv = [binary, "-m", model_path, "-p", str(params.prompt_tokens),
             "-n", str(params.gen_tokens)]
     if params.threads > 0:
         argv += ["-t", str(params.threads)]
     argv += ["-ngl", str(params.gpu_layers), "-r", str(params.repetitions), "-o", "json"]
+    if progress:
+        argv.append("--progress")
     if params.warmup <= 0:
         argv.append("--no-warmup")
     return argv
@@ -325,6 +376,104 @@ def repetition_events(pp: Optional[Record], tg: Optional[Record], params: JobPar
         if isinstance(avg_ts, (int, float)):
             rep[prefix + "_tps"] = avg_ts
     return [rep]
+
+
+def progress_starts(lines: Sequence[StampedLine]) -> Dict[Tuple[int, str], List[RunLine]]:
+    """Counted-run progress lines by ``(benchmark number, "prompt"|"generation")``.
+
+    Each value lists ``(run number, runs, stamp)`` in arrival order. Lines
+    that are not a counted run's progress line are ignored.
+    """
+    found: Dict[Tuple[int, str], List[RunLine]] = {}
+    for stamp, line in lines:
+        match = _PROGRESS_RUN.match(line.strip())
+        if match:
+            bench, _count, kind, run, runs = match.groups()
+            found.setdefault((int(bench), kind), []).append((int(run), int(runs), stamp))
+    return found
+
+
+def run_windows(lines: Sequence[StampedLine], kind: str, samples_ns: Sequence[float],
+                max_overlap_share: float = MAX_OVERLAP_SHARE
+                ) -> Tuple[Optional[List[Window]], str, Optional[float]]:
+    """The windows of one test's counted runs: ``(windows, why, least_slack_s)``.
+
+    ``kind`` is ``"prompt"`` (the pp test) or ``"generation"`` (the tg test).
+    Run ``i``'s window starts at the stamp of its progress line and lasts
+    ``samples_ns[i]``. ``windows`` is None when the lines cannot place the
+    runs, and ``why`` says why (else it is ``"progress-lines"``).
+    ``least_slack_s`` is the smallest gap between a window's end and the
+    next run's line (negative: the window reaches past it).
+
+    Exactly one benchmark may have ``kind`` lines and no lines of the other
+    kind (a pg test prints both; the job never asks for one), its runs must
+    be numbered 1..R in order, and R must equal ``len(samples_ns)``.
+    """
+    other = "generation" if kind == "prompt" else "prompt"
+    found = progress_starts(lines)
+    benches = [b for (b, k) in found if k == kind and (b, other) not in found]
+    if not benches:
+        return None, "llama-bench printed no '%s run' progress line" % kind, None
+    if len(benches) > 1:
+        return None, "'%s run' progress lines of several benchmarks (%s)" % (
+            kind, ", ".join(str(b) for b in sorted(benches))), None
+    runs = found[(benches[0], kind)]
+    numbers = [run for run, _, _ in runs]
+    if numbers != list(range(1, len(runs) + 1)) or len(runs) != len(samples_ns) or \
+            any(total != len(runs) for _, total, _ in runs):
+        return None, "%d '%s run' progress lines (%s) for %d timed runs" % (
+            len(runs), kind, ",".join(str(n) for n in numbers[:12]), len(samples_ns)), None
+    windows: List[Window] = []
+    least: Optional[float] = None
+    for i, (_run, _total, stamp) in enumerate(runs):
+        seconds = float(samples_ns[i]) / 1e9
+        if seconds < 0:
+            return None, "a negative run time in samples_ns", None
+        end = stamp + seconds
+        windows.append((round(stamp, 6), round(end, 6)))
+        if i + 1 < len(runs):
+            slack = runs[i + 1][2] - end
+            least = slack if least is None else min(least, slack)
+            if -slack > max_overlap_share * seconds and -slack > 0.001:
+                return None, ("the progress line of %s run %d arrived %.4f s before run %d's "
+                              "measured end: stamps too late to place the runs"
+                              % (kind, i + 2, -slack, i + 1)), least
+    return windows, "progress-lines", least
+
+
+def phase_windows(lines: Sequence[StampedLine], pp: Optional[Record], tg: Optional[Record],
+                  events: List[Record], no_progress: Optional[str] = None
+                  ) -> Tuple[Optional[Dict[str, List[Window]]], str, Optional[float]]:
+    """Per-repetition windows for the job: ``({event key: windows}, why, least slack)``.
+
+    Keys are ``prefill_window_mono`` (from the pp test's runs) and
+    ``decode_window_mono`` (the tg test's), one window per repetition event.
+    None, with the reason, when any test's runs cannot be placed: then no
+    repetition gets a per-phase window, so no energy is split by guesswork.
+    """
+    if no_progress is not None:
+        return None, no_progress, None
+    if not events or events[0].get("aggregate"):
+        return None, "llama-bench's output has no per-run times (samples_ns)", None
+    out: Dict[str, List[Window]] = {}
+    least: Optional[float] = None
+    for rec, kind, key in ((pp, "prompt", "prefill_window_mono"),
+                           (tg, "generation", "decode_window_mono")):
+        if rec is None:
+            continue
+        windows, why, slack = run_windows(lines, kind, _samples_ns(rec))
+        if windows is None:
+            return None, why, slack
+        if slack is not None:
+            least = slack if least is None else min(least, slack)
+        out[key] = windows[:len(events)]
+    return out, "progress-lines", least
+
+
+def _rejects_progress(stderr: str) -> bool:
+    """llama-bench's answer to an unknown flag, naming ``--progress``."""
+    return any("invalid parameter for argument" in line and "--progress" in line
+               for line in stderr.splitlines())
 
 
 # ------------------------------------------------------------------ failure handling
@@ -391,58 +540,77 @@ def _kill(pid: int) -> None:
         pass
 
 
-def run_child(argv: List[str],
-              timeout_s: Optional[float] = None) -> Tuple[int, str, str, bool, Optional[int]]:
-    """Run ``argv``; return ``(returncode, stdout, stderr, timed_out, peak_rss_bytes)``.
+def _read_stamped(stream: IO[bytes], into: List[StampedLine]) -> None:
+    """Append each line of ``stream`` with the ``time.monotonic()`` it arrived at, until EOF."""
+    for raw in iter(stream.readline, b""):
+        into.append((time.monotonic(), raw.decode("utf-8", "replace").rstrip("\r\n")))
 
-    ``returncode`` is negative for death by a signal (as with Popen). Output
-    goes to temporary files, so a chatty child cannot block on a full pipe.
+
+def run_child(argv: List[str], timeout_s: Optional[float] = None
+              ) -> Tuple[int, str, str, bool, Optional[int], List[StampedLine]]:
+    """Run ``argv``; return ``(returncode, stdout, stderr, timed_out, peak_rss_bytes, lines)``.
+
+    ``returncode`` is negative for death by a signal (as with Popen).
+    ``lines`` is stderr line by line, each with the ``time.monotonic()`` at
+    which a thread read it from the pipe (the progress lines' stamps: see
+    "Energy" in the module docstring); ``stderr`` is the same text joined.
+    Stdout goes to a temporary file, so a chatty child cannot block on it.
     ``peak_rss_bytes`` is ``None`` where ``os.wait4`` does not exist.
     """
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    lines: List[StampedLine] = []
+    with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.PIPE)
         except (FileNotFoundError, PermissionError) as exc:
             raise BackendError(ERR_BACKEND_MISSING, "cannot start %s: %s" % (argv[0], exc)) from exc
         except OSError as exc:
             raise BackendError(ERR_BACKEND, "cannot start %s: %s" % (argv[0], exc)) from exc
+        assert proc.stderr is not None
+        reader = threading.Thread(target=_read_stamped, args=(proc.stderr, lines),
+                                  name="llama-bench-stderr", daemon=True)
+        reader.start()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         timed_out = False
         peak: Optional[int] = None
-        if hasattr(os, "wait4"):
-            status: Optional[int] = None
-            try:
-                while status is None:
-                    pid, raw_status, usage = os.wait4(proc.pid, os.WNOHANG)
-                    if pid == proc.pid:
-                        status = raw_status
-                        peak = peakmem.rusage_maxrss_bytes(usage)
-                    elif deadline is not None and time.monotonic() >= deadline:
-                        timed_out = True
+        try:
+            if hasattr(os, "wait4"):
+                status: Optional[int] = None
+                try:
+                    while status is None:
+                        pid, raw_status, usage = os.wait4(proc.pid, os.WNOHANG)
+                        if pid == proc.pid:
+                            status = raw_status
+                            peak = peakmem.rusage_maxrss_bytes(usage)
+                        elif deadline is not None and time.monotonic() >= deadline:
+                            timed_out = True
+                            _kill(proc.pid)
+                            pid, raw_status, usage = os.wait4(proc.pid, 0)
+                            status = raw_status
+                            peak = peakmem.rusage_maxrss_bytes(usage)
+                        else:
+                            time.sleep(_POLL_S)
+                except BaseException:
+                    if status is None:  # not reaped yet: never leave it running
                         _kill(proc.pid)
-                        pid, raw_status, usage = os.wait4(proc.pid, 0)
-                        status = raw_status
-                        peak = peakmem.rusage_maxrss_bytes(usage)
-                    else:
-                        time.sleep(_POLL_S)
-            except BaseException:
-                if status is None:  # not reaped yet: never leave it running
-                    _kill(proc.pid)
+                        proc.wait()
+                    raise
+                proc.returncode = _exit_code(status)
+            else:  # pragma: no cover - platforms without wait4 (not a farm target)
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    proc.kill()
                     proc.wait()
-                raise
-            proc.returncode = _exit_code(status)
-        else:  # pragma: no cover - platforms without wait4 (not a farm target)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                proc.kill()
-                proc.wait()
+        finally:
+            reader.join(_READER_JOIN_S)
+            if not reader.is_alive():
+                proc.stderr.close()
         out.seek(0)
-        err.seek(0)
         stdout = out.read().decode("utf-8", "replace")
-        stderr = err.read().decode("utf-8", "replace")
-    return int(proc.returncode), stdout, stderr, timed_out, peak
+    stderr = "\n".join(line for _, line in lines)
+    return int(proc.returncode), stdout, stderr, timed_out, peak, list(lines)
 
 
 # --------------------------------------------------------------------------- backend
@@ -498,11 +666,20 @@ class LlamaBenchBackend(Backend):
                 or params.prompt_tokens + params.gen_tokens == 0:
             raise BackendError(ERR_BAD_JOB, "llama-bench needs repetitions >= 1 and a prompt or "
                                "generation length > 0")
-        argv = build_argv(self.binary, model_path, params)
         emit("phase", {"phase": "bench"})
+        argv = build_argv(self.binary, model_path, params, progress=True)
         started = time.monotonic()
-        returncode, stdout, stderr, timed_out, peak = run_child(argv, timeout)
+        returncode, stdout, stderr, timed_out, peak, lines = run_child(argv, timeout)
         ended = time.monotonic()
+        no_progress: Optional[str] = None
+        if returncode != 0 and not timed_out and _rejects_progress(stderr):
+            # A build from before --progress: run again without it, and say
+            # that its repetitions have no per-phase windows.
+            no_progress = "this llama-bench rejects --progress: %s" % _tail(stderr, 2)
+            argv = build_argv(self.binary, model_path, params, progress=False)
+            started = time.monotonic()
+            returncode, stdout, stderr, timed_out, peak, lines = run_child(argv, timeout)
+            ended = time.monotonic()
         if timed_out or returncode != 0:
             raise classify_failure(returncode, stderr, timed_out, timeout, peak)
 
@@ -518,14 +695,30 @@ class LlamaBenchBackend(Backend):
                                % (" and ".join(missing), len(records), start))
 
         events = repetition_events(pp, tg, params, peak)
-        window = [round(started, 6), round(ended, 6)]
-        for rep in events:
-            # The whole process's window: samples cannot tell its pp runs from
-            # its tg runs (see "energy" in the module docstring).
-            emit("repetition", dict(rep, process_window_mono=window))
+        process = [round(started, 6), round(ended, 6)]
+        windows, why, slack = phase_windows(lines, pp, tg, events, no_progress)
+        for i, rep in enumerate(events):
+            fields = dict(rep, process_window_mono=process)
+            if windows is None:
+                fields["phase_window_reason"] = why
+            else:
+                for key, series in windows.items():
+                    fields[key] = [series[i][0], series[i][1]]
+            emit("repetition", fields)
         first = pp if pp is not None else tg
         assert first is not None  # a job has a prompt or a generation test
-        return self._result(first, argv, params, events, peak, stderr, stdout)
+        info = self._result(first, argv, params, events, peak, stderr, stdout)
+        info["phase_windows"] = why
+        if slack is not None:
+            info["progress_least_slack_s"] = round(slack, 6)
+        counted = sum(float(ns) for rec in (pp, tg) if rec is not None for ns in _samples_ns(rec))
+        if ended > started and not events[0].get("aggregate"):
+            # What share of the process the counted runs were (the rest is
+            # model load, warm-ups, context set-up: outside every window).
+            info["process_s"] = round(ended - started, 6)
+            info["counted_fraction"] = round(counted / 1e9 / (ended - started), 6)
+        return info
+
 
     def _result(self, first: Record, argv: List[str], params: JobParams, events: List[Record],
                 peak: Optional[int], stderr: str, stdout: str = "") -> Record:
