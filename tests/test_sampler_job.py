@@ -11,8 +11,10 @@ NVML): the events must say so.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ from agents.runner import run_job
 from agents.telemetry.job import JobTelemetry
 from agents.telemetry.sample import Sample
 from agents.telemetry.sources.base import Source
+from agents.telemetry.sources.nvml import NvmlSource
 
 LIVE_SAMPLE_FIELDS = {"rails_w", "total_w", "total_rail", "ram_used_mb", "ram_total_mb",
                       "gpu_mem_used_mb", "temps_c"}
@@ -82,7 +85,7 @@ def test_constant_power_gives_exact_energy_per_repetition(tmp_path, stand_in_mod
         assert rep["idle_power_w"] == pytest.approx(12.5)
         assert rep["energy_decode_net_j"] == pytest.approx(0.0, abs=1e-9)
         assert rep["energy_source"] == "integrated:test"
-        assert rep["energy_method"] == "window"
+        assert rep["energy_method"] == "trapezoid-window"
         assert rep["peak_mem_scope"] == "system" and rep["peak_mem_bytes"] > 2**20
         assert "energy_unmeasured_reason" not in rep and "energy_prefill_j" not in rep
         # The window lies between the phase event and the repetition event.
@@ -269,39 +272,261 @@ def test_cooldown_waits_until_cool_and_reports_clock_changes():
     assert rep["warning"] == "clock cpu0 fell from 2000 to 1000 MHz"
 
 
-# -- llama-bench: the process window -----------------------------------------------
+# -- llama-bench: per-run windows from its --progress lines ------------------------
 
 LLAMA_BENCH_JSON = Path(__file__).parent / "data" / "llama_bench" / "ggml_org_b5163_rtx4080.json"
 
 
-def test_llama_bench_energy_is_the_process_average(tmp_path, stand_in_model):
-    binary = tmp_path / "llama-bench"
-    binary.write_text(f"#!{sys.executable}\nimport sys, time\ntime.sleep(0.3)\n"
-                      f"sys.stdout.write(open({str(LLAMA_BENCH_JSON)!r}).read())\n")
+def llama_bench_stand_in(tmp_path: Path, monkeypatch, mode: str = "ok") -> Path:
+    """tests/test_llama_bench.py's stand-in (llama-bench's documented --progress output)."""
+    from test_llama_bench import STAND_IN
+
+    binary = tmp_path / "bin" / "llama-bench"
+    binary.parent.mkdir()
+    binary.write_text(STAND_IN.replace("{python}", sys.executable))
     binary.chmod(0o755)
-    job = job_with(tmp_path / "job", stand_in_model, backend="llama-bench", prompt_tokens=512,
-                   gen_tokens=128, repetitions=5, warmup=1, gpu_layers=99, idle_s=0.1,
-                   telemetry_interval_s=0.02, telemetry_test_source="constant:10:30",
-                   device={"llama_bench": str(binary)},
-                   cooldown={"max_temp_c": 200})
+    monkeypatch.setenv("FAKE_LLAMA_BENCH_OUTPUT", str(LLAMA_BENCH_JSON))
+    monkeypatch.setenv("FAKE_LLAMA_BENCH_MODE", mode)
+    monkeypatch.setenv("FAKE_LLAMA_BENCH_RUN_S", "0.05")
+    for name in ("FAKE_LLAMA_BENCH_PREFIX", "FAKE_LLAMA_BENCH_STDERR",
+                 "FAKE_LLAMA_BENCH_PROGRESS"):
+        monkeypatch.delenv(name, raising=False)
+    return binary
+
+
+def llama_bench_job(tmp_path: Path, model: Path, binary: Path, source: str) -> Path:
+    return job_with(tmp_path / "job", model, backend="llama-bench", prompt_tokens=512,
+                    gen_tokens=128, repetitions=5, warmup=1, gpu_layers=99, idle_s=0.1,
+                    telemetry_interval_s=0.02, telemetry_test_source=source,
+                    device={"llama_bench": str(binary)}, cooldown={"max_temp_c": 200})
+
+
+def test_llama_bench_energy_per_run_window(tmp_path, stand_in_model, monkeypatch):
+    binary = llama_bench_stand_in(tmp_path, monkeypatch)
+    job = llama_bench_job(tmp_path, stand_in_model, binary, "constant:10:30")
     assert run_job(str(job)) == 0
     events = load_events(job)
     assert [e["phase"] for e in of(events, "phase")] == ["model", "idle", "bench"]
     reps = of(events, "repetition")
     assert len(reps) == 5
-    window = reps[0]["process_window_mono"]
-    assert span(window) >= 0.3
+    process = reps[0]["process_window_mono"]
     for rep in reps:
-        assert rep["process_window_mono"] == window
+        prefill, decode = rep["prefill_window_mono"], rep["decode_window_mono"]
+        assert process[0] <= prefill[0] < prefill[1] <= decode[0] < decode[1] <= process[1]
+        assert rep["energy_method"] == "trapezoid-window"
+        # 10 W over exactly each run's window, not the process's average.
+        assert rep["energy_prefill_j"] == pytest.approx(10.0 * span(prefill), rel=1e-9)
+        assert rep["energy_decode_j"] == pytest.approx(10.0 * span(decode), rel=1e-9)
+        assert rep["j_per_token"] == pytest.approx(10.0 * span(decode) / 128, rel=1e-9)
+        assert span(decode) == pytest.approx(rep["decode_s"], abs=2e-6)
+        assert rep["energy_process_j"] == pytest.approx(10.0 * span(process), rel=1e-9)
+        assert rep["avg_power_w"] == pytest.approx(10.0)
+        assert rep["energy_decode_net_j"] == pytest.approx(0.0, abs=1e-6)
+        assert "energy_unmeasured_reason" not in rep
+    info = events[-1]["info"]
+    assert info["phase_windows"] == "progress-lines"
+    assert info["energy"]["measured"] is True
+    # llama-bench's repetitions come after its process ends: no cooldown between them.
+    assert "cooldown_s" in reps[0] and "cooldown_s" not in reps[1]
+
+
+def test_llama_bench_counter_energy_per_run_window(tmp_path, stand_in_model, monkeypatch):
+    binary = llama_bench_stand_in(tmp_path, monkeypatch)
+    job = llama_bench_job(tmp_path, stand_in_model, binary, "counter:12.5")
+    assert run_job(str(job)) == 0
+    for rep in of(load_events(job), "repetition"):
+        assert rep["energy_method"] == "counter-window"
+        assert rep["energy_source"] == "test-counter"
+        # rel: a reading's time stamp is the middle of the read (see above).
+        assert rep["energy_decode_j"] == pytest.approx(
+            12.5 * span(rep["decode_window_mono"]), rel=0.05)
+
+
+def test_llama_bench_without_progress_reports_no_energy_per_phase(tmp_path, stand_in_model,
+                                                                  monkeypatch):
+    """An old build: the process's energy only, and J/token absent with the reason."""
+    binary = llama_bench_stand_in(tmp_path, monkeypatch, mode="old-build")
+    job = llama_bench_job(tmp_path, stand_in_model, binary, "constant:10:30")
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    reps = of(events, "repetition")
+    assert len(reps) == 5
+    window = reps[0]["process_window_mono"]
+    for rep in reps:
         assert rep["energy_method"] == "process-average"
         assert rep["energy_process_j"] == pytest.approx(10.0 * span(window), rel=1e-9)
         assert rep["avg_power_w"] == pytest.approx(10.0)
-        assert rep["energy_prefill_j"] == pytest.approx(10.0 * rep["prefill_s"])
-        assert rep["energy_decode_j"] == pytest.approx(10.0 * rep["decode_s"])
-        assert rep["j_per_token"] == pytest.approx(10.0 * rep["decode_s"] / 128)
-        assert rep["energy_decode_net_j"] == pytest.approx(0.0, abs=1e-6)
-    # llama-bench's repetitions come after its process ends: no cooldown between them.
-    assert "cooldown_s" in reps[0] and "cooldown_s" not in reps[1]
+        for key in ("energy_prefill_j", "energy_decode_j", "j_per_token", "energy_decode_net_j"):
+            assert key not in rep
+        assert rep["energy_unmeasured_reason"].startswith("energy per phase not measured")
+        assert "rejects --progress" in rep["energy_unmeasured_reason"]
+    energy = events[-1]["info"]["energy"]
+    assert energy["measured"] is False and "rejects --progress" in energy["reason"]
+
+
+# -- warnings only for what happens inside the counted windows ----------------------
+
+class Clocked(Source):
+    """10 W; the clock reads ``clock`` (a test sets it) and a throttle flag ``flag``."""
+
+    name = "clocked"
+    power = True
+    throttle_keys = ("gpu0_throttle",)
+
+    def __init__(self):
+        self.clock = 2000.0
+        self.flag = 0
+
+    def available(self):
+        return True, "fake"
+
+    def read(self, into):
+        into.total_w = 10.0
+        into.total_rail = "fake"
+        into.clocks_mhz["gpu0_sm"] = self.clock
+        into.extra["gpu0_throttle"] = self.flag
+        return True
+
+
+def _tick(telemetry, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        telemetry.sampler.sample_now()
+        time.sleep(0.005)
+
+
+def test_clock_and_throttle_outside_the_windows_raise_no_warning():
+    source = Clocked()
+    telemetry = JobTelemetry(lambda kind, fields: None, [source], interval=10.0, idle_s=0.0)
+    telemetry.start()
+    try:
+        t_start = time.monotonic()
+        source.clock, source.flag = 1980.0, 0
+        _tick(telemetry, 0.05)
+        source.clock, source.flag = 345.0, 0x4  # model load: idle clock, a throttle flag
+        _tick(telemetry, 0.05)
+        source.clock, source.flag = 1980.0, 0
+        p0 = time.monotonic()
+        _tick(telemetry, 0.05)
+        p1 = time.monotonic()
+        source.clock = 400.0  # between the runs (context set-up)
+        _tick(telemetry, 0.05)
+        source.clock = 1980.0
+        d0 = time.monotonic()
+        _tick(telemetry, 0.05)
+        d1 = time.monotonic()
+        source.clock = 300.0  # after the last run
+        _tick(telemetry, 0.05)
+        t_end = time.monotonic()
+        quiet = telemetry.before("repetition", {
+            "gen_tokens": 8, "prefill_window_mono": [p0, p1], "decode_window_mono": [d0, d1],
+            "process_window_mono": [t_start, t_end]})
+        # The same drop inside a counted window is reported.
+        source.clock = 1980.0
+        d2 = time.monotonic()
+        _tick(telemetry, 0.03)
+        source.clock, source.flag = 1000.0, 0x4
+        _tick(telemetry, 0.03)
+        d3 = time.monotonic()
+        loud = telemetry.before("repetition", {"gen_tokens": 8, "decode_window_mono": [d2, d3]})
+    finally:
+        telemetry.stop()
+    assert "warning" not in quiet
+    assert quiet["energy_decode_j"] == pytest.approx(10.0 * (d1 - d0))
+    assert quiet["avg_power_w"] == pytest.approx(10.0)
+    assert quiet["energy_process_j"] == pytest.approx(10.0 * (t_end - t_start))
+    assert loud["warning"] == ("clock gpu0_sm fell from 1980 to 1000 MHz; "
+                               "clocked gpu0_throttle: sw-power-cap")
+
+
+# -- NVML: which memory call, and the job's own processes ---------------------------
+
+def _nvml(v2=True, driver_v2=True, processes=()):
+    """A fake ``pynvml`` with the calls NvmlSource makes; memory as an H200 reports it.
+
+    Version 1 counts the driver's reserved 600 MiB as used, version 2 does not.
+    """
+    mib = 1048576
+
+    def memory_info(handle, version=None):
+        if version is None:
+            return types.SimpleNamespace(total=143771 * mib, used=(2048 + 600) * mib)
+        if not driver_v2:
+            raise RuntimeError("Function Not Found")
+        assert version == 0x02000028
+        return types.SimpleNamespace(total=143771 * mib, reserved=600 * mib, used=2048 * mib)
+
+    fake = types.SimpleNamespace(
+        NVML_TEMPERATURE_GPU=0, NVML_CLOCK_SM=1, NVML_CLOCK_MEM=2,
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i, nvmlDeviceGetName=lambda h: "Fake H200",
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: 1000,
+        nvmlDeviceGetPowerUsage=lambda h: 100_000,
+        nvmlDeviceGetMemoryInfo=memory_info,
+        nvmlDeviceGetTemperature=lambda h, k: 40,
+        nvmlDeviceGetClockInfo=lambda h, k: 1980,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=0),
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [
+            types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in processes])
+    if v2:
+        fake.nvmlMemory_v2 = 0x02000028  # pynvml's constant: sizeof | version 2 << 24
+    return fake
+
+
+def _proc_tree(root: Path, parents: dict[int, int]) -> str:
+    for pid, ppid in parents.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "stat").write_text(f"{pid} (llama bench) S {ppid} {pid} 0 0\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("fake, used, call", [
+    (_nvml(), 2048, "v2"),                    # the call that leaves reserved memory out
+    (_nvml(v2=False), 2648, "v1"),            # an old nvidia-ml-py without nvmlMemory_v2
+    (_nvml(driver_v2=False), 2648, "v1"),     # a driver without nvmlDeviceGetMemoryInfo_v2
+])
+def test_nvml_memory_call_choice(fake, used, call):
+    source = NvmlSource(fake)
+    source.start()
+    sample = Sample()
+    source.read(sample)
+    source.stop()
+    assert sample.gpu_mem_used_mb == used and sample.extra["nvml_memory"] == call
+
+
+def test_nvml_job_memory_counts_this_process_and_its_descendants(tmp_path):
+    gib = 1 << 30
+    proc = _proc_tree(tmp_path / "proc", {100: 1, 200: 100, 250: 200, 300: 1})
+    fake = _nvml(processes=[(200, gib), (250, gib // 2), (300, 5 * gib), (100, None),
+                            (999, gib)])  # 999: no /proc entry (another PID namespace)
+    source = NvmlSource(fake, proc_root=proc, root_pid=100)
+    source.start()
+    sample = Sample()
+    source.read(sample)
+    assert sample.extra["gpu_mem_job_mb"] == 1536.0  # 200 and its child 250, not 300 or 999
+    # None of the listed processes is this job's: absent, not zero.
+    alone = NvmlSource(_nvml(processes=[(300, gib)]), proc_root=proc, root_pid=100)
+    alone.start()
+    other = Sample()
+    alone.read(other)
+    assert "gpu_mem_job_mb" not in other.extra and other.gpu_mem_used_mb == 2048
+
+
+def test_job_memory_reaches_the_repetition():
+    gib = 1 << 30
+    source = NvmlSource(_nvml(processes=[(os.getpid(), gib)]))
+    telemetry = JobTelemetry(lambda kind, fields: None, [source], interval=10.0, idle_s=0.0,
+                             gpu_layers=99)
+    telemetry.start()
+    try:
+        t0 = time.monotonic()
+        telemetry.sampler.sample_now()
+        t1 = time.monotonic()
+        rep = telemetry.before("repetition", {"gen_tokens": 4, "decode_window_mono": [t0, t1]})
+    finally:
+        telemetry.stop()
+    assert rep["peak_mem_bytes"] == 2048 * 1048576 and rep["peak_mem_scope"] == "gpu"
+    assert rep["peak_gpu_mem_job_bytes"] == gib
 
 
 # -- the real xllamacpp backend --------------------------------------------------

@@ -1,4 +1,5 @@
-"""The telemetry data model (agents/telemetry/sample.py) and energy arithmetic (energy.py).
+"""The telemetry data model (agents/telemetry/sample.py) and energy arithmetic (energy.py,
+and a job's energy per repetition window in job.py).
 
 Expected numbers are worked out by hand in the comments.
 """
@@ -11,7 +12,9 @@ from agents.telemetry.energy import (
     integrate_trapezoid,
     value_of,
 )
+from agents.telemetry.job import JobTelemetry
 from agents.telemetry.sample import TOTAL_RAIL_PRIORITY, Sample, pick_total, unique_name
+from agents.telemetry.sources.base import Source
 
 # -- Sample ------------------------------------------------------------------------
 
@@ -135,3 +138,94 @@ def test_counter_delta():
         counter_delta(10, 5)
     with pytest.raises(ValueError, match="above its range"):
         counter_delta(300, 5, max_range=200)
+
+
+# -- energy per window in a job (agents/telemetry/job.py) -----------------------------
+
+class _Counter(Source):
+    """A GPU energy counter that only the test feeds (``Sampler.add``)."""
+
+    name = "counter"
+    power = True
+    counter_keys = ("gpu0",)
+    counter_label = "nvml-counter"
+
+    def available(self):
+        return True, "test"
+
+    def read(self, into):
+        return False  # nothing new: the test adds every sample itself
+
+
+class _Power(_Counter):
+    name = "power"
+    counter_keys = ()
+    counter_label = None
+
+
+def _telemetry(source, samples, idle_power_w=None):
+    telemetry = JobTelemetry(lambda kind, fields: None, [source], interval=10.0, idle_s=0.0)
+    for sample in samples:
+        telemetry.sampler.add(sample)
+    telemetry.idle_power_w = idle_power_w
+    return telemetry
+
+
+# A counter read once a second: power 100 W over [0, 1], 200 W over [1, 2],
+# 300 W over [2, 3] (the counter 0, 100, 300, 600 J), as a GPU's is.
+COUNTER = [Sample(t=float(t), energy_j={"gpu0": j}) for t, j in
+           ((0, 0.0), (1, 100.0), (2, 300.0), (3, 600.0))]
+
+
+def test_counter_energy_over_the_phase_windows_only():
+    telemetry = _telemetry(_Counter(), COUNTER, idle_power_w=50.0)
+    rep = telemetry.before("repetition", {
+        "gen_tokens": 10, "prefill_window_mono": [0.5, 1.0], "decode_window_mono": [2.0, 2.5],
+        "process_window_mono": [0.0, 3.0]})
+    # The counter read at the edges by linear interpolation:
+    # E(0.5) = 50, E(1.0) = 100, E(2.0) = 300, E(2.5) = 450.
+    assert rep["energy_method"] == "counter-window"
+    assert rep["energy_prefill_j"] == pytest.approx(50.0)     # 100 - 50
+    assert rep["energy_decode_j"] == pytest.approx(150.0)     # 450 - 300
+    assert rep["j_per_token"] == pytest.approx(15.0)          # 150 J / 10 tokens
+    # Average power over the two windows (1 s in all), not over the 1 s gap between them.
+    assert rep["avg_power_w"] == pytest.approx(200.0)         # (50 + 150) / (0.5 + 0.5)
+    # Idle power is taken out only in its own field: 150 - 50 W x 0.5 s.
+    assert rep["energy_decode_net_j"] == pytest.approx(125.0)
+    assert rep["idle_power_w"] == 50.0
+    # The whole process, beside them: 600 J over 3 s.
+    assert rep["energy_process_j"] == pytest.approx(600.0) and rep["process_s"] == 3.0
+    assert "peak_power_w" not in rep  # a counter reports no power
+    assert rep["energy_source"] == "nvml-counter"
+
+
+def test_trapezoid_energy_over_a_window():
+    # Power 100 W at t=0 rising linearly to 300 W at t=2.
+    samples = [Sample(t=float(t), total_w=w, total_rail="gpu0")
+               for t, w in ((0, 100.0), (1, 200.0), (2, 300.0))]
+    telemetry = _telemetry(_Power(), samples)
+    rep = telemetry.before("repetition", {"gen_tokens": 4, "decode_window_mono": [0.5, 1.5]})
+    # P(0.5) = 150, P(1) = 200, P(1.5) = 250: 0.5 x (150 + 200) / 2 + 0.5 x (200 + 250) / 2
+    assert rep["energy_method"] == "trapezoid-window"
+    assert rep["energy_decode_j"] == pytest.approx(87.5 + 112.5)
+    assert rep["j_per_token"] == pytest.approx(50.0)
+    # The highest sample covering the window, the nearest one past each edge included.
+    assert rep["peak_power_w"] == 300.0
+    assert "energy_decode_net_j" not in rep  # no idle power was measured
+
+
+def test_a_process_window_alone_gives_no_energy_per_phase():
+    telemetry = _telemetry(_Counter(), COUNTER)
+    rep = telemetry.before("repetition", {
+        "gen_tokens": 10, "decode_s": 0.5, "prefill_s": 0.5, "process_window_mono": [0.0, 3.0],
+        "phase_window_reason": "this llama-bench rejects --progress"})
+    assert rep["energy_method"] == "process-average"
+    assert rep["energy_process_j"] == pytest.approx(600.0)
+    assert rep["avg_power_w"] == pytest.approx(200.0)  # 600 J / 3 s
+    # Not 200 W x 0.5 s = 100 J per phase: that average counts the load.
+    assert "energy_decode_j" not in rep and "j_per_token" not in rep
+    assert "energy_prefill_j" not in rep
+    assert rep["energy_unmeasured_reason"] == (
+        "energy per phase not measured: the backend reported only its whole process's window "
+        "(this llama-bench rejects --progress); that process's energy is energy_process_j")
+    assert telemetry.result_info()["energy"]["measured"] is False

@@ -26,11 +26,15 @@ Job spec keys (all optional; ``job.json`` top level):
 Windows. A repetition's energy is measured over the monotonic windows the
 backend reports in the event: ``prefill_window_mono`` and
 ``decode_window_mono`` (``[t0, t1]``, xllamacpp), or ``process_window_mono``
-(llama-bench: the whole child process; the per-test energies are then the
-process's average power times each test's seconds, ``energy_method:
-"process-average"``). A backend that reports none (the test-only sleep backend)
-gets the span from its last ``phase`` event to the ``repetition`` event as the
-decode window.
+(the whole child process: llama-bench sends it beside its per-run windows,
+and alone when it has none). Energy per phase comes only from the phases'
+windows (``energy_method: "counter-window"`` or ``"trapezoid-window"``); a
+repetition with only a process window gets that process's energy
+(``energy_process_j``, ``energy_method: "process-average"``) and no energy per
+phase, with ``energy_unmeasured_reason``. A backend that reports none (the
+test-only sleep backend) gets the span from its last ``phase`` event to the
+``repetition`` event as the decode window. Memory, temperatures and clock or
+throttle warnings are taken over the phases' windows only.
 """
 
 import threading
@@ -312,70 +316,92 @@ class JobTelemetry(object):
             # from its phase event to this repetition event.
             decode = (round(self._phase_t, 6), round(now, 6))
             out["decode_window_mono"] = [decode[0], decode[1]]
-        spans = [w for w in (prefill, decode, process) if w is not None]
-        span = (min(w[0] for w in spans), max(w[1] for w in spans)) if spans else None
-        if span is not None:
-            sampler.cover(span[1])
+        # The windows this repetition's work ran in: its phases' windows when
+        # the backend has them (llama-bench's pp and tg runs are far apart, so
+        # the span between them is other work), else the whole process.
+        windows = [w for w in (prefill, decode) if w is not None]
+        if not windows and process is not None:
+            windows = [process]
+        if windows:
+            sampler.cover(max(w[1] for w in windows + ([process] if process else [])))
         if not sampler.measures_power:
             out["energy_unmeasured_reason"] = sampler.unmeasured_reason
-        elif span is None:
+        elif not windows:
             out["energy_unmeasured_reason"] = ("energy not measured: the backend reported no "
                                                "time window for this repetition")
         else:
             try:
-                out.update(self._energy(fields, prefill, decode, process, span))
-                self.measured_reps += 1
+                out.update(self._energy(fields, prefill, decode, process))
             except EnergyUnavailable as exc:
                 problems = "; ".join("%s: %s" % kv for kv in sorted(sampler.errors.items()))
                 out["energy_unmeasured_reason"] = "energy not measured: %s%s" % (
                     exc, " (%s)" % problems if problems else "")
         if "energy_unmeasured_reason" in out:
             self.unmeasured.append(str(out["energy_unmeasured_reason"]))
-        if span is not None:
-            out.update(self._memory_and_heat(span))
-            sampler.discard_before(span[0])
+        elif sampler.measures_power:
+            self.measured_reps += 1
+        if windows:
+            out.update(self._memory_and_heat(windows))
+            # Keep what a later repetition can still ask for: its process
+            # window (llama-bench sends the same one with every repetition).
+            sampler.discard_before(min(w[0] for w in windows + ([process] if process else [])))
         return out
 
     def _energy(self, fields: Dict[str, object], prefill: Optional[Tuple[float, float]],
-                decode: Optional[Tuple[float, float]], process: Optional[Tuple[float, float]],
-                span: Tuple[float, float]) -> Dict[str, object]:
+                decode: Optional[Tuple[float, float]],
+                process: Optional[Tuple[float, float]]) -> Dict[str, object]:
+        """Energy fields over the phases' windows; see docs/telemetry.md "Per repetition".
+
+        Only windows that cover a phase's counted work carry energy per phase.
+        A backend that knows only its process's window (llama-bench without
+        ``--progress``) gets the process's energy and no energy per phase:
+        the process's average power split over its phases counted model load
+        as decode power (37-40 % off on an H200), so it is not reported as one.
+        """
         sampler = self.sampler
         assert sampler is not None
         out: Dict[str, object] = {}
-        decode_s: Optional[float] = None
-        if process is not None:
-            # llama-bench: one process ran load, warm-ups and every repetition
-            # of both tests; samples cannot tell pp from tg. Its average power
-            # times each test's own seconds, labelled as such.
-            seconds = process[1] - process[0]
-            if seconds <= 0:
-                raise EnergyUnavailable("the process window has no length")
-            energy = sampler.energy_j(*process)
-            average = energy / seconds
+        process_j: Optional[float] = None
+        if process is not None and process[1] > process[0]:
+            process_j = sampler.energy_j(*process)
+            out["energy_process_j"] = process_j
+            out["process_s"] = process[1] - process[0]
+        if prefill is None and decode is None:
+            assert process is not None
             out["energy_method"] = "process-average"
-            out["energy_process_j"] = energy
-            out["process_s"] = seconds
-            for phase in ("prefill", "decode"):
-                value = fields.get(phase + "_s")
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    out["energy_%s_j" % phase] = average * float(value)
-                    if phase == "decode":
-                        decode_s = float(value)
-            out["avg_power_w"] = average
-            peak = sampler.average_and_peak_w(*process)[1] if seconds > 0 else None
-        else:
-            out["energy_method"] = "window"
-            if prefill is not None:
-                out["energy_prefill_j"] = sampler.energy_j(*prefill)
-            if decode is not None:
-                out["energy_decode_j"] = sampler.energy_j(*decode)
-                decode_s = decode[1] - decode[0]
-            peak = None
-            if span[1] > span[0]:
-                average, peak = sampler.average_and_peak_w(*span)
-                out["avg_power_w"] = average
-        if peak is not None:
-            out["peak_power_w"] = peak
+            if process_j is not None:
+                out["avg_power_w"] = process_j / (process[1] - process[0])
+                peak = sampler.average_and_peak_w(*process)[1]
+                if peak is not None:
+                    out["peak_power_w"] = peak
+            why = fields.get("phase_window_reason")
+            out["energy_unmeasured_reason"] = (
+                "energy per phase not measured: the backend reported only its whole process's "
+                "window%s; that process's energy is energy_process_j"
+                % (" (%s)" % why if why else ""))
+            return out
+        out["energy_method"] = sampler.window_method
+        total_j = 0.0
+        total_s = 0.0
+        decode_s: Optional[float] = None
+        for phase, window in (("prefill", prefill), ("decode", decode)):
+            if window is None:
+                continue
+            energy = sampler.energy_j(*window)
+            out["energy_%s_j" % phase] = energy
+            total_j += energy
+            total_s += window[1] - window[0]
+            if phase == "decode":
+                decode_s = window[1] - window[0]
+        if total_s > 0:
+            # Over the phases' windows only: the gap between them (llama-bench's
+            # other runs, context set-up) is not this repetition's work.
+            out["avg_power_w"] = total_j / total_s
+        peaks = [sampler.average_and_peak_w(*w)[1] for w in (prefill, decode)
+                 if w is not None and w[1] > w[0]]
+        peaks = [v for v in peaks if v is not None]
+        if peaks:
+            out["peak_power_w"] = max(peaks)
         energy_decode = out.get("energy_decode_j")
         tokens = fields.get("decode_window_tokens", fields.get("gen_tokens"))
         if isinstance(energy_decode, float) and isinstance(tokens, int) and tokens > 0:
@@ -383,17 +409,35 @@ class JobTelemetry(object):
         if self.idle_power_w is not None:
             out["idle_power_w"] = self.idle_power_w
             if isinstance(energy_decode, float) and decode_s is not None:
+                # A separate field: nothing else has idle power taken out.
                 out["energy_decode_net_j"] = energy_decode - self.idle_power_w * decode_s
         elif self.idle_reason:
             out["idle_unmeasured_reason"] = self.idle_reason
         out["energy_source"] = sampler.energy_source
         return out
 
-    def _memory_and_heat(self, span: Tuple[float, float]) -> Dict[str, object]:
+    def _memory_and_heat(self, windows: List[Tuple[float, float]]) -> Dict[str, object]:
+        """Peak memory, hottest sensor and warnings over the repetition's windows only.
+
+        Clock drops and throttle flags outside the counted windows (model
+        load, warm-ups, idle clocks between runs) do not disturb the
+        measurement, so they raise no warning.
+        """
         sampler = self.sampler
         assert sampler is not None
         out: Dict[str, object] = {}
-        memory = sampler.peak_memory(*span)
+        memory: Dict[str, int] = {}
+        hottest: Optional[Tuple[float, str]] = None
+        changes: List[str] = []
+        for window in windows:
+            for key, value in sampler.peak_memory(*window).items():
+                memory[key] = max(value, memory.get(key, value))
+            heat = sampler.max_temp_c(*window)
+            if heat is not None and (hottest is None or heat[0] > hottest[0]):
+                hottest = heat
+            for note in sampler.changes(*window):
+                if note not in changes:
+                    changes.append(note)
         gpu = memory.get("gpu_mem_used_bytes")
         ram = memory.get("ram_used_bytes")
         if gpu is not None and self.gpu_layers != 0:
@@ -401,14 +445,15 @@ class JobTelemetry(object):
             out["peak_mem_scope"] = "gpu"
             if ram is not None:
                 out["peak_ram_used_bytes"] = ram
+            job = memory.get("gpu_mem_job_bytes")
+            if job is not None:
+                out["peak_gpu_mem_job_bytes"] = job
         elif ram is not None:
             out["peak_mem_bytes"] = ram
             out["peak_mem_scope"] = "system"
-        hottest = sampler.max_temp_c(*span)
         if hottest is not None:
             out["max_temp_c"] = hottest[0]
             out["max_temp_sensor"] = hottest[1]
-        changes = sampler.changes(*span)
         if changes:
             out["warning"] = "; ".join(changes)
         return out

@@ -133,6 +133,11 @@ class Sampler(object):
         return "integrated:%s" % (rail if rail else "+".join(s.name for s in self._power))
 
     @property
+    def window_method(self) -> str:
+        """How :meth:`energy_j` measures: ``"counter-window"`` or ``"trapezoid-window"``."""
+        return "counter-window" if self._counters else "trapezoid-window"
+
+    @property
     def unmeasured_reason(self) -> Optional[str]:
         """Why energy is not measured (None when it is)."""
         return None if self._power else self._reason
@@ -476,12 +481,15 @@ class Sampler(object):
     def peak_memory(self, t0: float, t1: float) -> Dict[str, int]:
         """Highest memory in use over ``[t0, t1]``, in bytes, by what was sampled.
 
-        ``{"ram_used_bytes": ..., "gpu_mem_used_bytes": ...}``; a key is
-        present only when some sample in or around the window had it.
+        ``{"ram_used_bytes": ..., "gpu_mem_used_bytes": ..., "gpu_mem_job_bytes": ...}``
+        (the last: GPU memory of the job's own processes, where NVML names
+        them); a key is present only when some sample in or around the window
+        had it.
         """
         out: Dict[str, int] = {}
         for key, name in (("ram_used_mb", "ram_used_bytes"),
-                          ("gpu_mem_used_mb", "gpu_mem_used_bytes")):
+                          ("gpu_mem_used_mb", "gpu_mem_used_bytes"),
+                          ("extra.gpu_mem_job_mb", "gpu_mem_job_bytes")):
             peak = self._peak(t0, t1, key)
             if peak is not None:
                 out[name] = int(round(peak * 1048576))

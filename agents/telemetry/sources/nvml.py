@@ -6,6 +6,7 @@ is used, so the agent stays standard library only everywhere else and on
 devices without NVIDIA GPUs.
 """
 
+import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from agents.telemetry.sample import Sample
@@ -31,7 +32,7 @@ class NvmlSource(Source):
     Per GPU ``i`` (keys ``gpu0``, ``gpu1``...): power (mW -> ``rails_w``),
     the total-energy counter (``nvmlDeviceGetTotalEnergyConsumption``, mJ ->
     ``energy_j``, Volta and newer), memory used (summed over GPUs ->
-    ``gpu_mem_used_mb``), temperature, SM and memory clocks
+    ``gpu_mem_used_mb``; see "Memory" below), temperature, SM and memory clocks
     (``clocks_mhz["gpu0_sm"]``, ``["gpu0_mem"]``), utilisation (the highest ->
     ``gpu_util_pct``) and the throttle reasons (``extra["gpu0_throttle"]``,
     a bit mask of :data:`NVML_THROTTLE_MASK`). Power is the instantaneous
@@ -41,14 +42,32 @@ class NvmlSource(Source):
 
     NVML sees every GPU of the machine, not only the ones the job uses, so an
     idle second GPU's power is in the total (and in the idle power).
-    ``module`` replaces ``pynvml`` (tests).
+
+    Memory. ``nvmlDeviceGetMemoryInfo`` (version 1) counts the memory the
+    driver and firmware reserve as used (about 0.6 GiB on an H200 with
+    nothing running); version 2 (``nvmlDeviceGetMemoryInfo_v2``, pynvml's
+    ``version=nvmlMemory_v2``) reports it apart, and its ``used`` is what
+    ``nvidia-smi`` prints. Version 2 is used wherever the driver and pynvml
+    have it (``extra["nvml_memory"]`` says ``"v2"`` or ``"v1"``). Per process,
+    ``nvmlDeviceGetComputeRunningProcesses`` gives each process's GPU memory;
+    the sum over this process and its descendants (the llama-bench child) is
+    ``extra["gpu_mem_job_mb"]``, present only when NVML lists at least one of
+    them with a known amount (in a container NVML may name processes by
+    host PIDs that match none here: then it is absent, never zero).
+
+    ``module`` replaces ``pynvml``, ``proc_root`` ``/proc`` and ``root_pid``
+    this process's id (tests).
     """
 
     name = "nvml"
     power = True
 
-    def __init__(self, module: Any = None) -> None:
+    def __init__(self, module: Any = None, proc_root: str = "/proc",
+                 root_pid: Optional[int] = None) -> None:
         self._module = module
+        self._proc_root = proc_root
+        self._root_pid = root_pid if root_pid is not None else os.getpid()
+        self._ours: Dict[int, bool] = {}
         self._nv: Any = None
         self._handles: List[Any] = []
         self._caps: List[Dict[str, bool]] = []
@@ -112,6 +131,9 @@ class NvmlSource(Source):
                     "instant": _power_instant(nv, handle) is not None,
                     "power": _works(nv.nvmlDeviceGetPowerUsage, handle),
                     "memory": _works(nv.nvmlDeviceGetMemoryInfo, handle),
+                    "memory_v2": _memory_v2(nv, handle) is not None,
+                    "procs": _works(getattr(nv, "nvmlDeviceGetComputeRunningProcesses", None),
+                                    handle),
                     "temp": _works(nv.nvmlDeviceGetTemperature, handle,
                                    getattr(nv, "NVML_TEMPERATURE_GPU", 0)),
                     "sm": _works(nv.nvmlDeviceGetClockInfo, handle,
@@ -146,6 +168,7 @@ class NvmlSource(Source):
         have_total = True
         mem_used = 0.0
         have_mem = False
+        job_mem: Optional[float] = None
         util = None
         instant = True
         for index, handle in enumerate(self._handles):
@@ -166,9 +189,20 @@ class NvmlSource(Source):
                     total += watts
                 if caps["energy"]:
                     into.energy_j[key] = nv.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0
-                if caps["memory"]:
+                if caps["memory_v2"]:
+                    info = _memory_v2(nv, handle)
+                    if info is not None:
+                        mem_used += info.used / _MIB
+                        have_mem = True
+                        into.extra["nvml_memory"] = "v2"
+                elif caps["memory"]:
                     mem_used += nv.nvmlDeviceGetMemoryInfo(handle).used / _MIB
                     have_mem = True
+                    into.extra["nvml_memory"] = "v1"
+                if caps["procs"]:
+                    mine = self._job_memory(nv.nvmlDeviceGetComputeRunningProcesses(handle))
+                    if mine is not None:
+                        job_mem = (job_mem or 0.0) + mine
                 if caps["temp"]:
                     into.temps_c[key] = float(nv.nvmlDeviceGetTemperature(
                         handle, getattr(nv, "NVML_TEMPERATURE_GPU", 0)))
@@ -194,9 +228,42 @@ class NvmlSource(Source):
             into.extra["nvml_power"] = "instant" if instant else "average"
         if have_mem:
             into.gpu_mem_used_mb = round(mem_used, 3)
+        if job_mem is not None:
+            into.extra["gpu_mem_job_mb"] = round(job_mem, 3)
         if util is not None:
             into.gpu_util_pct = util
         return bool(self._handles)
+
+    def _job_memory(self, processes: Any) -> Optional[float]:
+        """MiB of GPU memory held by this process and its descendants, or None if none is listed."""
+        total: Optional[float] = None
+        for proc in processes or ():
+            used = getattr(proc, "usedGpuMemory", None)
+            pid = getattr(proc, "pid", None)
+            if not isinstance(used, int) or not isinstance(pid, int) or not self._is_ours(pid):
+                continue  # None: NVML_VALUE_NOT_AVAILABLE (no per-process accounting)
+            total = (total or 0.0) + used / _MIB
+        return total
+
+    def _is_ours(self, pid: int) -> bool:
+        """Whether ``pid`` is ``root_pid`` or descends from it (parent links in /proc)."""
+        known = self._ours.get(pid)
+        if known is not None:
+            return known
+        current = pid
+        verdict = False
+        for _ in range(64):  # a parent chain longer than this is not ours
+            if current == self._root_pid:
+                verdict = True
+                break
+            if current <= 1:
+                break
+            parent = _parent_pid(self._proc_root, current)
+            if parent is None:
+                break
+            current = parent
+        self._ours[pid] = verdict
+        return verdict
 
     def stop(self) -> None:
         if self._started:
@@ -212,7 +279,34 @@ class NvmlSource(Source):
         return out
 
 
+def _parent_pid(proc_root: str, pid: int) -> Optional[int]:
+    """The parent of ``pid`` from ``/proc/PID/stat`` (field 4, after the name in parentheses)."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as handle:
+            text = handle.read().decode("utf-8", "replace")
+        return int(text[text.rindex(")") + 1:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _memory_v2(nv: Any, handle: Any) -> Any:
+    """``nvmlDeviceGetMemoryInfo_v2`` through pynvml, or None where it or the driver lacks it.
+
+    Version 2 reports the driver's reserved memory apart from ``used``.
+    """
+    version = getattr(nv, "nvmlMemory_v2", None)
+    if version is None:
+        return None
+    try:
+        info = nv.nvmlDeviceGetMemoryInfo(handle, version=version)
+        return info if isinstance(getattr(info, "used", None), int) else None
+    except Exception:
+        return None
+
+
 def _works(func: Any, *args: Any) -> bool:
+    if func is None:
+        return False
     try:
         func(*args)
         return True
