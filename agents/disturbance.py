@@ -15,6 +15,10 @@ counters, how it ran, and a fixed rule decides whether it was disturbed:
 * **hypervisor steal** (Linux, ``/proc/stat``): time the hypervisor gave this
   VM's CPUs to others. Disturbed above ``STEAL_MAX`` (10%).
 
+Both count in 10 ms clock ticks, so a repetition shorter than
+``MIN_JUDGED_CPU_S`` of CPU capacity (0.25 s on 2 CPUs) is recorded but not
+judged: one stray tick would be most of its share.
+
 Recorded beside them for the reader, deciding nothing: the process's CPU time
 against the time its threads had (``cpu_share``, CPU inference only),
 involuntary context switches and the load average. The CPU share would seem
@@ -37,6 +41,9 @@ from typing import Dict, List, Optional, Tuple
 
 OTHER_LOAD_MAX = 0.25
 STEAL_MAX = 0.10
+#: /proc/stat counts in clock ticks (10 ms): a window of less CPU capacity
+#: than this (seconds × CPUs) cannot tell 25% from noise, so it is not judged.
+MIN_JUDGED_CPU_S = 0.5
 RULE = ("other load > %d%% of the CPUs, or hypervisor steal > %d%% (Linux /proc/stat)"
         % (OTHER_LOAD_MAX * 100, STEAL_MAX * 100))
 
@@ -118,9 +125,13 @@ def assess(before: Snapshot, after: Snapshot, threads: int, cpu_inference: bool,
         steal_share = max(0.0, steal) / capacity
         fields["other_load_share"] = round(other, 4)
         fields["steal_share"] = round(steal_share, 4)
-        if other > OTHER_LOAD_MAX:
+        if capacity < MIN_JUDGED_CPU_S:
+            fields["disturbance_unjudged_reason"] = (
+                "%.0f ms on %d CPUs is too short to judge with /proc/stat's %.0f ms ticks"
+                % (wall * 1000, ncpu, 1000 / _HZ))
+        elif other > OTHER_LOAD_MAX:
             reasons.append("other load: %.0f%% of the CPUs busy with other work" % (other * 100))
-        if steal_share > STEAL_MAX:
+        if capacity >= MIN_JUDGED_CPU_S and steal_share > STEAL_MAX:
             reasons.append("hypervisor steal %.0f%%" % (steal_share * 100))
     else:
         fields["other_load_unmeasured_reason"] = "no /proc/stat on this system"

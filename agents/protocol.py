@@ -18,7 +18,7 @@ jobs there) and ``agent/agent-<sha256>.pyz`` (the agent itself).
 """
 
 
-from typing import Dict, FrozenSet, Optional, Tuple, TypedDict
+from typing import Dict, FrozenSet, List, Optional, Tuple, TypedDict, Union
 
 #: Version of the JSON-lines event schema (the ``v`` field of every event).
 PROTOCOL_VERSION = 1
@@ -125,6 +125,14 @@ class ModelRef(TypedDict):
     source: Dict[str, object]
 
 
+class AdaptiveRounds(TypedDict):
+    """Rounds until every pair's 95% CI half-width is at most ``target_ci_pct``."""
+
+    min: int
+    max: int
+    target_ci_pct: float
+
+
 class JobParamsSpec(TypedDict):
     """What one job measures."""
 
@@ -132,7 +140,7 @@ class JobParamsSpec(TypedDict):
     gen_tokens: int
     threads: int
     gpu_layers: int
-    repetitions: int
+    repetitions: Union[int, AdaptiveRounds]  # rounds (agents/rounds.py)
     warmup: int
 
 
@@ -160,8 +168,13 @@ class _JobSpecRequired(TypedDict):
 
 
 class JobSpec(_JobSpecRequired, total=False):
-    """job.json: what the agent is asked to run (the controller's ``planner.Job``)."""
+    """job.json: what the agent is asked to run (the controller's ``planner.Job``).
 
+    ``models`` lists a pair's MoE and its dense baselines, run in paired
+    rounds; ``model`` is its first (or only) model.
+    """
+
+    models: List[ModelRef]
     attempt: int
     timeout_s: float
     device: DeviceRef

@@ -209,8 +209,8 @@ class RoundRunner(object):
             for position, i in enumerate(order):
                 before = Snapshot()
                 collected: List[Dict[str, object]] = []
-                emit = self._batch_emit(i, lambda n, r=round_index: r,
-                                        lambda n, p=position: p, before, collected)
+                emit = self._batch_emit(i, _constant(round_index), _constant(position),
+                                        before, collected)
                 info = self.backend.run(self.paths[i], params, emit)
                 self.infos.setdefault(self.ids[i], info)
                 bodies[i] = collected
@@ -236,6 +236,14 @@ class RoundRunner(object):
             return body
 
         return emit
+
+
+def _constant(value: int) -> Callable[[int], int]:
+    """``n -> value``: every repetition of one invocation has the same round and position."""
+    def of(n: int) -> int:
+        return value
+
+    return of
 
 
 def _with_repetitions(params: JobParams, repetitions: int) -> JobParams:

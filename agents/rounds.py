@@ -94,8 +94,8 @@ class RoundPlan(object):
             return cls(repetitions, repetitions, None, seed)
         if isinstance(repetitions, dict):
             try:
-                return cls(int(repetitions["min"]), int(repetitions["max"]),  # type: ignore[call-overload]
-                           float(repetitions["target_ci_pct"]), seed)  # type: ignore[arg-type]
+                return cls(int(repetitions["min"]), int(repetitions["max"]),
+                           float(repetitions["target_ci_pct"]), seed)
             except (KeyError, TypeError) as exc:
                 raise ValueError("adaptive repetitions need min, max and target_ci_pct: %s"
                                  % exc) from exc

@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import traceback
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from agents import probe
 from agents.backends import get_backend
@@ -82,15 +82,16 @@ def model_facts(path: str) -> Dict[str, object]:
             "preset": meta.get("edgefarm.preset")}
 
 
-def job_models(spec: Dict[str, object]) -> List[Dict[str, object]]:
+def job_models(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The job's models: ``models`` (a MoE and its baselines), or the one ``model``."""
     models = spec.get("models")
-    if isinstance(models, list) and models and all(isinstance(m, dict) for m in models):
-        return models
-    model = spec.get("model")
-    if isinstance(model, dict):
-        return [model]
-    raise BackendError(ERR_BAD_JOB, "the job names no model (neither models nor model)")
+    if not (isinstance(models, list) and models):
+        models = [spec.get("model")]
+    for model in models:
+        if not isinstance(model, dict) or not isinstance(model.get("source"), dict):
+            raise BackendError(ERR_BAD_JOB, "every model of a job needs a source mapping, got "
+                                            "%r" % (model,))
+    return models
 
 
 def run_job(job_dir: str, echo: bool = False) -> int:

@@ -14,11 +14,11 @@ import hashlib
 import json
 from collections.abc import Iterable
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from agents.protocol import JOB_SPEC_SCHEMA, JobSpec
+from agents.protocol import JOB_SPEC_SCHEMA, AdaptiveRounds, JobSpec, ModelRef
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.config.sweep import Sweep, check_against_inventory
 from orchestrator.errors import ConfigError
@@ -49,23 +49,44 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+class JobModel(BaseModel):
+    """One model of a job: its id in the sweep, its arch and where the agent gets it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(description="Id of the model in the sweep.")
+    arch: str = Field(description="`moe` or `dense`.")
+    source: dict[str, Any] = Field(
+        description="The model source as the agent receives it: `{preset, quant[, seed]}` "
+        "or `{path}`.")
+
+    def __hash__(self) -> int:
+        return hash(canonical_json(self.model_dump()))
+
+
+#: Fields computed from ``models`` (kept in records for the store, never read back).
+COMPUTED_FIELDS = frozenset({"key", "model_id", "model_arch"})
+
+
 class Job(BaseModel):
-    """One model on one device under one set of conditions, with all its repetitions."""
+    """The models of one comparison on one device under one set of conditions.
+
+    A pair's MoE and its dense baselines are one job, so the agent can run
+    them in paired rounds (``agents/round_runner.py``); a model in no pair is
+    a job of its own. ``models[0]`` is the MoE of a pair.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     device: str = Field(description="Inventory name of the device that runs the job.")
-    model_id: str = Field(description="Id of the model in the sweep.")
-    model_arch: str = Field(description="`moe` or `dense`.")
-    model_source: dict[str, Any] = Field(
-        description="The model source as the agent receives it: `{preset, quant[, seed]}` "
-        "or `{path}`."
-    )
+    models: tuple[JobModel, ...] = Field(min_length=1, description="The job's models, MoE "
+                                         "first.")
     prompt_tokens: int = Field(description="Prompt length in tokens.")
     gen_tokens: int = Field(description="Tokens generated per repetition.")
     threads: int = Field(description="CPU threads.")
     gpu_layers: int = Field(description="Layers offloaded to the GPU.")
-    repetitions: int = Field(description="Counted repetitions.")
+    repetitions: int | dict[str, Any] = Field(
+        description="Rounds: a count, or `{min, max, target_ci_pct}`.")
     warmup: int = Field(description="Warm-up runs (stored, never counted).")
     backend: str = Field(description="Backend name the agent is asked to use.")
     timeout_s: float = Field(description="Wall-clock limit per attempt; not part of the key.")
@@ -79,9 +100,23 @@ class Job(BaseModel):
     @classmethod
     def _drop_stored_key(cls, data: Any) -> Any:
         """Accept ``model_dump()`` output back: the key is always recomputed, never trusted."""
-        if isinstance(data, dict) and "key" in data:
-            data = {k: v for k, v in data.items() if k != "key"}
+        if isinstance(data, dict) and COMPUTED_FIELDS & data.keys():
+            data = {k: v for k, v in data.items() if k not in COMPUTED_FIELDS}
         return data
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def model_id(self) -> str:
+        """The job's label: the model's id, or ``moe vs dense1,dense2`` for a pair."""
+        if len(self.models) == 1:
+            return self.models[0].id
+        return f"{self.models[0].id} vs {','.join(m.id for m in self.models[1:])}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def model_arch(self) -> str:
+        """`moe` or `dense` for one model; `pair` for a MoE with its baselines."""
+        return self.models[0].arch if len(self.models) == 1 else "pair"
 
     def __hash__(self) -> int:
         # The generated hash would fail on the ``model_source`` dict; the key
@@ -96,30 +131,27 @@ class Job(BaseModel):
         The hashed object is ``{field: value}`` for every field above except
         ``timeout_s`` and ``retries``, serialized by ``canonical_json``.
         """
-        fields = {
-            name: getattr(self, name)
-            for name in type(self).model_fields
-            if name not in KEY_EXCLUDED_FIELDS
-        }
+        fields = self.model_dump(mode="json", include=set(type(self).model_fields)
+                                 - KEY_EXCLUDED_FIELDS)
         digest = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
         return digest[:KEY_LENGTH]
 
     def to_agent_spec(self) -> JobSpec:
         """The JSON object the agent receives for this job (``agents/protocol.py``)."""
+        models: list[ModelRef] = [{"id": m.id, "arch": m.arch, "source": dict(m.source)}
+                                  for m in self.models]
         spec: JobSpec = {
             "schema": AGENT_SPEC_SCHEMA,
             "job_key": self.key,
-            "model": {
-                "id": self.model_id,
-                "arch": self.model_arch,
-                "source": dict(self.model_source),
-            },
+            "model": models[0],
+            "models": models,
             "params": {
                 "prompt_tokens": self.prompt_tokens,
                 "gen_tokens": self.gen_tokens,
                 "threads": self.threads,
                 "gpu_layers": self.gpu_layers,
-                "repetitions": self.repetitions,
+                "repetitions": self.repetitions if isinstance(self.repetitions, int)
+                else cast(AdaptiveRounds, dict(self.repetitions)),
                 "warmup": self.warmup,
             },
             "backend": self.backend,
@@ -150,31 +182,49 @@ def selected_devices(sweep: Sweep, inventory: Inventory) -> list[Device]:
     return inventory.select(sweep.devices)
 
 
+def job_groups(sweep: Sweep) -> list[tuple[JobModel, ...]]:
+    """The sweep's models as jobs run them: each pair's MoE with its baselines, then the rest.
+
+    Pairs come in file order; a model that is in no pair (not a MoE of one,
+    not a baseline of any) is a group of its own, in ``models`` order. A
+    dense model that is the baseline of two MoEs is measured in both groups,
+    paired with each.
+    """
+    def entry(model_id: str) -> JobModel:
+        model = sweep.model(model_id)
+        return JobModel(id=model.id, arch=model.arch, source=model.source.to_spec())
+
+    groups = [tuple(entry(i) for i in (pair.moe, *pair.dense)) for pair in sweep.pairs]
+    grouped = {m.id for group in groups for m in group}
+    groups += [(entry(m.id),) for m in sweep.models if m.id not in grouped]
+    return groups
+
+
 def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
-    """Every job of the sweep: selected devices x matrix points x models.
+    """Every job of the sweep: selected devices x matrix points x model groups.
 
     Order: device (inventory order), then matrix point (file order,
-    ``prompt_tokens`` varying slowest), then model (file order). Keeping the
-    model loop innermost runs a MoE and its dense baselines back to back on a
-    device under the same conditions, so drift (thermals, background load)
-    affects both sides of a comparison alike. Models in no pair are planned too.
+    ``prompt_tokens`` varying slowest), then group (``job_groups``). A pair's
+    models are one job, run in alternating rounds on its device, so drift
+    (thermals, background load) affects both sides of a comparison alike.
     """
     jobs: list[Job] = []
     points = sweep.matrix.points()
+    repetitions = sweep.repetitions if isinstance(sweep.repetitions, int) \
+        else sweep.repetitions.model_dump()
+    groups = job_groups(sweep)
     for device in selected_devices(sweep, inventory):
         for point in points:
-            for model in sweep.models:
+            for group in groups:
                 jobs.append(
                     Job(
                         device=device.name,
-                        model_id=model.id,
-                        model_arch=model.arch,
-                        model_source=model.source.to_spec(),
+                        models=group,
                         prompt_tokens=point.prompt_tokens,
                         gen_tokens=point.gen_tokens,
                         threads=point.threads,
                         gpu_layers=point.gpu_layers,
-                        repetitions=sweep.repetitions,
+                        repetitions=repetitions,
                         warmup=sweep.warmup,
                         backend=sweep.backend,
                         timeout_s=sweep.timeout_s,
@@ -183,6 +233,13 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
                     )
                 )
     return jobs
+
+
+def repetitions_label(repetitions: int | dict[str, Any]) -> str:
+    """``12``, or ``5-40 to ±2%`` for adaptive rounds."""
+    if isinstance(repetitions, int):
+        return str(repetitions)
+    return f"{repetitions['min']}-{repetitions['max']} to ±{repetitions['target_ci_pct']:g}%"
 
 
 def plan_table_rows(jobs: Iterable[Job]) -> list[tuple[str, ...]]:
@@ -196,7 +253,7 @@ def plan_table_rows(jobs: Iterable[Job]) -> list[tuple[str, ...]]:
             str(job.gen_tokens),
             str(job.threads),
             str(job.gpu_layers),
-            str(job.repetitions),
+            repetitions_label(job.repetitions),
             job.key,
         )
         for job in jobs

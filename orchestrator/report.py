@@ -249,7 +249,35 @@ def _rep(row: Any) -> dict[str, Any]:
     """A counted repetition as the pairing reads it: its body, with the stored columns."""
     body = json.loads(row["body"])
     return dict(body, index=row["idx"], decode_tps=row["decode_tps"],
-                prefill_tps=row["prefill_tps"])
+                prefill_tps=row["prefill_tps"], job_key=row["job_key"])
+
+
+def _same_job(moe: list[dict[str, Any]], dense: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The dense repetitions measured in the MoE's own (paired) job, where there are any.
+
+    A dense model that is the baseline of two MoEs runs in both pairs' jobs;
+    its rounds pair only with the MoE rounds of the same job.
+    """
+    keys = {r["job_key"] for r in moe}
+    mine = [r for r in dense if r["job_key"] in keys]
+    return mine or dense
+
+
+def _job_models(row: Any) -> list[str]:
+    """The ids of the models a stored job ran (a pair's, or its one model)."""
+    record = json.loads(row["spec_json"])
+    models = record.get("models")
+    if isinstance(models, list) and models:
+        return [str(m["id"]) for m in models if isinstance(m, dict)]
+    return [row["model_id"]]
+
+
+def _model_result(result: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """One model's part of a job's result (a paired job keeps one per model)."""
+    per_model = result.get("models")
+    if isinstance(per_model, dict) and isinstance(per_model.get(model_id), dict):
+        return per_model[model_id]
+    return result
 
 
 def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
@@ -264,12 +292,14 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
     jobs: dict[tuple[str, str, tuple[int, ...]], Any] = {}
     for row in store.jobs(sweep_id):
         spec = json.loads(row["spec_json"])
-        jobs[(row["device"], row["model_id"], tuple(int(spec[k]) for k in CONFIG_KEYS))] = row
+        for model_id in _job_models(row):
+            jobs[(row["device"], model_id, tuple(int(spec[k]) for k in CONFIG_KEYS))] = row
 
     def model_stats(device: str, model: dict[str, Any], config: tuple[int, ...]) -> ModelStats:
         rows = reps.get((device, model["id"], config), [])
         job = jobs.get((device, model["id"], config))
         result = json.loads(job["result_json"]) if job is not None and job["result_json"] else {}
+        result = _model_result(result, model["id"])
         decode = _positive([r["decode_tps"] for r in rows])
         prefill = [r["prefill_tps"] for r in rows if r["prefill_tps"] is not None]
         ttft = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
@@ -309,7 +339,8 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                 moe_reps = [_rep(r) for r in reps.get((device, pair["moe"], config), [])]
                 for dense_id in dense_ids:
                     dense = model_stats(device, models[dense_id], config)
-                    dense_reps = [_rep(r) for r in reps.get((device, dense_id, config), [])]
+                    dense_reps = _same_job(moe_reps, [_rep(r) for r in
+                                                      reps.get((device, dense_id, config), [])])
                     comparisons.append(compare(device, cfg, moe, dense, moe_reps, dense_reps))
     return {
         "sweep_id": sweep_id,

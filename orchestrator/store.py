@@ -102,6 +102,10 @@ CREATE TABLE IF NOT EXISTS repetitions (
     decode_tps REAL,
     peak_rss_bytes INTEGER,
     body TEXT NOT NULL,
+    model_id TEXT,                  -- the model of a paired job (NULL: the job's only model)
+    arch TEXT,
+    round INTEGER,                  -- paired round (agents/round_runner.py)
+    disturbed TEXT,                 -- why it was disturbed (agents/disturbance.py), or NULL
     PRIMARY KEY (sweep_id, job_key, attempt, warmup, idx)
 );
 CREATE TABLE IF NOT EXISTS probes (
@@ -155,6 +159,10 @@ CREATE TABLE IF NOT EXISTS samples (
 
 REPETITION_COLUMNS = ("prompt_tokens", "gen_tokens", "prefill_s", "decode_s", "ttft_s",
                       "prefill_tps", "decode_tps", "peak_rss_bytes")
+#: Columns added after stores were first written: (table, column, type). A
+#: store from before gets them on open (``ALTER TABLE``), NULL in old rows.
+ADDED_COLUMNS = (("repetitions", "model_id", "TEXT"), ("repetitions", "arch", "TEXT"),
+                 ("repetitions", "round", "INTEGER"), ("repetitions", "disturbed", "TEXT"))
 
 __all__ = ["DB_NAME", "JOB_STATES", "IllegalTransitionError", "Store", "UnknownSweepError",
            "sample_memory_bytes"]
@@ -193,6 +201,14 @@ class Store:
         # for a controller); only an OS crash could lose the last commits.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Bring a store written by an older edgefarm up to ``SCHEMA`` (new columns only)."""
+        for table, column, kind in ADDED_COLUMNS:
+            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -390,11 +406,12 @@ class Store:
                     db.execute(
                         "INSERT OR IGNORE INTO repetitions (sweep_id, job_key, attempt, warmup,"
                         " idx, prompt_tokens, gen_tokens, prefill_s, decode_s, ttft_s,"
-                        " prefill_tps, decode_tps, peak_rss_bytes, body)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " prefill_tps, decode_tps, peak_rss_bytes, body, model_id, arch, round,"
+                        " disturbed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (sweep_id, ev["job"], int(ev["attempt"]), int(bool(ev.get("warmup"))),
                          int(ev.get("index", 0)), *(ev.get(c) for c in REPETITION_COLUMNS),
-                         _dumps(ev)))
+                         _dumps(ev), ev.get("model"), ev.get("model_arch"), ev.get("round"),
+                         ev.get("disturbed") or None))
                 elif ev["kind"] == "hello" and isinstance(ev.get("facts"), dict):
                     db.execute(
                         "INSERT OR REPLACE INTO device_facts (sweep_id, device, seen_at,"
@@ -419,9 +436,17 @@ class Store:
             " ORDER BY seq DESC LIMIT ?", (sweep_id, job_key, attempt, limit))]
 
     def counted_repetitions(self, sweep_id: str) -> list[sqlite3.Row]:
-        """Repetitions that count: not warm-up, from each job's successful attempt."""
+        """Repetitions that count: not warm-up, from each job's successful attempt.
+
+        ``model_id`` and ``arch`` are the repetition's own model (a paired job
+        holds several), the job's where an older agent did not say.
+        """
         return list(self.db.execute(
-            "SELECT r.*, j.device, j.model_id, j.arch, j.spec_json, j.result_json"
+            "SELECT r.sweep_id, r.job_key, r.attempt, r.warmup, r.idx, r.prompt_tokens,"
+            " r.gen_tokens, r.prefill_s, r.decode_s, r.ttft_s, r.prefill_tps, r.decode_tps,"
+            " r.peak_rss_bytes, r.body, r.round, r.disturbed, j.device,"
+            " COALESCE(r.model_id, j.model_id) AS model_id, COALESCE(r.arch, j.arch) AS arch,"
+            " j.spec_json, j.result_json"
             " FROM repetitions r JOIN jobs j ON j.sweep_id = r.sweep_id AND j.key = r.job_key"
             " WHERE r.sweep_id = ? AND j.state = ? AND r.attempt = j.ok_attempt"
             " AND r.warmup = 0 ORDER BY j.ordinal, r.idx", (sweep_id, JobState.DONE.value)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,11 +259,20 @@ def planned_store(tmp: Path, sweep_id: str, **sweep_kw: Any) -> tuple[Store, lis
     return store, jobs
 
 
-def run_job_by_hand(store: Store, sweep_id: str, job: dict[str, Any], tps: list[float], *,
-                    energy: list[float] | None = None, fail: bool = False) -> None:
-    """Write what the driver writes for one attempt: start, agent events, end."""
+Rates = Callable[[str], list[float]]
+
+
+def run_job_by_hand(store: Store, sweep_id: str, job: dict[str, Any], rates: Rates, *,
+                    energy: Callable[[str], list[float]] | None = None,
+                    fail: bool = False) -> None:
+    """Write what the driver writes for one attempt of a (paired) job: start, events, end.
+
+    As the agent's round runner does: each model's warm-up, then round i runs
+    repetition i of every model of the job (``rates(model_id)[i]``).
+    """
     store.start_attempt(sweep_id, job["key"], 1)
     events: list[dict[str, Any]] = []
+    models = job["models"]
 
     def ev(kind: str, **fields: Any) -> None:
         events.append({"v": 1, "seq": len(events), "kind": kind, "job": job["key"],
@@ -271,9 +281,10 @@ def run_job_by_hand(store: Store, sweep_id: str, job: dict[str, Any], tps: list[
 
     ev("hello", facts={"ram_total_bytes": 8 << 30, "os": "Linux"})
     ev("phase", phase="model")
-    ev("phase", phase="warmup")
-    ev("repetition", index=0, warmup=True, prompt_tokens=16, gen_tokens=job["gen_tokens"],
-       decode_tps=1.0, prefill_tps=1.0)
+    for n, model in enumerate(models):
+        ev("phase", phase="warmup")
+        ev("repetition", index=n, warmup=True, prompt_tokens=16, gen_tokens=job["gen_tokens"],
+           decode_tps=1.0, prefill_tps=1.0, model=model["id"], model_arch=model["arch"])
     if fail:
         ev("error", error_kind="out-of-memory", message="the agent ran out of memory")
         ev("result", status="failed", error_kind="out-of-memory")
@@ -282,26 +293,37 @@ def run_job_by_hand(store: Store, sweep_id: str, job: dict[str, Any], tps: list[
         store.finish_job(sweep_id, job["key"], "failed", 1, error_kind="out-of-memory",
                          error="oom")
         return
-    for i, rate in enumerate(tps):
-        ev("phase", phase="decode")
-        rep: dict[str, Any] = dict(index=i, warmup=False, prompt_tokens=16,
-                                   gen_tokens=job["gen_tokens"], decode_tps=rate,
-                                   prefill_tps=rate * 4, ttft_s=0.05 + i / 100,
-                                   decode_s=job["gen_tokens"] / rate,
-                                   peak_rss_bytes=(100 + i) << 20)
-        if energy is not None:
-            rep["energy_j"] = energy[i] * job["gen_tokens"]
-        ev("repetition", **rep)
-    ev("result", status="ok", info={"model_size_bytes": 1 << 20})
+    counted = 0
+    for i in range(len(rates(models[0]["id"]))):
+        ev("phase", phase="round", round=i, order=[m["id"] for m in models])
+        for position, model in enumerate(models):
+            rate = rates(model["id"])[i]
+            ev("phase", phase="decode")
+            rep: dict[str, Any] = dict(index=counted, warmup=False, prompt_tokens=16,
+                                       gen_tokens=job["gen_tokens"], decode_tps=rate,
+                                       prefill_tps=rate * 4, ttft_s=0.05 + i / 100,
+                                       decode_s=job["gen_tokens"] / rate,
+                                       peak_rss_bytes=(100 + i) << 20, model=model["id"],
+                                       model_arch=model["arch"], round=i, position=position)
+            counted += 1
+            if energy is not None:
+                rep["energy_j"] = energy(model["id"])[i] * job["gen_tokens"]
+            ev("repetition", **rep)
+    info = {"models": {m["id"]: {"model_size_bytes": 1 << 20} for m in models}}
+    ev("result", status="ok", info=info)
     store.add_events(sweep_id, job["device"], events)
     store.end_attempt(sweep_id, job["key"], 1, "done")
-    store.finish_job(sweep_id, job["key"], "done", 1, result={"model_size_bytes": 1 << 20})
+    store.finish_job(sweep_id, job["key"], "done", 1, result=info)
 
 
-def rates_for(job: dict[str, Any]) -> list[float]:
-    base = {"m-moe": 20.0, "m-dense1": 25.0, "m-dense2": 30.0}[job["model_id"]]
-    base += 3.0 if job["device"] == "dev-b" else 0.0
-    return [base, base + 1.5, base - 0.5]
+def rates_for(job: dict[str, Any]) -> Rates:
+    """Each model's three decode rates on the job's device."""
+    def rates(model_id: str) -> list[float]:
+        base = {"m-moe": 20.0, "m-dense1": 25.0, "m-dense2": 30.0}[model_id]
+        base += 3.0 if job["device"] == "dev-b" else 0.0
+        return [base, base + 1.5, base - 0.5]
+
+    return rates
 
 
 def store_registry(tmp: Path, **kw: Any) -> CollectorRegistry:
@@ -312,15 +334,16 @@ def store_registry(tmp: Path, **kw: Any) -> CollectorRegistry:
 
 def test_store_collector_exports_what_build_report_computes(tmp_path: Path) -> None:
     store, jobs = planned_store(tmp_path, "s1")
+    # One paired job per device and config: the one on dev-b at 32 tokens fails.
     for job in jobs:
         run_job_by_hand(store, "s1", job, rates_for(job),
-                        fail=job["model_id"] == "m-dense2" and job["device"] == "dev-b")
+                        fail=job["device"] == "dev-b" and job["gen_tokens"] == 32)
     store.set_sweep_state("s1", "finished")
     reg = store_registry(tmp_path)
 
     assert value(reg, "edgefarm_sweep_info", sweep="s1", name="study-s1", state="finished") == 1
-    assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="done") == 10
-    assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="failed") == 2
+    assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="done") == 3
+    assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="failed") == 1
     assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="pending") == 0
 
     report = build_report(store, "s1")
@@ -344,16 +367,20 @@ def test_store_collector_exports_what_build_report_computes(tmp_path: Path) -> N
         assert value(reg, "edgefarm_moe_dense_decode_ratio", **pair) == c["decode_ratio"]
         assert value(reg, "edgefarm_moe_dense_prefill_ratio", **pair) == c["prefill_ratio"]
         checked += c["decode_ratio"] is not None
-    assert checked == 6  # the failed dense job's two comparisons have no ratio: absent
-    # The report's paired estimate: repetition i of the MoE over repetition i of
-    # the dense model (rates_for: 20, 21.5, 19.5 against 25, 26.5, 24.5), then
+    assert checked == 6  # the failed job's two comparisons have no ratio: absent
+    # The report's paired estimate: round i of the MoE over round i of the
+    # dense model (rates_for: 20, 21.5, 19.5 against 25, 26.5, 24.5), then
     # the geometric mean of the three per-round ratios.
     paired = (20 / 25 * 21.5 / 26.5 * 19.5 / 24.5) ** (1 / 3)
     assert value(reg, "edgefarm_moe_dense_decode_ratio", sweep="s1", device="dev-a",
                  pair="m-moe_vs_m-dense1", config="p16-g8-t1-ngl0") == pytest.approx(paired)
     assert paired == pytest.approx(0.802387, abs=1e-6)
+    # The failed job's models were not measured at that config: absent, not zero.
+    assert value(reg, "edgefarm_decode_tokens_per_second", sweep="s1", device="dev-b",
+                 model="m-dense2", arch="dense", config="p16-g32-t1-ngl0") is None
+    assert value(reg, "edgefarm_decode_tokens_per_second", sweep="s1", device="dev-b",
+                 model="m-dense2", arch="dense", config="p16-g8-t1-ngl0") == 33.0
     text = generate_latest(reg).decode()
-    assert 'device="dev-b",model="m-dense2"' not in text  # failed: not measured, absent
     for name in ("edgefarm_energy_per_token_joules", "edgefarm_moe_dense_energy_ratio",
                  "edgefarm_routing_share_ratio"):
         assert name not in text
@@ -364,7 +391,7 @@ def test_energy_is_exported_when_repetitions_carry_it(tmp_path: Path) -> None:
     jpt = {"m-moe": 0.30, "m-dense1": 0.20, "m-dense2": 0.25}
     for job in jobs:
         run_job_by_hand(store, "s1", job, rates_for(job),
-                        energy=[jpt[job["model_id"]] * f for f in (1.0, 1.1, 0.9)])
+                        energy=lambda model: [jpt[model] * f for f in (1.0, 1.1, 0.9)])
     store.set_sweep_state("s1", "finished")
     reg = store_registry(tmp_path)
     labels = dict(sweep="s1", device="dev-a", config="p16-g32-t1-ngl0")
@@ -443,19 +470,19 @@ def test_running_sweep_aggregates_are_rebuilt_at_most_every_rebuild_s(tmp_path: 
     registry = CollectorRegistry()
     StoreCollector(tmp_path / "results", registry=registry, rebuild_s=5, clock=clock)
     first = jobs[0]
-    labels = dict(sweep="s1", device=first["device"], model=first["model_id"],
-                  arch=first["arch"], config=config_label(first))
+    labels = dict(sweep="s1", device=first["device"], model="m-moe", arch="moe",
+                  config=config_label(first))
     assert value(registry, "edgefarm_decode_tokens_per_second", **labels) is None
-    run_job_by_hand(store, "s1", first, [10.0, 12.0, 11.0])
+    run_job_by_hand(store, "s1", first, lambda model: [10.0, 12.0, 11.0])
     # Job counts are always fresh; the medians wait for the next rebuild.
     assert value(registry, "edgefarm_sweep_jobs", sweep="s1", state="done") == 1
     assert value(registry, "edgefarm_decode_tokens_per_second", **labels) is None
     clock.now += 5
     assert value(registry, "edgefarm_decode_tokens_per_second", **labels) == 11.0
     # A change of sweep state (it finished) rebuilds at once.
-    run_job_by_hand(store, "s1", jobs[1], [10.0])
+    run_job_by_hand(store, "s1", jobs[1], lambda model: [10.0])
     store.set_sweep_state("s1", "finished")
-    second = dict(labels, model=jobs[1]["model_id"], arch=jobs[1]["arch"])
+    second = dict(labels, config=config_label(jobs[1]))
     assert value(registry, "edgefarm_decode_tokens_per_second", **second) == 10.0
 
 

@@ -90,19 +90,20 @@ def jobs_for(tmp_path: Path, sweep: str = SWEEP, name: str = "sweep.yaml") -> li
     return plan(*load(tmp_path, sweep, name=name))
 
 
-def test_count_is_devices_times_models_times_points(tmp_path: Path) -> None:
+def test_count_is_devices_times_groups_times_points(tmp_path: Path) -> None:
     jobs = jobs_for(tmp_path)
-    # 3 devices (mac, orin-a, orin-b) x 3 models x (2 x 1 x 2 x 2) points.
-    assert len(jobs) == 3 * 3 * 8
+    # 3 devices (mac, orin-a, orin-b) x 2 groups (moe with dense; extra) x
+    # (2 x 1 x 2 x 2) points.
+    assert len(jobs) == 3 * 2 * 8
     assert len({job.key for job in jobs}) == len(jobs)
 
 
-def test_order_device_then_point_then_model(tmp_path: Path) -> None:
+def test_order_device_then_point_then_group(tmp_path: Path) -> None:
     jobs = jobs_for(tmp_path)
-    assert [j.device for j in jobs[::24]] == ["mac", "orin-a", "orin-b"]
-    first_device = jobs[:24]
-    assert [j.model_id for j in first_device[:6]] == ["moe", "dense", "extra"] * 2
-    points = [(j.prompt_tokens, j.gen_tokens, j.threads, j.gpu_layers) for j in first_device[::3]]
+    assert [j.device for j in jobs[::16]] == ["mac", "orin-a", "orin-b"]
+    first_device = jobs[:16]
+    assert [j.model_id for j in first_device[:4]] == ["moe vs dense", "extra"] * 2
+    points = [(j.prompt_tokens, j.gen_tokens, j.threads, j.gpu_layers) for j in first_device[::2]]
     assert points == [
         (64, 32, 2, 0),
         (64, 32, 2, 99),
@@ -113,35 +114,35 @@ def test_order_device_then_point_then_model(tmp_path: Path) -> None:
         (256, 32, 4, 0),
         (256, 32, 4, 99),
     ]
-    # A MoE and its baseline run back to back under identical conditions.
-    moe, dense = jobs[0], jobs[1]
-    assert (moe.model_arch, dense.model_arch) == ("moe", "dense")
-    assert (moe.device, moe.prompt_tokens, moe.threads, moe.gpu_layers) == (
-        dense.device,
-        dense.prompt_tokens,
-        dense.threads,
-        dense.gpu_layers,
-    )
+    # A MoE and its baseline are one job: the agent runs them in paired rounds.
+    pair = jobs[0]
+    assert pair.model_arch == "pair"
+    assert [(m.id, m.arch) for m in pair.models] == [("moe", "moe"), ("dense", "dense")]
+    assert [m["id"] for m in pair.to_agent_spec()["models"]] == ["moe", "dense"]
 
 
 def test_device_order_follows_inventory_not_selector(tmp_path: Path) -> None:
     sweep = SWEEP.replace("{platform: [jetson, apple-silicon]}", "{names: [orin-b, local]}")
-    assert [j.device for j in jobs_for(tmp_path, sweep)[::24]] == ["local", "orin-b"]
+    assert [j.device for j in jobs_for(tmp_path, sweep)[::16]] == ["local", "orin-b"]
 
 
 def test_unpaired_models_are_planned(tmp_path: Path) -> None:
-    assert {j.model_id for j in jobs_for(tmp_path)} == {"moe", "dense", "extra"}
+    assert {j.model_id for j in jobs_for(tmp_path)} == {"moe vs dense", "extra"}
     sweep = SWEEP.replace("pairs:\n  - {moe: moe, dense: [dense]}\n", "")
+    assert {j.model_id for j in jobs_for(tmp_path, sweep)} == {"moe", "dense", "extra"}
     assert len(jobs_for(tmp_path, sweep)) == 72
 
 
 def test_job_fields_come_from_sweep(tmp_path: Path) -> None:
-    job = jobs_for(tmp_path)[1]
+    job = jobs_for(tmp_path)[0]
     assert job.model_dump(exclude={"key"}) == {
         "device": "mac",
-        "model_id": "dense",
-        "model_arch": "dense",
-        "model_source": {"preset": "tiny-dense", "quant": "Q8_0"},
+        "model_id": "moe vs dense",
+        "model_arch": "pair",
+        "models": (
+            {"id": "moe", "arch": "moe", "source": {"preset": "tiny-moe", "quant": "Q4_0"}},
+            {"id": "dense", "arch": "dense",
+             "source": {"preset": "tiny-dense", "quant": "Q8_0"}}),
         "prompt_tokens": 64,
         "gen_tokens": 32,
         "threads": 2,
@@ -170,7 +171,7 @@ def test_selection(tmp_path: Path, selector: str, devices: list[str]) -> None:
     sweep = SWEEP.replace("{platform: [jetson, apple-silicon]}", selector)
     jobs = jobs_for(tmp_path, sweep)
     assert sorted({j.device for j in jobs}) == devices
-    assert len(jobs) == len(devices) * 24
+    assert len(jobs) == len(devices) * 16
 
 
 def test_keys_are_stable_across_loads_and_sweep_names(tmp_path: Path) -> None:
@@ -182,18 +183,19 @@ def test_keys_are_stable_across_loads_and_sweep_names(tmp_path: Path) -> None:
 
 def test_key_is_sha256_of_canonical_json(tmp_path: Path) -> None:
     job = jobs_for(tmp_path)[0]
-    measured = job.model_dump(exclude={"key", "timeout_s", "retries"})
+    # model_id and model_arch are computed from models, so only models counts.
+    measured = job.model_dump(mode="json",
+                              exclude={"key", "model_id", "model_arch", "timeout_s", "retries"})
     text = json.dumps(measured, sort_keys=True, separators=(",", ":"))
     assert canonical_json(measured) == text
     assert job.key == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert len(job.key) == 16 and int(job.key, 16) >= 0
 
 
+MOE = {"id": "moe", "arch": "moe", "source": {"preset": "tiny-moe", "quant": "Q4_0"}}
 BASE: dict[str, Any] = {
     "device": "mac",
-    "model_id": "moe",
-    "model_arch": "moe",
-    "model_source": {"preset": "tiny-moe", "quant": "Q4_0"},
+    "models": (MOE,),
     "prompt_tokens": 64,
     "gen_tokens": 32,
     "threads": 2,
@@ -210,16 +212,18 @@ BASE: dict[str, Any] = {
     ("field", "value"),
     [
         ("device", "orin-a"),
-        ("model_id", "moe2"),
-        ("model_arch", "dense"),
-        ("model_source", {"preset": "tiny-moe", "quant": "Q8_0"}),
-        ("model_source", {"preset": "tiny-moe", "quant": "Q4_0", "seed": 7}),
-        ("model_source", {"path": "/m.gguf"}),
+        ("models", ({**MOE, "id": "moe2"},)),
+        ("models", ({**MOE, "arch": "dense"},)),
+        ("models", ({**MOE, "source": {"preset": "tiny-moe", "quant": "Q8_0"}},)),
+        ("models", ({**MOE, "source": {"preset": "tiny-moe", "quant": "Q4_0", "seed": 7}},)),
+        ("models", ({**MOE, "source": {"path": "/m.gguf"}},)),
+        ("models", (MOE, {"id": "d", "arch": "dense", "source": {"path": "/d.gguf"}})),
         ("prompt_tokens", 65),
         ("gen_tokens", 33),
         ("threads", 3),
         ("gpu_layers", 99),
         ("repetitions", 4),
+        ("repetitions", {"min": 3, "max": 9, "target_ci_pct": 2.0}),
         ("warmup", 0),
         ("backend", "xllamacpp"),
     ],
@@ -245,7 +249,7 @@ def test_same_job_in_a_smaller_matrix_keeps_its_key(tmp_path: Path) -> None:
     # Shrinking a matrix must not re-key the jobs that remain.
     full = {j.key for j in jobs_for(tmp_path)}
     smaller = jobs_for(tmp_path, SWEEP.replace("threads: [2, 4]", "threads: 4"))
-    assert len(smaller) == 36 and {j.key for j in smaller} <= full
+    assert len(smaller) == 24 and {j.key for j in smaller} <= full
 
 
 def test_agent_spec(tmp_path: Path) -> None:
@@ -255,6 +259,10 @@ def test_agent_spec(tmp_path: Path) -> None:
         "schema": AGENT_SPEC_SCHEMA,
         "job_key": job.key,
         "model": {"id": "moe", "arch": "moe", "source": {"preset": "tiny-moe", "quant": "Q4_0"}},
+        "models": [
+            {"id": "moe", "arch": "moe", "source": {"preset": "tiny-moe", "quant": "Q4_0"}},
+            {"id": "dense", "arch": "dense", "source": {"preset": "tiny-dense", "quant": "Q8_0"}},
+        ],
         "params": {
             "prompt_tokens": 64,
             "gen_tokens": 32,
@@ -273,7 +281,7 @@ def test_agent_spec(tmp_path: Path) -> None:
     assert json.loads(json.dumps(spec)) == spec
     # The spec is a copy: editing it cannot change the (frozen) job.
     spec["model"]["source"]["quant"] = "F16"
-    assert job.model_source["quant"] == "Q4_0"
+    assert job.models[0].source["quant"] == "Q4_0"
 
 
 def test_plan_table_rows(tmp_path: Path) -> None:
@@ -290,7 +298,7 @@ def test_plan_table_rows(tmp_path: Path) -> None:
         "reps",
         "key",
     )
-    assert rows[0] == ("mac", "moe", "moe", "64", "32", "2", "0", "5", jobs[0].key)
+    assert rows[0] == ("mac", "moe vs dense", "pair", "64", "32", "2", "0", "5", jobs[0].key)
     assert all(len(row) == len(PLAN_TABLE_COLUMNS) for row in rows)
 
 
@@ -299,10 +307,7 @@ def test_quickstart_plan() -> None:
         REPO / "sweeps" / "quickstart.yaml", REPO / "inventory" / "local.yaml"
     )
     jobs = plan(sweep, inventory)
-    assert [(j.device, j.model_id) for j in jobs] == [
-        ("local", "tiny-moe"),
-        ("local", "tiny-dense"),
-    ]
+    assert [(j.device, j.model_id) for j in jobs] == [("local", "tiny-moe vs tiny-dense")]
     assert all(j.timeout_s == 300 and j.repetitions == 3 and j.warmup == 1 for j in jobs)
 
 
@@ -341,7 +346,7 @@ def test_jobs_round_trip_and_pickle(tmp_path: Path) -> None:
         assert again == job and again.key == job.key
         copy = pickle.loads(pickle.dumps(job))
         assert copy == job and copy.key == job.key
-    assert len(set(jobs_for(tmp_path))) == 72
+    assert len(set(jobs_for(tmp_path))) == 48
 
 
 def test_job_is_frozen(tmp_path: Path) -> None:

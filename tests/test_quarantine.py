@@ -27,7 +27,7 @@ def make_sweep(tmp: Path, n_models: int = 6) -> tuple[Store, str]:
     tmp.mkdir(parents=True, exist_ok=True)
     planned = load_plan(write_sweep(tmp, devices=["dev-a", "dev-b"],
                                     models=sleep_models(tmp, n_models), backend="sleep",
-                                    retries=0),
+                                    retries=0, pairs=[]),  # no pairs: a job per model
                         write_inventory(tmp, ["dev-a", "dev-b"]))
     store = Store(tmp / "results")
     return store, create_sweep(store, planned, "s1")

@@ -118,6 +118,15 @@ def test_disturbance_rule_by_hand(own_cpu: float, busy: float, steal: float,
     assert "disturbance_rule" in fields
 
 
+def test_a_window_too_short_for_the_ticks_is_not_judged() -> None:
+    # 0.1 s on 2 CPUs = 0.2 CPU-seconds < 0.5: 20 ticks cannot resolve a 25% share.
+    before = _snap(10.0, 5.0, (100.0, 1.0, 500.0))
+    after = _snap(10.1, 5.05, (100.2, 1.0, 500.2))
+    fields = disturbance.assess(before, after, threads=2, cpu_inference=True, ncpu=2)
+    assert fields["disturbed"] is None and fields["other_load_share"] == 0.75
+    assert "too short to judge" in str(fields["disturbance_unjudged_reason"])
+
+
 def test_disturbance_without_proc_stat_says_so() -> None:
     fields = disturbance.assess(_snap(0, 0, None), _snap(1, 1.0, None), 1, True, ncpu=1)
     assert fields["other_load_unmeasured_reason"] == "no /proc/stat on this system"

@@ -53,7 +53,7 @@ class Recorder:
 def test_one_job_per_device_devices_in_parallel(tmp_path: Path, ray_cluster: Any) -> None:
     inv = write_inventory(tmp_path, ["dev-a", "dev-b"])
     sweep = write_sweep(tmp_path, devices=["dev-a", "dev-b"], models=sleep_models(tmp_path, 3),
-                        backend="sleep", repetitions=3, warmup=0,
+                        backend="sleep", repetitions=3, warmup=0, pairs=[],  # a job per model
                         matrix={"prompt_tokens": 1, "gen_tokens": 200, "threads": 1,
                                 "gpu_layers": 0})
     store = start(tmp_path, sweep, inv)
@@ -98,8 +98,9 @@ def test_failing_job_is_recorded_retried_and_the_sweep_goes_on(tmp_path: Path,
     models.append({"id": "gone", "arch": "dense",
                    "source": {"path": str(tmp_path / "no-such-model.gguf")}})
     inv = write_inventory(tmp_path, ["dev-a"])
+    # No pairs: each model is a job, and the one whose file is gone fails alone.
     sweep = write_sweep(tmp_path, devices=["dev-a"], models=models, backend="sleep",
-                        pairs=[{"moe": "m-moe", "dense": ["m-dense1", "gone"]}], retries=2,
+                        pairs=[], retries=2,
                         matrix={"prompt_tokens": 1, "gen_tokens": 10, "threads": 1,
                                 "gpu_layers": 0})
     store = start(tmp_path, sweep, inv)

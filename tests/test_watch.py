@@ -36,7 +36,7 @@ def test_watch_follows_a_running_sweep_and_quits_on_ctrl_c(tmp_path: Path) -> No
     assert TMUX, "tmux is not installed (make test installs it)"
     inv = write_inventory(tmp_path, ["dev-a"])
     sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2),
-                        backend="sleep", warmup=0, repetitions=6,
+                        backend="sleep", warmup=0, repetitions=6, pairs=[],  # two jobs
                         matrix={"prompt_tokens": 1, "gen_tokens": 600, "threads": 1,
                                 "gpu_layers": 0})
     results = tmp_path / "results"

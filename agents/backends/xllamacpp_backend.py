@@ -26,7 +26,7 @@ import json
 import os
 import random
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from agents import peakmem
 from agents.backends.base import (
@@ -52,7 +52,8 @@ def prompt_id_range(model_path: str) -> Tuple[int, int]:
     """
     vocab = 0
     try:
-        tokens = read_gguf_info(model_path)["metadata"].get("tokenizer.ggml.tokens")
+        metadata = read_gguf_info(model_path)["metadata"]
+        tokens = metadata.get("tokenizer.ggml.tokens") if isinstance(metadata, dict) else None
         if isinstance(tokens, dict):
             vocab = int(tokens.get("array_len", 0))
         elif isinstance(tokens, list):
@@ -233,7 +234,7 @@ class XllamacppBackend(Backend):
             info["llama_system_info"] = str(system_info()).strip()
         return XllamacppSession(self, server, model_path, params, info)
 
-    def _one_completion(self, server: object, prompt: List[int],
+    def _one_completion(self, server: Any, prompt: List[int],
                         params: JobParams) -> Dict[str, object]:
         request = {
             "prompt": prompt,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from orchestrator.config.inventory import (
     ConfigModel,
@@ -188,6 +188,38 @@ class ModelSpec(ConfigModel):
         return self
 
 
+class AdaptiveRepetitions(ConfigModel):
+    """Rounds until the MoE/dense ratio is known well enough: ``{min, max, target_ci_pct}``."""
+
+    min: int = Field(ge=2, le=1000, description="Rounds to keep before stopping may be "
+                     "considered (below 5 the report gives a range, not a 95% CI).")
+    max: int = Field(ge=2, le=1000, description="Rounds never to exceed, disturbed ones "
+                     "included.")
+    target_ci_pct: float = Field(gt=0, le=100, description="Stop once every pair's 95% CI "
+                                 "of the decode ratio is at most this wide on either side "
+                                 "(percent).")
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> AdaptiveRepetitions:
+        if self.min > self.max:
+            raise LocatedValueError.many([(("max",), f"max ({self.max}) is below min "
+                                                     f"({self.min})")])
+        return self
+
+
+def _repetitions_shape(value: Any) -> str:
+    """Which shape ``repetitions`` is written in, so only that shape's errors are reported."""
+    return "<adaptive>" if isinstance(value, dict | AdaptiveRepetitions) else "<count>"
+
+
+#: A count of rounds, or adaptive rounds; a discriminated union (one shape's
+#: errors, not both; the tags are dropped from error locations, see yaml_loader).
+Repetitions = Annotated[
+    Annotated[Annotated[int, Field(ge=1, le=1000)], Tag("<count>")]
+    | Annotated[AdaptiveRepetitions, Tag("<adaptive>")],
+    Discriminator(_repetitions_shape)]
+
+
 class Pair(ConfigModel):
     """A MoE model and the dense model(s) it is compared against."""
 
@@ -332,11 +364,13 @@ class Sweep(FileModel):
         default_factory=Matrix,
         description="Benchmark conditions; the cartesian product of the values is planned.",
     )
-    repetitions: int = Field(
+    repetitions: Repetitions = Field(
         default=3,
-        ge=1,
-        le=1000,
-        description="Counted repetitions per job; statistics are computed over these.",
+        description=(
+            "Rounds per job: a number, or `{min, max, target_ci_pct}` to run rounds until "
+            "every MoE/dense ratio's 95% CI half-width is at most the target. In a round "
+            "every model of a pair runs one counted repetition, in a random order."
+        ),
     )
     warmup: int = Field(
         default=1,

@@ -498,8 +498,20 @@ def problems_from_validation_error(
     problems: list[ConfigProblem] = []
     for error in exc.errors():
         for loc, message in _problem_messages(model_cls, error):
-            problems.append(problem_at(loaded, loc, message))
+            problems.append(problem_at(loaded, user_loc(loc), message))
     return problems
+
+
+def user_loc(loc: Sequence[Any]) -> tuple[Any, ...]:
+    """``loc`` without the tags of discriminated unions (written ``<name>``).
+
+    A field that takes one of two shapes (``repetitions: 12`` or
+    ``repetitions: {min, max, target_ci_pct}``) is a union whose members are
+    tagged ``<count>``/``<adaptive>``; pydantic puts the tag in the location,
+    but the user's file has no such key.
+    """
+    return tuple(p for p in loc
+                 if not (isinstance(p, str) and p.startswith("<") and p.endswith(">")))
 
 
 def validate_loaded(model_cls: type[ModelT], loaded: LoadedYaml) -> ModelT:
