@@ -44,13 +44,15 @@ ReportOpt = Annotated[bool, typer.Option(help="Print the comparison at the end."
 def sweep_plan(sweep_file: SweepFileArg, inventory: InventoryOpt = DEFAULT_INVENTORY) -> None:
     """Expand a sweep into its jobs and print them; runs nothing."""
     from orchestrator.cli.render import print_jobs
+    from orchestrator.planner import repetitions_label
     from orchestrator.sweeps import load_plan
 
     planned = load_plan(sweep_file, inventory)
     jobs = planned.jobs
     rows = [{"device": j.device, "model": j.model_id, "arch": j.model_arch,
              "prompt": j.prompt_tokens, "gen": j.gen_tokens, "threads": j.threads,
-             "ngl": j.gpu_layers, "reps": f"{j.repetitions}+{j.warmup} warm-up",
+             "ngl": j.gpu_layers,
+             "rounds": f"{repetitions_label(j.repetitions)}, {j.warmup} warm-up",
              "backend": j.backend, "key": j.key} for j in jobs]
     print_jobs(console, rows, f"sweep {planned.sweep.name}: {len(jobs)} job(s)")
     console.print(f"{len(jobs)} job(s) on {len({j.device for j in jobs})} device(s)")
