@@ -117,12 +117,12 @@ class JetsonPowerReader(object):
                     (volts, amps))
         for directory in self._glob(_INA3221X):
             for name_file in sorted(glob.glob(os.path.join(directory, "rail_name_*"))):
-                number = name_file.rsplit("_", 1)[1]
-                power = os.path.join(directory, "in_power%s_input" % number)
-                if not number.isdigit() or not os.path.exists(power):
+                suffix = name_file.rsplit("_", 1)[1]
+                power = os.path.join(directory, "in_power%s_input" % suffix)
+                if not suffix.isdigit() or not os.path.exists(power):
                     continue
                 label = self._text(name_file)
-                add(label or "%s:%s" % (_device(directory), number), "ina3221x", (power,))
+                add(label or "%s:%s" % (_device(directory), suffix), "ina3221x", (power,))
         for directory in self._glob(_INA238):
             power = os.path.join(directory, "power1_input")
             name = self._text(os.path.join(directory, "name"))
@@ -133,14 +133,18 @@ class JetsonPowerReader(object):
         return channels
 
     def _watts(self, channel: PowerChannel) -> Optional[float]:
-        values = []
+        values: List[int] = []
+        missing = False  # a file that could not be read: no reading this time
         for path in channel.files:
             text = self._text(path)
+            if text is None:
+                missing = True
+                continue
             try:
-                values.append(int(text) if text is not None else None)
+                values.append(int(text))
             except ValueError:
                 return None
-        if any(v is None for v in values):
+        if missing:
             return None
         if channel.kind == "ina3221":
             return round(values[0] * values[1] / 1e6, 6)  # mV x mA = uW

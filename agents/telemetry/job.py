@@ -397,9 +397,9 @@ class JobTelemetry(object):
             # Over the phases' windows only: the gap between them (llama-bench's
             # other runs, context set-up) is not this repetition's work.
             out["avg_power_w"] = total_j / total_s
-        peaks = [sampler.average_and_peak_w(*w)[1] for w in (prefill, decode)
-                 if w is not None and w[1] > w[0]]
-        peaks = [v for v in peaks if v is not None]
+        window_peaks = [sampler.average_and_peak_w(*w)[1] for w in (prefill, decode)
+                        if w is not None and w[1] > w[0]]
+        peaks = [v for v in window_peaks if v is not None]
         if peaks:
             out["peak_power_w"] = max(peaks)
         energy_decode = out.get("energy_decode_j")

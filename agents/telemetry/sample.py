@@ -139,7 +139,9 @@ class Sample(object):
             return True
         if any(getattr(self, name) is not None for name in _SCALAR_FIELDS):
             return True
-        return bool(self.cpu_util_pct) and any(v is not None for v in self.cpu_util_pct)
+        if not self.cpu_util_pct:
+            return False
+        return any(v is not None for v in self.cpu_util_pct)
 
     def to_json(self) -> Dict[str, Any]:
         """The normalised object of docs/telemetry.md; absent values are left out.

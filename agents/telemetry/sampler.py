@@ -44,11 +44,14 @@ import bisect
 import select
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from agents.telemetry.energy import integrate_trapezoid, value_of
 from agents.telemetry.sample import Sample
 from agents.telemetry.sources.base import Source
+
+if TYPE_CHECKING:  # for the type checker only: the sampler needs just the contract
+    from agents.telemetry.sources.process import ProcessSource
 
 __all__ = ["Sampler", "EnergyUnavailable"]
 
@@ -80,7 +83,7 @@ class Sampler(object):
         self.listener = listener
         self.max_samples = max(10, int(max_samples))
         self._polled = [s for s in self.sources if not s.streaming]
-        self._streams = [s for s in self.sources if s.streaming]
+        self._streams = _streamed(self.sources)
         self._power = _power_sources(self.sources)
         self._data_lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -159,7 +162,7 @@ class Sampler(object):
                 self.errors[source.name] = "start failed: %s: %s" % (type(exc).__name__, exc)
                 self.sources.remove(source)
         self._polled = [s for s in self.sources if not s.streaming]
-        self._streams = [s for s in self.sources if s.streaming]
+        self._streams = _streamed(self.sources)
         dropped = [s for s in self._power if s not in self.sources]
         self._power = _power_sources(self.sources)
         if dropped and not self._power:
@@ -211,7 +214,7 @@ class Sampler(object):
                     next_tick = now + self.interval
                 continue
             wait = next_tick - now
-            streams = [s for s in self._streams if s.running()]  # type: ignore[attr-defined]
+            streams = [s for s in self._streams if s.running()]
             if not streams:
                 # time.sleep, not Event.wait: a timed Event.wait costs this
                 # thread about 90 us of CPU per wake-up on the 2-core VM,
@@ -219,22 +222,21 @@ class Sampler(object):
                 time.sleep(min(wait, 0.25))
                 continue
             try:
-                ready, _, _ = select.select([s.fileno() for s in streams], [], [],  # type: ignore[attr-defined]
-                                            wait)
+                ready, _, _ = select.select([s.fileno() for s in streams], [], [], wait)
             except (OSError, ValueError):
                 self._stop.wait(wait)
                 continue
             for source in streams:
-                if source.fileno() in ready:  # type: ignore[attr-defined]
+                if source.fileno() in ready:
                     try:
-                        got = source.read()  # type: ignore[call-arg]
+                        got = source.read()
                     except Exception as exc:
                         self.errors.setdefault(source.name, "read failed: %s" % exc)
                         got = []
                     ended = getattr(source, "ended", None)
                     if ended:  # the tool exited: say how, once
                         self.errors.setdefault(source.name, ended)
-                    for sample in got:  # type: ignore[union-attr]
+                    for sample in got:
                         self.add(sample)
 
     # -- taking samples ----------------------------------------------------------------
@@ -544,15 +546,26 @@ class Sampler(object):
             for key in source.throttle_keys:
                 flags: List[str] = []
                 for sample in samples:
-                    value = sample.extra.get(key)
-                    if value in (None, 0, "Nominal", "nominal"):
+                    flag = sample.extra.get(key)
+                    if flag in (None, 0, "Nominal", "nominal"):
                         continue
-                    text = _throttle_text(value)
+                    text = _throttle_text(flag)
                     if text not in flags:
                         flags.append(text)
                 if flags:
                     notes.append("%s %s: %s" % (source.name, key, ", ".join(flags)))
         return notes
+
+
+def _streamed(sources: Sequence[Source]) -> List["ProcessSource"]:
+    """The streaming sources, as the process sources they are.
+
+    ``streaming = True`` is set by :class:`ProcessSource` alone (sources/base.py's
+    contract: a streaming source is a child process read through ``fileno()``,
+    ``running()`` and ``read() -> samples``), so every source kept here is one:
+    the cast states that, it converts nothing.
+    """
+    return [cast("ProcessSource", s) for s in sources if s.streaming]
 
 
 def _power_sources(sources: Sequence[Source]) -> List[Source]:
@@ -568,17 +581,20 @@ def _power_sources(sources: Sequence[Source]) -> List[Source]:
 
 def _value_at(samples: List[Sample], key: str, t: float) -> float:
     """``key`` at time ``t``, interpolated linearly between the samples around it."""
-    points = [(s.t, value_of(s, key)) for s in samples]
-    points = [(pt, pv) for pt, pv in points if pt is not None and pv is not None]
+    points: List[Tuple[float, float]] = []
+    for s in samples:
+        pv = value_of(s, key)
+        if s.t is not None and pv is not None:
+            points.append((s.t, pv))
     if not points or points[0][0] > t or points[-1][0] < t:
         span = "no samples" if not points else "[%r, %r]" % (points[0][0], points[-1][0])
         raise EnergyUnavailable("samples of %s cover %s; %r is outside" % (key, span, t))
     times = [p[0] for p in points]
     right = bisect.bisect_left(times, t)
     if times[right] == t:
-        return float(points[right][1])  # type: ignore[arg-type]
+        return float(points[right][1])
     (ta, va), (tb, vb) = points[right - 1], points[right]
-    return float(va) + (float(vb) - float(va)) * (t - ta) / (tb - ta)  # type: ignore[arg-type]
+    return float(va) + (float(vb) - float(va)) * (t - ta) / (tb - ta)
 
 
 def _throttle_text(value: object) -> str:

@@ -173,7 +173,9 @@ def parse_tegrastats_line(line: str, utc_offset_s: Optional[float] = None) -> Sa
     offline: List[str] = []
     pos = 0
     while True:
-        pos = _SPACE.match(text, pos).end()
+        space = _SPACE.match(text, pos)
+        assert space is not None  # r"\s*" matches, if only the empty string, at any pos
+        pos = space.end()
         if pos >= len(text):
             break
         match = _TIMESTAMP.match(text, pos)

@@ -25,7 +25,7 @@ class ProcessSource(Source):
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
-        self._proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+        self._proc: Optional[subprocess.Popen] = None
         self._buffer = b""
         self._last_t: Optional[float] = None
         self._stderr: Any = None
