@@ -38,12 +38,14 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: install system-deps
-	$(BIN)/ruff check orchestrator agents tests bench
+test: install system-deps lint
 	$(BIN)/python -m pytest -q
 
+# ruff (style), mypy (types: orchestrator/ and agents/, see [tool.mypy] in
+# pyproject.toml) and vermin (the agent runs on Python 3.8).
 lint: install
 	$(BIN)/ruff check orchestrator agents tests bench
+	$(BIN)/mypy
 	$(BIN)/vermin -q --no-tips --violations -t=3.8- agents
 
 clean:
