@@ -27,7 +27,9 @@ the backend (llama.cpp's thread pool sleeps between graph nodes: a quiet
 2-thread xllamacpp decode measured 0.41-0.51 of its threads' time here), so a
 fixed threshold on it would flag quiet runs; the machine-wide counters above
 do not depend on how the benchmark uses its threads. Clock and throttle
-changes come from the job's telemetry (``agents/telemetry``), which adds them.
+changes come from the job's telemetry (``agents/telemetry``): a repetition
+whose counted window saw a clock fall or a throttle flag is disturbed too
+(``add_telemetry_reason``, applied by the runner once telemetry has looked).
 
 The thresholds are fixed before any run and written into every repetition's
 record (``disturbance_rule``), so nothing is excluded by a rule chosen after
@@ -44,8 +46,26 @@ STEAL_MAX = 0.10
 #: /proc/stat counts in clock ticks (10 ms): a window of less CPU capacity
 #: than this (seconds × CPUs) cannot tell 25% from noise, so it is not judged.
 MIN_JUDGED_CPU_S = 0.5
-RULE = ("other load > %d%% of the CPUs, or hypervisor steal > %d%% (Linux /proc/stat)"
+RULE = ("other load > %d%% of the CPUs, or hypervisor steal > %d%% (Linux /proc/stat), or "
+        "a clock drop or throttle flag during the counted window (telemetry)"
         % (OTHER_LOAD_MAX * 100, STEAL_MAX * 100))
+#: The reason a telemetry warning (a clock fell, a throttle flag) gives.
+CLOCK_REASON = "clock or throttle change"
+
+
+def add_telemetry_reason(fields: Dict[str, object]) -> None:
+    """Mark a judged repetition disturbed when its telemetry saw a clock or throttle change.
+
+    The job's telemetry adds ``warning`` to a repetition for changes inside
+    its counted window only (``agents/telemetry/job.py``); a throttled
+    repetition measures the throttle, not the model.
+    """
+    warning = fields.get("warning")
+    if not warning or "disturbance_rule" not in fields:
+        return
+    reasons = [str(fields["disturbed"])] if fields.get("disturbed") else []
+    reasons.append("%s: %s" % (CLOCK_REASON, warning))
+    fields["disturbed"] = "; ".join(reasons)
 
 try:
     _HZ = float(os.sysconf("SC_CLK_TCK"))

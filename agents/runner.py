@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional
 from agents import probe
 from agents.backends import get_backend
 from agents.backends.base import BackendError, Emit, JobParams
+from agents.disturbance import add_telemetry_reason
 from agents.events import EventWriter, Heartbeat
 from agents.gguf_info import read_gguf_info
 from agents.protocol import (
@@ -34,6 +35,7 @@ from agents.protocol import (
     ERR_BAD_JOB,
     ERR_MODEL_MISSING,
     ERR_OUT_OF_MEMORY,
+    EV_REPETITION,
     EVENTS_FILE,
     JOB_FILE,
     PID_FILE,
@@ -111,6 +113,8 @@ def run_job(job_dir: str, echo: bool = False) -> int:
         body = dict(fields) if fields else {}
         if telemetry is not None:
             body = telemetry.before(kind, body)
+        if kind == EV_REPETITION:
+            add_telemetry_reason(body)
         writer.emit(kind, body)
         if telemetry is not None:
             telemetry.after(kind, body)

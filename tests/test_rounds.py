@@ -127,6 +127,22 @@ def test_a_window_too_short_for_the_ticks_is_not_judged() -> None:
     assert "too short to judge" in str(fields["disturbance_unjudged_reason"])
 
 
+def test_a_clock_or_throttle_warning_disturbs_a_judged_repetition() -> None:
+    judged = {"disturbed": None, "disturbance_rule": disturbance.RULE,
+              "warning": "clock gpu fell from 1980 to 1410 MHz"}
+    disturbance.add_telemetry_reason(judged)
+    assert judged["disturbed"] == ("clock or throttle change: clock gpu fell from 1980 to "
+                                   "1410 MHz")
+    both = {"disturbed": "hypervisor steal 15%", "disturbance_rule": disturbance.RULE,
+            "warning": "nvml throttle: thermal"}
+    disturbance.add_telemetry_reason(both)
+    assert both["disturbed"] == "hypervisor steal 15%; clock or throttle change: nvml " \
+                                "throttle: thermal"
+    warm_up = {"warning": "clock fell"}  # not judged (a warm-up): left alone
+    disturbance.add_telemetry_reason(warm_up)
+    assert "disturbed" not in warm_up
+
+
 def test_disturbance_without_proc_stat_says_so() -> None:
     fields = disturbance.assess(_snap(0, 0, None), _snap(1, 1.0, None), 1, True, ncpu=1)
     assert fields["other_load_unmeasured_reason"] == "no /proc/stat on this system"
