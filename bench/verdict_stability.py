@@ -18,7 +18,7 @@ the targets of issue 9:
 * the loaded run reports excluded rounds.
 
     .venv/bin/python bench/verdict_stability.py            # ~15-25 min on 2 cores
-    .venv/bin/python bench/verdict_stability.py --runs 3 --loaded-run 2 --burst 4:6
+    .venv/bin/python bench/verdict_stability.py --runs 3 --loaded-run 2 --burst 8:30
 
 The models are synthesized once into the local device's models dir (~5 GB).
 Not part of ``make test``.
@@ -170,7 +170,8 @@ def main() -> None:
     ap.add_argument("--inventory", type=Path, default=REPO / "inventory" / "local.yaml")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--loaded-run", type=int, default=2, help="1-based; 0: none")
-    ap.add_argument("--burst", default="4:6", help="busy:idle seconds of the background load")
+    ap.add_argument("--burst", default="8:30",
+                    help="busy:idle seconds of the background load (one busy process)")
     ap.add_argument("--load-cap", type=float, default=1800.0,
                     help="stop the background load after this many seconds in any case")
     ap.add_argument("--max-half-width", type=float, default=3.0)

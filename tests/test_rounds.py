@@ -98,10 +98,12 @@ def _snap(mono: float, cpu_s: float, machine: tuple[float, float, float] | None,
 @pytest.mark.parametrize(("own_cpu", "busy", "steal", "cpu_inference", "reason"), [
     # 1 s on 2 CPUs, 2 threads. Quiet: the machine was busy only with us.
     (1.9, 1.95, 0.0, True, None),
-    # Another process took 0.9 of the 2 CPU-seconds: other load 45% > 25%.
+    # Another process took 0.9 of the 2 CPU-seconds: other load 45% > 10%.
     (1.0, 1.9, 0.0, True, "other load: 45% of the CPUs busy with other work"),
-    # Another took 0.4 of 2: 20%, under the threshold (a low CPU share alone decides nothing).
-    (0.6, 1.0, 0.0, True, None),
+    # Another took 0.16 of 2: 8%, under the threshold (a low CPU share alone decides nothing).
+    (0.6, 0.76, 0.0, True, None),
+    # 0.3 of 2: 15% > 10%.
+    (1.5, 1.8, 0.0, True, "other load: 15% of the CPUs busy with other work"),
     # Steal 0.3 of 2 CPU-seconds = 15% > 10%.
     (1.6, 1.6, 0.3, False, "hypervisor steal 15%"),
     # GPU inference: low process CPU is expected, not a disturbance.
@@ -119,7 +121,7 @@ def test_disturbance_rule_by_hand(own_cpu: float, busy: float, steal: float,
 
 
 def test_a_window_too_short_for_the_ticks_is_not_judged() -> None:
-    # 0.1 s on 2 CPUs = 0.2 CPU-seconds < 0.5: 20 ticks cannot resolve a 25% share.
+    # 0.1 s on 2 CPUs = 0.2 CPU-seconds < 0.5: 20 ticks cannot resolve a 10% share.
     before = _snap(10.0, 5.0, (100.0, 1.0, 500.0))
     after = _snap(10.1, 5.05, (100.2, 1.0, 500.2))
     fields = disturbance.assess(before, after, threads=2, cpu_inference=True, ncpu=2)
