@@ -155,7 +155,7 @@ def assess(before: Snapshot, after: Snapshot, threads: int, cpu_inference: bool,
         elif other > OTHER_LOAD_MAX:
             reasons.append("other load: %.0f%% of the CPUs busy with other work" % (other * 100))
         if capacity >= MIN_JUDGED_CPU_S and steal_share > STEAL_MAX:
-            reasons.append("hypervisor steal %.0f%%" % (steal_share * 100))
+            reasons.append("hypervisor steal: %.0f%% of the CPUs' time" % (steal_share * 100))
     else:
         fields["other_load_unmeasured_reason"] = "no /proc/stat on this system"
     if cpu_inference:

@@ -110,6 +110,9 @@ class Comparison:
     excluded: dict[str, int] = field(default_factory=dict)
     unpaired: int = 0
     energy_ratio: float | None = None  # MoE J/token ÷ dense J/token (medians)
+    #: How the paired job ran its rounds (agents/round_runner.py): rounds run
+    #: and kept, why it stopped, whether the models stayed loaded.
+    schedule: dict[str, Any] | None = None
 
 
 def _median(values: list[float]) -> float | None:
@@ -148,6 +151,18 @@ def pair_repetitions(moe: Sequence[Mapping[str, Any]], dense: Sequence[Mapping[s
     return unique, PAIRED_BY_ROUND if by_round else PAIRED_BY_INDEX
 
 
+def disturbance_kind(*reps: Mapping[str, Any]) -> str | None:
+    """What disturbed a pair of repetitions, by kind ("other load", "hypervisor steal").
+
+    The agent's reason carries the measured share ("other load: 33% of the
+    CPUs ..."); the report counts excluded rounds per kind, with the rule
+    and each repetition's numbers kept in the stored events.
+    """
+    kinds = sorted({part.split(":", 1)[0].strip() for rep in reps if rep.get("disturbed")
+                    for part in str(rep["disturbed"]).split("; ")})
+    return " and ".join(kinds) if kinds else None
+
+
 def paired_rounds(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
                   metric: str) -> list[stats.PairedRound]:
     """``stats.PairedRound`` per pair where both sides measured ``metric``.
@@ -159,7 +174,7 @@ def paired_rounds(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
         a, b = _positive([m.get(metric)]), _positive([d.get(metric)])
         if a and b:
             rounds.append(stats.PairedRound(moe_tps=a[0], dense_tps=b[0],
-                                            disturbed=m.get("disturbed") or d.get("disturbed")))
+                                            disturbed=disturbance_kind(m, d)))
     return rounds
 
 
@@ -263,6 +278,14 @@ def _same_job(moe: list[dict[str, Any]], dense: list[dict[str, Any]]) -> list[di
     return mine or dense
 
 
+def _schedule(job: Any) -> dict[str, Any] | None:
+    """The ``rounds`` summary of a job's result, if its agent recorded one."""
+    if job is None or not job["result_json"]:
+        return None
+    rounds = json.loads(job["result_json"]).get("rounds")
+    return rounds if isinstance(rounds, dict) else None
+
+
 def _job_models(row: Any) -> list[str]:
     """The ids of the models a stored job ran (a pair's, or its one model)."""
     record = json.loads(row["spec_json"])
@@ -341,7 +364,9 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                     dense = model_stats(device, models[dense_id], config)
                     dense_reps = _same_job(moe_reps, [_rep(r) for r in
                                                       reps.get((device, dense_id, config), [])])
-                    comparisons.append(compare(device, cfg, moe, dense, moe_reps, dense_reps))
+                    comparison = compare(device, cfg, moe, dense, moe_reps, dense_reps)
+                    comparison.schedule = _schedule(jobs.get((device, pair["moe"], config)))
+                    comparisons.append(comparison)
     return {
         "sweep_id": sweep_id,
         "sweep_name": sweep_row["name"],
@@ -482,6 +507,11 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
         lines.append("; ".join(extra))
     for reason, count in (c.get("excluded") or {}).items():
         lines.append(f"{count} round{'s' if count != 1 else ''} left out: {reason}")
+    schedule = c.get("schedule")
+    if schedule:
+        lines.append(f"rounds: {schedule.get('rounds_run')} run, {schedule.get('kept_rounds')} "
+                     f"kept; {schedule.get('stop_reason')}; models loaded: "
+                     f"{schedule.get('resident')}")
     if c.get("unpaired"):
         lines.append(f"{c['unpaired']} repetition(s) without a partner on the other side")
     for side in (c["moe"], c["dense"]):

@@ -49,6 +49,11 @@ def test_tiny_moe_vs_dense_sweep_runs_real_llama_cpp_and_reports(tmp_path: Path)
     ratio = (moe_tps[0] / dense_tps[0] * moe_tps[1] / dense_tps[1]) ** 0.5
     assert abs(comp["decode_ratio"] - ratio) < 1e-9
     assert comp["pairing"].startswith("paired by round")
+    schedule = comp["schedule"]  # both tiny models stayed loaded; a fixed count of rounds
+    assert (schedule["rounds_run"], schedule["kept_rounds"], schedule["resident"]) == \
+        (2, 2, "all")
+    assert schedule["stop_reason"] == "fixed count of 2 rounds"
+    assert "rounds: 2 run, 2 kept; fixed count of 2 rounds; models loaded: all" in run.stdout
     assert comp["decode_estimate"]["kind"] == "range"  # 2 rounds: too few for a 95% CI
     prov = comp["moe"]["provenance"]
     assert prov == comp["dense"]["provenance"] and prov["backend"] == "xllamacpp"

@@ -648,7 +648,8 @@ def local_inventory(tmp_path: Path) -> Path:
     return write(tmp_path, LOCAL_INVENTORY, name="inventory.yaml")
 
 
-@pytest.mark.parametrize("sweep", ["quickstart.yaml", "seed-shapes-local.yaml"])
+@pytest.mark.parametrize("sweep", ["quickstart.yaml", "seed-shapes-local.yaml",
+                                   "verdict-stability.yaml"])
 @pytest.mark.parametrize("inventory", ["local.yaml", "devices.example.yaml"])
 def test_shipped_sweeps_validate(sweep: str, inventory: str) -> None:
     loaded, _ = load_sweep_with_inventory(
@@ -666,7 +667,7 @@ def test_quickstart_contents() -> None:
     assert [(p.moe, p.dense) for p in sweep.pairs] == [("tiny-moe", ["tiny-dense"])]
     m = sweep.matrix
     assert (m.prompt_tokens, m.gen_tokens, m.threads, m.gpu_layers) == ([64], [32], [2], [0])
-    assert (sweep.repetitions, sweep.warmup, sweep.backend) == (3, 1, "auto")
+    assert (sweep.repetitions, sweep.warmup, sweep.backend) == (8, 1, "auto")
     assert (sweep.timeout_s, sweep.retries) == (300, 1)
 
 

@@ -308,7 +308,7 @@ def test_quickstart_plan() -> None:
     )
     jobs = plan(sweep, inventory)
     assert [(j.device, j.model_id) for j in jobs] == [("local", "tiny-moe vs tiny-dense")]
-    assert all(j.timeout_s == 300 and j.repetitions == 3 and j.warmup == 1 for j in jobs)
+    assert all(j.timeout_s == 300 and j.repetitions == 8 and j.warmup == 1 for j in jobs)
 
 
 def test_plan_rejects_unknown_device_without_files() -> None:

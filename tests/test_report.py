@@ -194,6 +194,19 @@ def test_disturbed_rounds_are_left_out_and_counted(tmp_path: Path) -> None:
     assert "- 1 round left out: thermal throttling" in render_markdown(build_report(store, "s"))
 
 
+def test_excluded_rounds_are_counted_by_kind_not_by_measured_share(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    moe = decode([50.0, 60.0, 55.0]) + [
+        dict(decode_tps=10.0, disturbed="other load: 33% of the CPUs busy with other work"),
+        dict(decode_tps=12.0, disturbed="other load: 41% of the CPUs busy with other work"),
+        dict(decode_tps=11.0,
+             disturbed="hypervisor steal: 15% of the CPUs' time; clock or throttle change: x")]
+    fill(store, {"moe": moe, "dense": decode([100.0] * 6)})
+    c = one(store)
+    assert c["excluded"] == {"other load": 2,
+                             "clock or throttle change and hypervisor steal": 1}
+
+
 def test_a_missing_side_gives_no_verdict_with_the_reason(tmp_path: Path) -> None:
     store = Store(tmp_path)
     fill(store, {"moe": decode([50.0, 60.0]), "dense": []})

@@ -105,7 +105,7 @@ def _snap(mono: float, cpu_s: float, machine: tuple[float, float, float] | None,
     # 0.3 of 2: 15% > 10%.
     (1.5, 1.8, 0.0, True, "other load: 15% of the CPUs busy with other work"),
     # Steal 0.3 of 2 CPU-seconds = 15% > 10%.
-    (1.6, 1.6, 0.3, False, "hypervisor steal 15%"),
+    (1.6, 1.6, 0.3, False, "hypervisor steal: 15% of the CPUs' time"),
     # GPU inference: low process CPU is expected, not a disturbance.
     (0.1, 0.15, 0.0, False, None),
 ])
@@ -135,11 +135,12 @@ def test_a_clock_or_throttle_warning_disturbs_a_judged_repetition() -> None:
     disturbance.add_telemetry_reason(judged)
     assert judged["disturbed"] == ("clock or throttle change: clock gpu fell from 1980 to "
                                    "1410 MHz")
-    both = {"disturbed": "hypervisor steal 15%", "disturbance_rule": disturbance.RULE,
+    both = {"disturbed": "hypervisor steal: 15% of the CPUs' time",
+            "disturbance_rule": disturbance.RULE,
             "warning": "nvml throttle: thermal"}
     disturbance.add_telemetry_reason(both)
-    assert both["disturbed"] == "hypervisor steal 15%; clock or throttle change: nvml " \
-                                "throttle: thermal"
+    assert both["disturbed"] == ("hypervisor steal: 15% of the CPUs' time; clock or "
+                                 "throttle change: nvml throttle: thermal")
     warm_up = {"warning": "clock fell"}  # not judged (a warm-up): left alone
     disturbance.add_telemetry_reason(warm_up)
     assert "disturbed" not in warm_up
