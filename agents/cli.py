@@ -114,6 +114,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_lease.add_argument("--owner", required=True)
     p_lease.add_argument("--ttl", type=float, default=120.0)
     sub.add_parser("version", help="print the agent and protocol versions as JSON")
+    sub.add_parser("worker", help="hold one model for a job's paired rounds (JSON lines on "
+                                  "stdin/stdout; started by the runner)")
     sub.add_parser("prepare", help="unpack this zipapp next to itself and compile it "
                                    "(later starts skip compiling the agent)")
     p_synth = sub.add_parser("synth", help="write a random-weight GGUF with a preset's shapes")
@@ -135,6 +137,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_job(args.job_dir, echo=not args.quiet)
     if args.command in ("start", "follow", "status", "cancel", "lease"):
         return _jobctl(args)
+    if args.command == "worker":
+        from agents.model_worker import main as worker_main
+
+        return worker_main()
     if args.command == "version":
         from agents.protocol import PROTOCOL_VERSION
 

@@ -95,14 +95,33 @@ def _cpu_times() -> Optional[Tuple[float, float, float]]:
     return (total - idle - steal) / _HZ, steal / _HZ, total / _HZ
 
 
-class Snapshot(object):
-    """The counters at one moment (taken just before and just after a repetition)."""
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds of a running child (a model worker) from /proc; 0 where unreadable.
 
-    def __init__(self) -> None:
+    ``RUSAGE_CHILDREN`` counts a child only once it has been waited for, and
+    a model worker lives for the whole job.
+    """
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (float(fields[11]) + float(fields[12])) / _HZ
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Snapshot(object):
+    """The counters at one moment (taken just before and just after a repetition).
+
+    ``workers``: pids of running children whose CPU time is the benchmark's
+    own (the model worker of a paired job).
+    """
+
+    def __init__(self, workers: Tuple[int, ...] = ()) -> None:
         self.mono = time.monotonic()
         own = resource.getrusage(resource.RUSAGE_SELF)
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.cpu_s = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        self.cpu_s += sum(_process_cpu_s(pid) for pid in workers)
         self.nivcsw = own.ru_nivcsw + kids.ru_nivcsw
         self.machine = _cpu_times()
 

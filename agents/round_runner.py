@@ -15,7 +15,10 @@ Where the models stay loaded:
   the device's available memory allows (file sizes × ``RESIDENT_FACTOR``
   against ``MemAvailable``), so no round reloads a model; otherwise each
   repetition loads its model afresh, after its own warm-ups. The result
-  records which (``resident``).
+  records which (``resident``). A backend whose models must not share a
+  process (``isolate_models``: llama.cpp contexts slow each other down) gets
+  a worker process per model (``agents/model_worker.py``), whose CPU time
+  counts as the benchmark's own in the disturbance record.
 * batch backends (llama-bench, one process per invocation) run one invocation
   per model per round (``repetitions_per_round`` counted repetitions each,
   after llama-bench's own warm-up); a single-model job is one invocation of all
@@ -30,6 +33,9 @@ from agents.backends.base import Backend, Emit, JobParams, Session
 from agents.disturbance import Snapshot, assess
 from agents.protocol import EV_PHASE, EV_REPETITION
 from agents.rounds import RoundPlan
+
+#: ``open(model_path, params, emit) -> Session``: the backend's own, or a worker's.
+OpenSession = Callable[[str, JobParams, Emit], Session]
 
 #: Resident memory of a loaded GGUF per byte of file, used only to decide
 #: whether all models of a job fit at once (CPU weight repacking measured
@@ -69,8 +75,10 @@ class RoundRunner(object):
 
     def __init__(self, backend: Backend, models: List[Dict[str, object]], paths: List[str],
                  params: JobParams, plan: RoundPlan, emit: Emit,
-                 repetitions_per_round: int = 1) -> None:
+                 repetitions_per_round: int = 1,
+                 open_session: Optional[OpenSession] = None) -> None:
         self.backend = backend
+        self.open_session: OpenSession = open_session or backend.open
         self.ids = [str(m.get("id") or "model-%d" % n) for n, m in enumerate(models)]
         self.archs = [str(m.get("arch", "")) for m in models]
         self.paths = paths
@@ -87,6 +95,7 @@ class RoundRunner(object):
         self.indices = {True: itertools.count(), False: itertools.count()}
         self.cpu_inference = backend.cpu_in_process and params.gpu_layers == 0
         self.infos: Dict[str, Dict[str, object]] = {}
+        self.workers: Tuple[int, ...] = ()  # pids of model workers (their CPU is ours)
 
     # -- events ---------------------------------------------------------------------
     def _repetition(self, i: int, round_index: Optional[int], position: Optional[int],
@@ -101,7 +110,8 @@ class RoundRunner(object):
             body["round"] = round_index
             body["position"] = position
             if before is not None and not body.get("synthetic"):
-                body.update(assess(before, Snapshot(), self.params.threads, self.cpu_inference))
+                body.update(assess(before, Snapshot(self.workers), self.params.threads,
+                                   self.cpu_inference))
         written = self.emit(EV_REPETITION, body)
         return written if written is not None else body
 
@@ -138,6 +148,7 @@ class RoundRunner(object):
             "excluded_rounds": dict(self.excluded),
             "kept_rounds": min((len(v) for v in self.kept.values()), default=rounds),
             "repetitions_per_round": self.per_round,
+            "model_processes": "one per model" if self.workers else "the agent's",
         }
         if self.plan.adaptive:
             summary["adaptive"] = {"min": self.plan.minimum, "max": self.plan.maximum,
@@ -153,8 +164,10 @@ class RoundRunner(object):
         try:
             if resident == "all":
                 for i, path in enumerate(self.paths):
-                    sessions[i] = self.backend.open(path, self.params, self.emit)
+                    sessions[i] = self.open_session(path, self.params, self.emit)
                     self._warm(i, sessions[i])
+                self.workers = tuple(p for p in (getattr(s, "pid", None)
+                                                 for s in sessions.values()) if p)
             round_index = 0
             while True:
                 order = self.plan.order(round_index, len(self.ids))
@@ -164,10 +177,10 @@ class RoundRunner(object):
                 for position, i in enumerate(order):
                     session = sessions.get(i)
                     if session is None:  # one model at a time: load, warm up, measure, unload
-                        session = self.backend.open(self.paths[i], self.params, self.emit)
+                        session = self.open_session(self.paths[i], self.params, self.emit)
                         self._warm(i, session)
                     for _ in range(self.per_round):
-                        before = Snapshot()
+                        before = Snapshot(self.workers)
                         fields = session.repetition(round_index, False, self.emit)
                         bodies.setdefault(i, []).append(
                             self._repetition(i, round_index, position, fields, before))

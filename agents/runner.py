@@ -26,10 +26,11 @@ from typing import Any, Dict, List, Optional
 
 from agents import probe
 from agents.backends import get_backend
-from agents.backends.base import BackendError, Emit, JobParams
+from agents.backends.base import BackendError, Emit, JobParams, Session
 from agents.disturbance import add_telemetry_reason
 from agents.events import EventWriter, Heartbeat
 from agents.gguf_info import read_gguf_info
+from agents.model_worker import WorkerSession
 from agents.protocol import (
     ERR_AGENT,
     ERR_BAD_JOB,
@@ -144,8 +145,15 @@ def run_job(job_dir: str, echo: bool = False) -> int:
             if len(models) > 1 or plan.adaptive:
                 telemetry.expected = None  # the count of repetitions is not known up front
             backend = get_backend(spec.get("backend", "auto"), device.get("llama_bench"))
+            open_session = None
+            if len(models) > 1 and backend.isolate_models:
+                name, bench = backend.name, device.get("llama_bench")
+
+                def open_session(path: str, params: JobParams, emit: Emit) -> Session:
+                    return WorkerSession(name, bench, path, params, emit)
+
             rounds = RoundRunner(backend, models, paths, params, plan, emit,
-                                 int(p.get("repetitions_per_round", 1)))
+                                 int(p.get("repetitions_per_round", 1)), open_session)
             summary = rounds.run()
             per_model: Dict[str, object] = {}
             for model_id, path in zip(rounds.ids, paths):

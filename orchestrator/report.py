@@ -509,9 +509,11 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
         lines.append(f"{count} round{'s' if count != 1 else ''} left out: {reason}")
     schedule = c.get("schedule")
     if schedule:
+        apart = schedule.get("model_processes") == "one per model"
         lines.append(f"rounds: {schedule.get('rounds_run')} run, {schedule.get('kept_rounds')} "
                      f"kept; {schedule.get('stop_reason')}; models loaded: "
-                     f"{schedule.get('resident')}")
+                     f"{schedule.get('resident')}"
+                     + (", each in its own process" if apart else ""))
     if c.get("unpaired"):
         lines.append(f"{c['unpaired']} repetition(s) without a partner on the other side")
     for side in (c["moe"], c["dense"]):

@@ -53,7 +53,7 @@ def test_tiny_moe_vs_dense_sweep_runs_real_llama_cpp_and_reports(tmp_path: Path)
     assert (schedule["rounds_run"], schedule["kept_rounds"], schedule["resident"]) == \
         (2, 2, "all")
     assert schedule["stop_reason"] == "fixed count of 2 rounds"
-    assert "rounds: 2 run, 2 kept; fixed count of 2 rounds; models loaded: all" in run.stdout
+    assert schedule["model_processes"] == "one per model"
     assert comp["decode_estimate"]["kind"] == "range"  # 2 rounds: too few for a 95% CI
     prov = comp["moe"]["provenance"]
     assert prov == comp["dense"]["provenance"] and prov["backend"] == "xllamacpp"
@@ -62,6 +62,8 @@ def test_tiny_moe_vs_dense_sweep_runs_real_llama_cpp_and_reports(tmp_path: Path)
     md = edgefarm("report", sweep_id, "-r", str(results), "--format", "md", tmp=tmp_path)
     assert md.returncode == 0 and md.stdout.startswith("# edgefarm report: quick")
     assert "| tiny-moe (moe) |" in md.stdout
+    assert "- rounds: 2 run, 2 kept; fixed count of 2 rounds; models loaded: all, each in its " \
+        "own process" in md.stdout
 
     status = edgefarm("sweep", "status", sweep_id, "-r", str(results), tmp=tmp_path)
     assert status.returncode == 0 and "tiny-moe vs tiny-dense" in status.stdout \

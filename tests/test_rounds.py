@@ -234,8 +234,41 @@ def test_xllamacpp_group_keeps_both_models_loaded_and_records_disturbance(
         assert "other_load_share" in rep and "disturbed" in rep
     info = events[-1]["info"]
     assert info["rounds"]["resident"] == "all"
+    # llama.cpp contexts slow each other down in one process: one worker per model.
+    assert info["rounds"]["model_processes"] == "one per model"
     for model in ("tiny-moe", "tiny-dense"):
         one = info["models"][model]
         assert one["backend"] == "xllamacpp" and one["load_rss_bytes"] > 0
         assert one["provenance"]["backend"] == "xllamacpp"
     assert not math.isnan(float(counted[0]["decode_tps"]))
+
+
+def test_a_model_worker_reports_backend_errors_with_their_kind(tmp_path: Path) -> None:
+    from agents.backends.base import BackendError, JobParams
+    from agents.model_worker import WorkerSession
+
+    params = JobParams(8, 8, 1, 0, 1, 0)
+    with pytest.raises(BackendError) as failed:
+        WorkerSession("xllamacpp", None, str(tmp_path / "missing.gguf"), params,
+                      lambda kind, fields: fields)
+    assert failed.value.kind == "model-missing" and "missing.gguf" in failed.value.message
+
+
+def test_a_model_worker_runs_repetitions_and_forwards_its_events(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    from agents.backends.base import JobParams
+    from agents.model_worker import WorkerSession
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+    session = WorkerSession("xllamacpp", None, str(tiny_models["tiny-dense"]),
+                            JobParams(8, 8, 1, 0, 1, 0),
+                            lambda kind, fields: seen.append((kind, fields)) or fields)
+    try:
+        rep = session.repetition(0, False, lambda kind, fields: seen.append((kind, fields))
+                                 or fields)
+        assert rep["gen_tokens"] == 8 and rep["decode_tps"] > 0
+        assert session.info()["backend"] == "xllamacpp" and session.pid > 0
+    finally:
+        session.close()
+    assert ("phase", {"phase": "load"}) in seen and ("phase", {"phase": "prefill"}) in seen
+    assert session.proc.returncode == 0

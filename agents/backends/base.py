@@ -113,9 +113,11 @@ class Backend(object):
     name = "base"
     #: True when ``open`` gives sessions (repetitions one at a time).
     supports_sessions = False
-    #: True when the model runs on the CPU in this process (the descheduled
-    #: rule of agents/disturbance.py applies to it).
+    #: True when the model runs on the CPU in this process (its CPU share is
+    #: recorded by agents/disturbance.py).
     cpu_in_process = False
+    #: True when two models must not share a process (agents/model_worker.py).
+    isolate_models = False
 
     def open(self, model_path: str, params: "JobParams", emit: Emit) -> Session:
         """Load ``model_path`` and return a session (backends with ``supports_sessions``)."""

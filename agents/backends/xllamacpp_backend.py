@@ -184,6 +184,9 @@ class XllamacppBackend(Backend):
     name = "xllamacpp"
     supports_sessions = True
     cpu_in_process = True  # with gpu_layers 0 the model runs on this process's threads
+    #: Two llama.cpp contexts in one process slow each other down (see
+    #: agents/model_worker.py): a job's models each get a worker process.
+    isolate_models = True
 
     def available(self) -> Tuple[bool, str]:
         try:
