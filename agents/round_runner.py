@@ -115,7 +115,20 @@ class RoundRunner(object):
         written = self.emit(EV_REPETITION, body)
         return written if written is not None else body
 
-    def _end_round(self, round_index: int, bodies: Dict[int, List[Dict[str, object]]]) -> None:
+    def _begin_round(self, round_index: int) -> List[int]:
+        """Draw the round's order and announce it (a ``round`` phase event)."""
+        order = self.plan.order(round_index, len(self.ids))
+        self.emit(EV_PHASE, {"phase": "round", "round": round_index,
+                             "order": [self.ids[i] for i in order]})
+        return order
+
+    def _end_round(self, round_index: int, bodies: Dict[int, List[Dict[str, object]]]
+                   ) -> Tuple[bool, str]:
+        """Keep the round's ratios, or count it excluded; then: stop, and why?"""
+        self._keep_or_exclude(bodies)
+        return self.plan.decide(round_index + 1, self.kept)
+
+    def _keep_or_exclude(self, bodies: Dict[int, List[Dict[str, object]]]) -> None:
         """Keep the round's ratios, or count it excluded with its reasons."""
         reasons = sorted({str(b["disturbed"]).split(":")[0] for group in bodies.values()
                           for b in group if b.get("disturbed")})
@@ -170,11 +183,8 @@ class RoundRunner(object):
                                                  for s in sessions.values()) if p)
             round_index = 0
             while True:
-                order = self.plan.order(round_index, len(self.ids))
-                self.emit(EV_PHASE, {"phase": "round", "round": round_index,
-                                     "order": [self.ids[i] for i in order]})
                 bodies: Dict[int, List[Dict[str, object]]] = {}
-                for position, i in enumerate(order):
+                for position, i in enumerate(self._begin_round(round_index)):
                     session = sessions.get(i)
                     if session is None:  # one model at a time: load, warm up, measure, unload
                         session = self.open_session(self.paths[i], self.params, self.emit)
@@ -187,9 +197,8 @@ class RoundRunner(object):
                     if i not in sessions:
                         self._keep_info(i, session)
                         session.close()
-                self._end_round(round_index, bodies)
                 round_index += 1
-                stop, reason = self.plan.decide(round_index, self.kept)
+                stop, reason = self._end_round(round_index - 1, bodies)
                 if stop:
                     return round_index, reason
         finally:
@@ -215,11 +224,8 @@ class RoundRunner(object):
         params = _with_repetitions(self.params, self.per_round)
         round_index = 0
         while True:
-            order = self.plan.order(round_index, len(self.ids))
-            self.emit(EV_PHASE, {"phase": "round", "round": round_index,
-                                 "order": [self.ids[i] for i in order]})
             bodies: Dict[int, List[Dict[str, object]]] = {}
-            for position, i in enumerate(order):
+            for position, i in enumerate(self._begin_round(round_index)):
                 before = Snapshot()
                 collected: List[Dict[str, object]] = []
                 emit = self._batch_emit(i, _constant(round_index), _constant(position),
@@ -227,9 +233,8 @@ class RoundRunner(object):
                 info = self.backend.run(self.paths[i], params, emit)
                 self.infos.setdefault(self.ids[i], info)
                 bodies[i] = collected
-            self._end_round(round_index, bodies)
             round_index += 1
-            stop, reason = self.plan.decide(round_index, self.kept)
+            stop, reason = self._end_round(round_index - 1, bodies)
             if stop:
                 return round_index, reason
 
