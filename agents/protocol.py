@@ -142,6 +142,7 @@ class JobParamsSpec(TypedDict):
     gpu_layers: int
     repetitions: Union[int, AdaptiveRounds]  # rounds (agents/rounds.py)
     warmup: int
+    keep_loaded: bool  # paired jobs: keep models loaded across rounds (else fresh loads)
 
 
 class DeviceRef(TypedDict):

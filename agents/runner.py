@@ -153,7 +153,8 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                     return WorkerSession(name, bench, path, params, emit)
 
             rounds = RoundRunner(backend, models, paths, params, plan, emit,
-                                 int(p.get("repetitions_per_round", 1)), open_session)
+                                 int(p.get("repetitions_per_round", 1)), open_session,
+                                 keep_loaded=bool(p.get("keep_loaded", False)))
             summary = rounds.run()
             per_model: Dict[str, object] = {}
             for model_id, path in zip(rounds.ids, paths):

@@ -88,6 +88,8 @@ class Job(BaseModel):
     repetitions: int | dict[str, Any] = Field(
         description="Rounds: a count, or `{min, max, target_ci_pct}`.")
     warmup: int = Field(description="Warm-up runs (stored, never counted).")
+    keep_loaded: bool = Field(default=False, description="Paired jobs: keep models loaded "
+                              "across rounds instead of a fresh load per repetition.")
     backend: str = Field(description="Backend name the agent is asked to use.")
     timeout_s: float = Field(description="Wall-clock limit per attempt; not part of the key.")
     retries: int = Field(description="Extra attempts after a failure; not part of the key.")
@@ -153,6 +155,7 @@ class Job(BaseModel):
                 "repetitions": self.repetitions if isinstance(self.repetitions, int)
                 else cast(AdaptiveRounds, dict(self.repetitions)),
                 "warmup": self.warmup,
+                "keep_loaded": self.keep_loaded,
             },
             "backend": self.backend,
             "timeout_s": self.timeout_s,
@@ -226,6 +229,7 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
                         gpu_layers=point.gpu_layers,
                         repetitions=repetitions,
                         warmup=sweep.warmup,
+                        keep_loaded=sweep.keep_models_loaded,
                         backend=sweep.backend,
                         timeout_s=sweep.timeout_s,
                         retries=sweep.retries,

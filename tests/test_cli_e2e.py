@@ -49,11 +49,11 @@ def test_tiny_moe_vs_dense_sweep_runs_real_llama_cpp_and_reports(tmp_path: Path)
     ratio = (moe_tps[0] / dense_tps[0] * moe_tps[1] / dense_tps[1]) ** 0.5
     assert abs(comp["decode_ratio"] - ratio) < 1e-9
     assert comp["pairing"].startswith("paired by round")
-    schedule = comp["schedule"]  # both tiny models stayed loaded; a fixed count of rounds
+    schedule = comp["schedule"]  # a fresh load per repetition (the default); 2 rounds
     assert (schedule["rounds_run"], schedule["kept_rounds"], schedule["resident"]) == \
-        (2, 2, "all")
+        (2, 2, "one-at-a-time")
     assert schedule["stop_reason"] == "fixed count of 2 rounds"
-    assert schedule["model_processes"] == "one per model"
+    assert schedule["model_processes"] == "the agent's"
     assert comp["decode_estimate"]["kind"] == "range"  # 2 rounds: too few for a 95% CI
     prov = comp["moe"]["provenance"]
     assert prov == comp["dense"]["provenance"] and prov["backend"] == "xllamacpp"
@@ -62,8 +62,8 @@ def test_tiny_moe_vs_dense_sweep_runs_real_llama_cpp_and_reports(tmp_path: Path)
     md = edgefarm("report", sweep_id, "-r", str(results), "--format", "md", tmp=tmp_path)
     assert md.returncode == 0 and md.stdout.startswith("# edgefarm report: quick")
     assert "| tiny-moe (moe) |" in md.stdout
-    assert "- rounds: 2 run, 2 kept; fixed count of 2 rounds; models loaded: all, each in its " \
-        "own process" in md.stdout
+    assert "- rounds: 2 run, 2 kept; fixed count of 2 rounds; models loaded: one-at-a-time" \
+        in md.stdout
 
     status = edgefarm("sweep", "status", sweep_id, "-r", str(results), tmp=tmp_path)
     assert status.returncode == 0 and "tiny-moe vs tiny-dense" in status.stdout \

@@ -156,10 +156,10 @@ def test_disturbance_without_proc_stat_says_so() -> None:
 
 def _group_job(job_dir: Path, models: list[dict[str, Any]], backend: str,
                repetitions: Any, warmup: int = 1, gen_tokens: int = 20,
-               **params: Any) -> Path:
+               keep_loaded: bool = True, **params: Any) -> Path:
     job_dir.mkdir(parents=True)
     p = {"prompt_tokens": 8, "gen_tokens": gen_tokens, "threads": 2, "gpu_layers": 0,
-         "repetitions": repetitions, "warmup": warmup, "seed": 11}
+         "repetitions": repetitions, "warmup": warmup, "seed": 11, "keep_loaded": keep_loaded}
     p.update(params)
     spec = {"schema": 1, "job_key": "group", "attempt": 1, "backend": backend,
             "models": models, "model": models[0], "params": p, "device": {},
@@ -272,3 +272,22 @@ def test_a_model_worker_runs_repetitions_and_forwards_its_events(
         session.close()
     assert ("phase", {"phase": "load"}) in seen and ("phase", {"phase": "prefill"}) in seen
     assert session.proc.returncode == 0
+
+
+def test_by_default_a_pair_loads_each_model_afresh_for_every_repetition(
+        tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    models = [{"id": "tiny-moe", "arch": "moe", "source": {"path": str(tiny_models["tiny-moe"])}},
+              {"id": "tiny-dense", "arch": "dense",
+               "source": {"path": str(tiny_models["tiny-dense"])}}]
+    job = _group_job(tmp_path / "job", models, "xllamacpp", repetitions=3, gen_tokens=8,
+                     keep_loaded=False)
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    loads = [e for e in events if e["kind"] == "phase" and e.get("phase") == "load"]
+    assert len(loads) == 2 * 3, "a load (and its warm-up) before every counted repetition"
+    reps = [e for e in events if e["kind"] == "repetition"]
+    assert sum(r["warmup"] for r in reps) == 2 * 3 and sum(not r["warmup"] for r in reps) == 6
+    summary = events[-1]["info"]["rounds"]
+    assert summary["resident"] == "one-at-a-time"
+    assert summary["resident_reason"].startswith("a fresh load per repetition")
+    assert summary["model_processes"] == "the agent's"  # alone in memory: no worker needed

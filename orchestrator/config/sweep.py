@@ -372,6 +372,15 @@ class Sweep(FileModel):
             "every model of a pair runs one counted repetition, in a random order."
         ),
     )
+    keep_models_loaded: bool = Field(
+        default=False,
+        description=(
+            "Paired jobs: keep every model loaded across rounds (each in its own process) "
+            "instead of loading each afresh for every repetition. Faster, but the 95% CI then "
+            "covers one load of the models only (load-to-load variation was ~7% on a 2-core "
+            "VM: docs/results/verdict-stability.md)."
+        ),
+    )
     warmup: int = Field(
         default=1,
         ge=0,
