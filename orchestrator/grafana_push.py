@@ -17,15 +17,23 @@ time and reports every item "unchanged". The steps:
 
 Errors come out as ``GrafanaPushError`` with a one-line message and an exit
 status: 2 for bad input (URL, token variable, token, folder name), 1 for server
-trouble (unreachable, too old, server errors). The token is read from an
+trouble (unreachable, too old, too slow, server errors). The token is read from an
 environment variable only, so it never shows in a process list or shell history.
+
+Every HTTP call has a total deadline (``timeout`` seconds from sending the
+request to holding the whole answer). The HTTP client's own timeout is per
+socket read, so a server that trickles a byte now and then would keep a push
+waiting forever; the deadline is kept by running each call on a worker thread
+and giving up on it when the time is over.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +49,12 @@ __all__ = [
     "DATASOURCE_FIELDS",
     "DEFAULT_FOLDER",
     "DEFAULT_PROMETHEUS_URL",
+    "MAX_TIMEOUT",
     "MIN_GRAFANA_VERSION",
     "GrafanaInputError",
     "GrafanaPushError",
     "PushResult",
+    "check_timeout",
     "check_url",
     "push",
     "token_from_env",
@@ -66,6 +76,10 @@ DATASOURCE_FIELDS: dict[str, Any] = {
     "access": "proxy",
     "jsonData": {"timeInterval": "5s", "httpMethod": "POST"},
 }
+
+#: Longest ``timeout`` accepted, one day: anything longer is a typo, and the
+#: thread wait that keeps the deadline refuses values near float infinity.
+MAX_TIMEOUT = 86_400.0
 
 _UID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
@@ -129,6 +143,20 @@ def check_url(url: str, what: str = "Grafana URL") -> str:
     return url.rstrip("/")
 
 
+def check_timeout(timeout: float) -> float:
+    """``timeout`` if it is a usable deadline in seconds: more than 0, at most ``MAX_TIMEOUT``.
+
+    Zero or a negative value would fail every call at once (or, passed to the
+    HTTP client, raise a raw ``ValueError``), and NaN compares false to
+    everything; all are the user's mistake, so they are input errors.
+    """
+    if not (isinstance(timeout, int | float) and math.isfinite(timeout)
+            and 0 < timeout <= MAX_TIMEOUT):
+        raise GrafanaInputError(f"timeout must be more than 0 and at most {MAX_TIMEOUT:g} "
+                                f"seconds, got {timeout!r}")
+    return float(timeout)
+
+
 def _version_tuple(version: str) -> tuple[int, int] | None:
     match = re.match(r"^v?(\d+)\.(\d+)", version.strip())
     return (int(match[1]), int(match[2])) if match else None
@@ -179,6 +207,7 @@ class _Session:
 
     def __init__(self, url: str, token: str, timeout: float) -> None:
         self.url = url
+        self.timeout = timeout
         parts = urlsplit(url)
         prefix = parts.path.strip("/")
         host = parts.hostname or ""
@@ -189,6 +218,8 @@ class _Session:
             port=parts.port,
             url_path_prefix=f"{prefix}/" if prefix else "",
             protocol=parts.scheme,
+            # Per socket read; a server that falls silent ends an abandoned
+            # worker (see _within_deadline) after this long.
             timeout=timeout,
             user_agent="edgefarm-dashboards-push",
         )
@@ -197,7 +228,7 @@ class _Session:
              missing_ok: bool = False) -> Any:
         """Run one API call; return None for a 404 when ``missing_ok``."""
         try:
-            return func(*args)
+            return self._within_deadline(what, func, *args)
         except GrafanaTimeoutError:
             raise GrafanaPushError(f"cannot reach Grafana at {self.url}: timed out "
                                    f"({what})") from None
@@ -226,6 +257,46 @@ class _Session:
             # niquests' ConnectionError and friends derive from OSError.
             raise GrafanaPushError(f"cannot reach Grafana at {self.url}: "
                                    f"{_cause_text(exc)}") from None
+
+    def _within_deadline(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)``, or ``GrafanaPushError`` once ``self.timeout`` seconds have passed.
+
+        The HTTP client (niquests) only bounds each socket read, so a server
+        sending one header line every few seconds never trips it. The call runs
+        on a daemon thread and this thread waits for it with the whole deadline;
+        past it, the session is closed and the worker left to end on its own (a
+        closed connection or the per-read timeout ends it; a daemon thread never
+        keeps the process alive). Its exceptions are re-raised here, so ``call``
+        translates them as if the call had run in this thread.
+        """
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome["value"] = func(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed over to the waiting thread
+                outcome["error"] = exc
+            finally:
+                finished.set()
+
+        worker = threading.Thread(target=work, name=f"grafana-push: {what}", daemon=True)
+        worker.start()
+        if not finished.wait(self.timeout):
+            self._abandon()
+            raise GrafanaPushError(
+                f"cannot reach Grafana at {self.url}: no complete answer within "
+                f"{self.timeout:g} s ({what}); the server is too slow or stalled")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    def _abandon(self) -> None:
+        """Close the HTTP session after a missed deadline, so its connections are dropped."""
+        try:
+            self.api.client.s.close()
+        except Exception:  # noqa: BLE001 - best effort; the push is failing already
+            pass
 
 
 def _server_message(exc: GrafanaException) -> str:
@@ -331,6 +402,7 @@ def push(
                                 "(it is also the folder's uid)")
     if not token:
         raise GrafanaInputError("empty Grafana token")
+    timeout = check_timeout(timeout)
     models = render_all() if dashboards is None else dashboards
     session = _Session(url, token, timeout)
     _check_version(session)

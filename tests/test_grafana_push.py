@@ -20,6 +20,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -494,3 +495,102 @@ def test_sub_app_registers_as_main_will() -> None:
     result = runner.invoke(root, ["dashboards", "push", "--help"])
     assert result.exit_code == 0
     assert "--token-env" in result.output and "--url" in result.output
+
+
+# -- deadlines -----------------------------------------------------------------
+
+
+class TricklingServer:
+    """A real TCP server that answers every request with one header line every 2 s, forever.
+
+    Each read the client makes gets a byte well within any per-read timeout,
+    so only a total deadline per request ends the wait. Stopping it ends the
+    connection threads too, so no test leaves a thread writing.
+    """
+
+    INTERVAL = 2.0
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+        self.accepting.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _addr = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                line = 0
+                while not self.stop.wait(self.INTERVAL):
+                    line += 1
+                    conn.sendall(f"X-Trickle-{line}: {line}\r\n".encode())
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        self.accepting.join(5)
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def trickling() -> Iterator[TricklingServer]:
+    server = TricklingServer()
+    yield server
+    server.close()
+
+
+def test_trickling_server_ends_at_the_total_deadline(trickling: TricklingServer) -> None:
+    started = time.monotonic()
+    result = run_push(trickling.url, "--timeout", "3")
+    elapsed = time.monotonic() - started
+    # Slow server, not bad input: exit 1, one clear line, well before a second deadline.
+    assert result.exit_code == 1, result.output
+    line = one_line_error(result)
+    assert "cannot reach Grafana" in line and "within 3 s" in line, line
+    assert 2.5 <= elapsed < 5.5, elapsed
+    assert trickling.threads, "the push never reached the server"
+
+
+def test_library_push_keeps_the_deadline(trickling: TricklingServer) -> None:
+    started = time.monotonic()
+    with pytest.raises(GrafanaPushError, match="within 1 s") as caught:
+        push(trickling.url, TOKEN, dashboards={}, timeout=1)
+    assert not isinstance(caught.value, GrafanaInputError)
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "1e9"])
+def test_bad_timeouts_are_usage_errors(value: str) -> None:
+    result = run_push("http://127.0.0.1:1", "--timeout", value)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "--timeout" in result.output and "more than 0" in result.output
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), float("inf")])
+def test_library_rejects_bad_timeouts(value: float) -> None:
+    with pytest.raises(GrafanaInputError, match="timeout"):
+        push("http://127.0.0.1:1", TOKEN, timeout=value)

@@ -19,7 +19,9 @@ from orchestrator.cli.app import new_app
 from orchestrator.grafana_push import (
     DEFAULT_FOLDER,
     DEFAULT_PROMETHEUS_URL,
+    GrafanaInputError,
     PushResult,
+    check_timeout,
     push,
     token_from_env,
 )
@@ -40,6 +42,14 @@ def _print_result(result: PushResult) -> None:
                   + (f"; {result.detail}" if result.detail else ""))
 
 
+def _timeout_option(value: float) -> float:
+    """Check ``--timeout`` while parsing, so a bad value is a usage error (exit 2)."""
+    try:
+        return check_timeout(value)
+    except GrafanaInputError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 @dashboards_app.command("push")
 def push_cmd(
     url: Annotated[str, typer.Option("--url", help="Grafana base URL, e.g. http://127.0.0.1:3000.")],
@@ -51,7 +61,10 @@ def push_cmd(
     prometheus_url: Annotated[str, typer.Option(
         "--prometheus-url", help="Prometheus URL as the Grafana server reaches it.")]
         = DEFAULT_PROMETHEUS_URL,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each request.")] = 10.0,
+    timeout: Annotated[float, typer.Option(
+        callback=_timeout_option,
+        help="Seconds each request may take in all, from sending it to the last byte "
+             "of the answer (more than 0).")] = 10.0,
 ) -> None:
     """Create or update the Prometheus datasource, the folder and every dashboard.
 
