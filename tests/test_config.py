@@ -964,3 +964,144 @@ def test_docs_field_tables_up_to_date(doc: str) -> None:
     assert render_doc(text, doc) == text, (
         f"{doc} is stale: run `python -m orchestrator.config.reference --write`"
     )
+
+
+def _key_inventory(tmp_path: Path, key: Path, extra: str = "", site: str = "local") -> Path:
+    return write(
+        tmp_path,
+        f"""\
+        devices:
+          - name: box
+            transport: ssh
+            platform: linux-cpu
+            host: 127.0.0.1
+            user: bench
+            identity_file: {key}
+            site: {site}
+        {extra}""",
+    )
+
+
+def _keygen(path: Path, passphrase: str = "") -> Path:
+    from sshd_fixture import keygen
+
+    keygen(path, passphrase=passphrase)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "problem"),
+    [
+        ("missing", "", "does not exist"),
+        ("directory", "", "is a directory, not a private key"),
+        ("public", "", "is not a private key paramiko can read"),
+        ("encrypted", "", "is encrypted; name the environment variable"),
+        ("encrypted", "    passphrase_env: EDGEFARM_TEST_UNSET_PASS",
+         "needs the passphrase in environment variable EDGEFARM_TEST_UNSET_PASS "
+         "(passphrase_env), which is not set"),
+        ("encrypted", "    passphrase_env: EDGEFARM_TEST_WRONG_PASS",
+         "the passphrase in EDGEFARM_TEST_WRONG_PASS does not decrypt it"),
+    ],
+)
+def test_validate_names_an_unusable_identity_file_at_its_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, extra: str,
+        problem: str) -> None:
+    """Key-file problems are configuration errors (exit 2, file:line), not network ones."""
+    from helpers import edgefarm
+
+    monkeypatch.delenv("EDGEFARM_TEST_UNSET_PASS", raising=False)
+    monkeypatch.setenv("EDGEFARM_TEST_WRONG_PASS", "not-it")
+    key = tmp_path / "id_key"
+    if case == "directory":
+        key.mkdir()
+    elif case == "public":
+        key = _keygen(key).with_name("id_key.pub")
+    elif case == "encrypted":
+        _keygen(key, passphrase="right-one")
+    path = _key_inventory(tmp_path, key, extra)
+    run = edgefarm("inventory", "validate", "-i", str(path), tmp=tmp_path)
+    err = " ".join(run.stderr.split())
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"{path}:7:5: devices[0].identity_file: identity file {key}" in err
+    assert problem in err
+
+
+def test_validate_accepts_usable_identity_files(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decryptable key passes; a key for another site's node is not looked for here."""
+    from helpers import edgefarm
+
+    monkeypatch.setenv("EDGEFARM_TEST_RIGHT_PASS", "right-one")
+    key = _keygen(tmp_path / "id_key", passphrase="right-one")
+    good = _key_inventory(tmp_path, key, "    passphrase_env: EDGEFARM_TEST_RIGHT_PASS")
+    run = edgefarm("inventory", "validate", "-i", str(good), tmp=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    remote = _key_inventory(tmp_path, tmp_path / "on-the-lab-node", site="lab")
+    run = edgefarm("inventory", "validate", "-i", str(remote), tmp=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+# -- input bounds (issue 10, item 8) --------------------------------------------
+
+
+def test_nul_byte_is_a_located_config_error(tmp_path: Path) -> None:
+    """A NUL byte is reported at its file:line:col, not as an unexpected ReaderError."""
+    from helpers import edgefarm
+
+    path = tmp_path / "nul.yaml"
+    path.write_bytes(LOCAL_INVENTORY.encode().replace(b"name: local", b"name: lo\x00cal", 1))
+    err = inventory_error(path)
+    assert (err.path, err.line, err.column) == (str(path), 2, 13), str(err)
+    assert "U+0000" in str(err)
+    run = edgefarm("inventory", "validate", "-i", str(path), tmp=tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"{path}:2:13:" in run.stderr and "unexpected error" not in run.stderr
+
+
+def test_device_files_are_refused_quickly_by_name(tmp_path: Path) -> None:
+    """``-i /dev/zero`` would be read until memory runs out; it is no regular file."""
+    from helpers import edgefarm
+
+    err = inventory_error(Path("/dev/zero"))
+    assert err.path == "/dev/zero" and "not a regular file" in str(err)
+    run = edgefarm("inventory", "validate", "-i", "/dev/zero", tmp=tmp_path, timeout=30)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "/dev/zero" in run.stderr and "not a regular file" in run.stderr
+
+
+def test_file_over_the_size_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    """A file past MAX_FILE_BYTES is refused at once, however many entries it holds."""
+    import time
+
+    from helpers import edgefarm
+
+    from orchestrator.config.yaml_loader import MAX_FILE_BYTES
+
+    entry = "  - {name: d, transport: local, site: local, platform: linux-cpu}\n"
+    body = "devices:\n" + entry * (MAX_FILE_BYTES // len(entry) + 1)
+    path = tmp_path / "huge.yaml"
+    path.write_text(body, encoding="utf-8")
+    assert MAX_FILE_BYTES < path.stat().st_size < MAX_FILE_BYTES + len(entry) + 10
+    started = time.monotonic()
+    err = inventory_error(path)
+    assert time.monotonic() - started < 1
+    assert err.path == str(path) and "MiB" in str(err)
+    run = edgefarm("inventory", "validate", "-i", str(path), tmp=tmp_path, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert str(path) in run.stderr and "MiB" in run.stderr
+
+
+def test_file_of_countless_small_values_stops_at_the_node_limit(tmp_path: Path) -> None:
+    """Under the byte cap, a file of tiny values is stopped while composing, at its line."""
+    import time
+
+    from orchestrator.config.yaml_loader import MAX_FILE_BYTES, MAX_NODES
+
+    path = tmp_path / "many.yaml"
+    path.write_text("devices:\n" + "- 1\n" * (MAX_NODES + 10), encoding="utf-8")
+    assert path.stat().st_size <= MAX_FILE_BYTES
+    started = time.monotonic()
+    err = inventory_error(path)
+    assert time.monotonic() - started < 30
+    assert err.line is not None and err.line > MAX_NODES - 10
+    assert f"more than {MAX_NODES} values" in str(err)

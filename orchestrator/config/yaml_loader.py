@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,16 @@ _MAX_VALUE_REPR = 80
 #: sweeps hold a few thousand at most; the cap stops an alias bomb (a few
 #: lines that expand to billions of values) from stalling validation.
 MAX_EXPANDED_NODES = 200_000
+#: Largest configuration file read, in bytes (4 MiB). Real inventories and
+#: sweeps are a few KiB (the examples are under 2 KiB; a thousand-device
+#: inventory is about 150 KiB). The cap is checked before reading, so a huge
+#: file is refused at once instead of after minutes of parsing and gigabytes
+#: of memory. Documented in docs/inventory.md and docs/sweeps.md.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+#: Most nodes (values, keys, aliases) one file may hold as written. Counted
+#: while composing, so a file of a million tiny entries stops early; the
+#: alias-expanded count is bounded by ``MAX_EXPANDED_NODES`` afterwards.
+MAX_NODES = MAX_EXPANDED_NODES
 
 
 class LocatedValueError(ValueError):
@@ -172,9 +183,28 @@ class _Loader(yaml.SafeLoader):
     on the mapping's own entries, before merged ones are flattened in.
     """
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, path: str = "") -> None:
         super().__init__(stream)
         self.duplicates: list[_Duplicate] = []
+        self.path = path
+        self.nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """Compose as PyYAML does, refusing the file once it holds ``MAX_NODES`` nodes.
+
+        Composing keeps every node in memory at Python-object size (hundreds
+        of bytes each), so the count stops a file of countless tiny entries
+        before it costs minutes and gigabytes, whatever its byte size.
+        """
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            mark = _mark(self.peek_event().start_mark)
+            raise ConfigError(
+                f"file holds more than {MAX_NODES} values; configuration files are far "
+                "smaller (split it, or it is not a configuration file)",
+                path=self.path, line=mark.line, column=mark.column,
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
@@ -289,8 +319,26 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
     return size(root)
 
 
-def _yaml_error(path: str, exc: yaml.YAMLError) -> ConfigError:
-    """Turn a PyYAML error into a ConfigError at the line PyYAML blames."""
+def _position(text: str, index: int) -> Mark:
+    """The 1-based line and column of character ``index`` of ``text``."""
+    line = text.count("\n", 0, index) + 1
+    return Mark(line=line, column=index - (text.rfind("\n", 0, index) + 1) + 1)
+
+
+def _yaml_error(path: str, exc: yaml.YAMLError, text: str = "") -> ConfigError:
+    """Turn a PyYAML error into a ConfigError at the line PyYAML blames.
+
+    A ``ReaderError`` (a NUL byte or other character YAML does not allow) has
+    no mark, only a character index into the text; it is turned into
+    line:col here so the user can find an invisible character.
+    """
+    if isinstance(exc, yaml.reader.ReaderError):
+        m = _position(text, exc.position)
+        return ConfigError(
+            f"character U+{exc.character:04X} is not allowed in YAML (control characters "
+            "and NUL bytes are refused; is this a binary file?)",
+            path=path, line=m.line, column=m.column,
+        )
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         parts = [p for p in (exc.context, exc.problem) if p]
@@ -312,13 +360,29 @@ def load_yaml(path: str | os.PathLike[str]) -> LoadedYaml:
     """
     shown = os.fspath(path)
     try:
-        raw = Path(path).read_bytes()
+        # Checked before opening: opening a FIFO blocks until a writer comes,
+        # and /dev/zero or /dev/urandom never end.
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError("is a directory, expected a YAML file", path=shown)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(
+                f"is not a regular file ({_file_kind(info.st_mode)}), expected a YAML file",
+                path=shown,
+            )
+        if info.st_size > MAX_FILE_BYTES:
+            raise ConfigError(_too_big(info.st_size), path=shown)
+        with Path(path).open("rb") as handle:
+            # One byte past the cap catches a file that grew since the stat.
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("file not found", path=shown) from None
     except IsADirectoryError:
         raise ConfigError("is a directory, expected a YAML file", path=shown) from None
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror or exc}", path=shown) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(_too_big(len(raw)), path=shown)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -328,7 +392,11 @@ def load_yaml(path: str | os.PathLike[str]) -> LoadedYaml:
             "file is not valid UTF-8", path=shown, line=line, column=column
         ) from None
 
-    loader = _Loader(text)
+    try:
+        # PyYAML checks the whole text for unprintable characters right here.
+        loader = _Loader(text, shown)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(shown, exc, text) from None
     try:
         node = loader.get_single_node()
         if node is not None and _expanded_size(node, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
@@ -338,7 +406,7 @@ def load_yaml(path: str | os.PathLike[str]) -> LoadedYaml:
             )
         data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise _yaml_error(shown, exc) from None
+        raise _yaml_error(shown, exc, text) from None
     except _RecursiveAlias as exc:
         m = _mark(exc.node.start_mark)
         raise ConfigError(
@@ -367,6 +435,20 @@ def load_yaml(path: str | os.PathLike[str]) -> LoadedYaml:
     if duplicates:
         raise ConfigError.from_problems(duplicates)
     return loaded
+
+
+def _too_big(size: int) -> str:
+    return (f"file is {size} bytes, more than the {MAX_FILE_BYTES // (1024 * 1024)} MiB "
+            "a configuration file may have")
+
+
+def _file_kind(mode: int) -> str:
+    """Name a non-regular file's type for the refusal message."""
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def yaml_type_name(value: object) -> str:
