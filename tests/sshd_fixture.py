@@ -27,9 +27,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def keygen(path: Path) -> str:
-    """Write an ed25519 key pair at ``path``; return the public key line."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> str:
+    """Write a key pair of type ``kind`` at ``path``; return the public key line."""
+    path.unlink(missing_ok=True)
+    (path.with_suffix(".pub") if path.suffix else Path(f"{path}.pub")).unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-f", str(path)],
                    check=True, capture_output=True)
     return (path.with_suffix(".pub") if path.suffix else Path(f"{path}.pub")).read_text().strip()
 
@@ -119,6 +121,12 @@ class SshdDevice:
 
     def stop(self) -> None:
         self.kill()
+
+    def rekey(self, kind: str) -> None:
+        """Restart with a new host key of type ``kind`` only (a reinstalled device)."""
+        self.kill()
+        self.host_pub = keygen(self.root / "host_key", kind)
+        self.start()
 
 
 def _children(pid: int) -> list[int]:

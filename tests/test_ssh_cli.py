@@ -121,3 +121,21 @@ def test_cancel_after_the_controller_died_stops_the_device_jobs(tmp_path: Path,
     with sqlite3.connect(results / "edgefarm.sqlite") as db:
         assert db.execute("SELECT state FROM sweeps").fetchone()[0] == "cancelled"
         assert {r[0] for r in db.execute("SELECT state FROM jobs")} == {"cancelled"}
+
+
+def test_trust_refuses_a_key_of_another_type_for_a_trusted_host(tmp_path: Path,
+                                                                 sshd_devices: Any) -> None:
+    (dev,) = sshd_devices("rekeyed")
+    inv, known = write_ssh_inventory(tmp_path, [dev])  # its ed25519 key is trusted
+    trusted = known.read_text()
+    old_fp = subprocess.run(["ssh-keygen", "-lf", str(dev.root / "host_key.pub")],
+                            capture_output=True, text=True, check=True).stdout.split()[1]
+    dev.rekey("rsa")  # the host now offers only an RSA key
+    run = edgefarm("inventory", "trust", "rekeyed", "-i", str(inv), "--known-hosts", str(known),
+                   "--yes", tmp=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "added" not in out
+    assert "ssh-ed25519" in out and old_fp in out  # names the recorded key
+    assert f"ssh-keygen -R '[127.0.0.1]:{dev.port}' -f {known}" in " ".join(out.split())
+    assert known.read_text() == trusted

@@ -238,3 +238,33 @@ def test_a_start_sent_again_starts_nothing_twice(tmp_path: Path, sshd_devices: A
         assert again in (first, 0)
         client.cancel(job_dir)
     assert int((Path(job_dir) / "agent.pid").read_text()) == first
+
+
+def test_wrong_passphrase_fails_at_once_naming_the_key_file(
+        tmp_path: Path, sshd_devices: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key problem known only at connect time is an AuthError, not a retried unreachable."""
+    from sshd_fixture import keygen
+
+    from orchestrator.errors import AuthError
+
+    (dev,) = sshd_devices("locked")
+    key = tmp_path / "id_locked"
+    pub = keygen(key, passphrase="right-one")
+    with open(dev.root / "authorized_keys", "a") as handle:
+        handle.write(pub + "\n")
+    inv, known = write_ssh_inventory(tmp_path, [dev])
+    device = Inventory.load(inv).devices[0].model_copy(
+        update={"identity_file": str(key), "passphrase_env": "EDGEFARM_TEST_KEY_PASS"})
+
+    monkeypatch.setenv("EDGEFARM_TEST_KEY_PASS", "right-one")
+    with SshTransport(device, known_hosts=str(known)) as t:  # the key itself is good
+        assert t.run(["true"], timeout=20).exit_code == 0
+
+    monkeypatch.setenv("EDGEFARM_TEST_KEY_PASS", "wrong")
+    started = time.monotonic()
+    with pytest.raises(AuthError, match=f"{key}: the passphrase in EDGEFARM_TEST_KEY_PASS"):
+        SshTransport(device, known_hosts=str(known)).connect()
+    key.unlink()
+    with pytest.raises(AuthError, match=f"identity file {key} does not exist"):
+        SshTransport(device, known_hosts=str(known)).connect()
+    assert time.monotonic() - started < 10  # not the 120 s an unreachable device gets

@@ -30,8 +30,9 @@ inventory_app = new_app(help="Check and list the devices of an inventory file.")
 
 @inventory_app.command("validate")
 def inventory_validate(inventory: InventoryOpt = DEFAULT_INVENTORY) -> None:
-    """Check an inventory file; print every problem with file:line."""
+    """Check an inventory file and its local identity files; print every problem with file:line."""
     inv = _load(inventory)
+    inv.check_key_files()
     console.print(f"{inventory}: ok, {len(inv.devices)} device(s)")
 
 
@@ -88,7 +89,9 @@ def inventory_probe(
     from orchestrator.fleet_probe import probe_all
     from orchestrator.store import Store
 
-    devices = _select(_load(inventory), names)
+    inv = _load(inventory)
+    devices = _select(inv, names)
+    inv.check_key_files([d.name for d in devices])  # a bad key is a config error, not a dead host
     store = Store(results_dir)
     with console.status(f"probing {len(devices)} device(s)"):
         results = probe_all(devices, store.dir / "agent",

@@ -30,10 +30,11 @@ from orchestrator.config.yaml_loader import (
     LocatedValueError,
     LocPart,
     load_yaml,
+    problem_at,
     short_repr,
     validate_loaded,
 )
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, ConfigProblem
 
 #: Names of devices, sites, sweeps and models, and label keys/values. Safe in
 #: file names, shell words, Prometheus labels and URLs without quoting.
@@ -464,6 +465,34 @@ class Inventory(FileModel):
     def names(self) -> list[str]:
         """Device names in file order."""
         return [d.name for d in self.devices]
+
+    def check_key_files(self, names: Sequence[str] | None = None) -> None:
+        """Check the identity files of this controller's ssh devices; ``ConfigError`` if unusable.
+
+        Kept out of model validation on purpose: an inventory is also read
+        where the keys are not (``inventory list``, a stored sweep, a gateway
+        on another node). Commands that are about to connect, and ``inventory
+        validate``, call it so that a missing file, a directory, a file that is
+        not a private key, an unset ``passphrase_env`` or a wrong passphrase is
+        reported at its line and exits 2, instead of looking like a network
+        failure that is retried for minutes. Devices of other sites are skipped:
+        their key lives on that site's node, not here.
+        """
+        from orchestrator.transport.ssh import KeyFileError, load_private_key
+
+        problems: list[ConfigProblem] = []
+        for index, device in enumerate(self.devices):
+            if names is not None and device.name not in names:
+                continue
+            if device.identity_file is None or device.site != "local":
+                continue
+            try:
+                load_private_key(device.identity_file, device.passphrase_env)
+            except KeyFileError as exc:
+                problems.append(problem_at(self._loaded, ("devices", index, "identity_file"),
+                                           str(exc)))
+        if problems:
+            raise ConfigError.from_problems(problems)
 
     def device(self, name: str) -> Device:
         """The device called ``name``; an unknown name raises ``ConfigError`` listing known ones."""

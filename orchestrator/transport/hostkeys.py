@@ -3,12 +3,14 @@
 ``edgefarm inventory trust NAME`` is the only way a key enters edgefarm's
 known_hosts: the user sees the fingerprint (compare it with
 ``ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`` on the device) before it
-is written. A key that differs from a recorded one is never replaced here.
+is written. A key that differs from a recorded one, or a key of another type
+for a host that already has one, is never recorded here.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,17 +69,29 @@ def recorded_keys(path: Path, name: str) -> list[paramiko.PKey]:
 def record(path: Path, server: ServerKey) -> str:
     """Write the key to known_hosts; return 'added' or 'already trusted'.
 
-    Refuses (``HostKeyError``) when a different key of the same type is recorded.
+    Refuses (``HostKeyError``) when any other key is recorded for the host: a
+    different key of the same type, or a key of another type. The second is
+    refused too because a host that stops offering the type it was trusted
+    with looks exactly like an impostor that holds only a key of another type;
+    OpenSSH refuses it as well. Either way the user removes the old key first.
     """
-    for known in recorded_keys(path, server.name):
+    known_keys = recorded_keys(path, server.name)
+    for known in known_keys:
+        if known.get_name() == server.key.get_name() and known.asbytes() == server.key.asbytes():
+            return "already trusted"
+    remove = (f"If the device was reinstalled or its keys regenerated, remove the old key "
+              f"first: ssh-keygen -R {shlex.quote(server.name)} -f {shlex.quote(str(path))}")
+    for known in known_keys:
         if known.get_name() == server.key.get_name():
-            if known.asbytes() == server.key.asbytes():
-                return "already trusted"
             raise HostKeyError(
                 f"{server.name} presents {server.fingerprint}, but known_hosts records "
-                f"{fingerprint(known)} for it; refusing to replace it. If the device was "
-                f"reinstalled, remove the old key first: ssh-keygen -R '{server.name}' -f "
-                f"{path}")
+                f"{fingerprint(known)} for it; refusing to replace it. {remove}")
+    if known_keys:
+        known = known_keys[0]
+        raise HostKeyError(
+            f"{server.name} presents a {server.key.get_name()} key ({server.fingerprint}), "
+            f"but known_hosts already trusts a {known.get_name()} key for it "
+            f"({fingerprint(known)}); refusing to add a key of another type. {remove}")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as handle:

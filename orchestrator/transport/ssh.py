@@ -40,7 +40,7 @@ from typing import Any
 import paramiko
 
 from orchestrator.deadline import Deadline
-from orchestrator.errors import AuthError, HostKeyError, TransportError, UnreachableError
+from orchestrator.errors import AuthError, HostKeyError, UnreachableError
 from orchestrator.transport.base import LinkDown, Stream, Transport, check_connected
 
 DEFAULT_KNOWN_HOSTS = "~/.config/edgefarm/known_hosts"
@@ -72,6 +72,54 @@ def fingerprint(key: paramiko.PKey) -> str:
 
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class KeyFileError(ValueError):
+    """An identity file that cannot be used: missing, unreadable, not a key, wrong passphrase.
+
+    A configuration problem, never a network one: retrying cannot fix it, so
+    it must not look like (or be retried as) an unreachable device.
+    """
+
+
+def load_private_key(path: str, passphrase_env: str | None) -> paramiko.PKey:
+    """Load the private key at ``path`` (``~`` expanded), decrypting it with ``$passphrase_env``.
+
+    Shared by inventory validation (which reports the problem at the file's
+    line) and by ``connect`` (for what only shows later: a key changed after
+    validation, a variable unset in the gateway's environment). Raises
+    ``KeyFileError`` naming the file and what is wrong with it.
+    """
+    full = os.path.expanduser(path)
+    if not os.path.exists(full):
+        raise KeyFileError(f"identity file {full} does not exist")
+    if os.path.isdir(full):
+        raise KeyFileError(f"identity file {full} is a directory, not a private key")
+    try:
+        with open(full, "rb"):
+            pass
+    except OSError as exc:
+        raise KeyFileError(f"identity file {full} cannot be read: {exc.strerror}") from None
+    try:
+        return paramiko.PKey.from_path(full)
+    except TypeError:
+        pass  # password-protected: cryptography wants the passphrase
+    except (ValueError, paramiko.SSHException) as exc:
+        raise KeyFileError(f"identity file {full} is not a private key paramiko can read "
+                           f"({exc})") from None
+    if passphrase_env is None:
+        raise KeyFileError(f"identity file {full} is encrypted; name the environment "
+                           "variable that holds its passphrase with passphrase_env")
+    value = os.environ.get(passphrase_env)
+    if value is None:
+        raise KeyFileError(f"identity file {full} needs the passphrase in environment "
+                           f"variable {passphrase_env} (passphrase_env), which is not set")
+    try:
+        # paramiko 5 passes the password straight to cryptography, which wants bytes.
+        return paramiko.PKey.from_path(full, value.encode())  # type: ignore[arg-type]
+    except (TypeError, ValueError, paramiko.SSHException):
+        raise KeyFileError(f"identity file {full}: the passphrase in {passphrase_env} "
+                           "does not decrypt it") from None
 
 
 class _ChannelStream(Stream):
@@ -133,15 +181,15 @@ class SshTransport(Transport):
         kwargs: dict[str, Any] = {"allow_agent": True, "banner_timeout": self.connect_timeout,
                                   "auth_timeout": self.connect_timeout}
         if self.device.identity_file:
-            kwargs["key_filename"] = os.path.expanduser(self.device.identity_file)
+            # Loaded here rather than handed to paramiko as key_filename: paramiko
+            # reports a missing file or a wrong passphrase as an OSError or
+            # SSHException, which read (and were retried) as an unreachable device.
+            try:
+                kwargs["pkey"] = load_private_key(self.device.identity_file,
+                                                  self.device.passphrase_env)
+            except KeyFileError as exc:
+                raise AuthError(f"device {self.device_name}: {exc}") from None
             kwargs["look_for_keys"] = False
-        if self.device.passphrase_env:
-            value = os.environ.get(self.device.passphrase_env)
-            if value is None:
-                raise TransportError(
-                    f"device {self.device_name}: environment variable "
-                    f"{self.device.passphrase_env} (passphrase_env) is not set")
-            kwargs["passphrase"] = value
         conn = Connection(host, user=user, port=port, gateway=gateway,
                           connect_timeout=self.connect_timeout, connect_kwargs=kwargs)
         # fabric trusts unknown hosts by default; edgefarm never does.
