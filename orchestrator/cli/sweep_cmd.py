@@ -100,6 +100,8 @@ def sweep_run(
     options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
                            metrics_linger)
     planned = load_plan(sweep_file, inventory)
+    # A bad identity file is a config error (exit 2), checked before anything is written.
+    planned.inventory.check_key_files(sorted({job.device for job in planned.jobs}))
     store = Store(results_dir)
     sweep_id = create_sweep(store, planned)
     console.print(f"sweep {sweep_id}", highlight=False)
