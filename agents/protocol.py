@@ -207,3 +207,9 @@ LEASE_ACTIONS: Tuple[str, ...] = ("acquire", "refresh", "release", "takeover")
 def agent_filename(sha256: str) -> str:
     """The agent zipapp's content-addressed file name."""
     return "agent-%s.pyz" % sha256[:16]
+
+# -- agent integrity (checked by the agent before every command; see agents/cli.py) --
+#: The zipapp's bytes do not hash to the sha256 prefix in its name: the agent refused to run.
+EXIT_AGENT_CORRUPT = 198
+#: Inside the zipapp: ``{"agents/<file>": sha256}`` of every packaged file.
+MANIFEST_FILE = "_manifest.json"

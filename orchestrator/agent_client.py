@@ -11,7 +11,10 @@ spec on stdin, (takes the device lease first, when asked: its answer is the
 first line), starts the runner detached and streams the event log on the same
 channel until the ``result`` event. Every agent command runs behind a presence
 test of the zipapp (``[ -f AGENT ] || exit 199``): only a command that exits
-so uploads the agent and runs again, so a warm device pays no check.
+so uploads the agent and runs again, so a warm device pays no check. The
+agent itself checks its zip's bytes against its name (and its unpacked copy
+against the zip's manifest) before every command; a zip that fails exits
+``EXIT_AGENT_CORRUPT``, and the client removes it and uploads it once more.
 
 A follow stream that breaks (the link dropped) is re-opened from the byte
 offset already read with ``agent follow JOB_DIR --offset N``; a start that
@@ -32,6 +35,7 @@ from typing import Any
 
 from agents.protocol import (
     AGENT_SUBDIR,
+    EXIT_AGENT_CORRUPT,
     EXIT_AGENT_MISSING,
     EXIT_DONE,
     EXIT_LEASE_REFUSED,
@@ -46,6 +50,9 @@ from orchestrator.errors import LeaseError, TransportError
 from orchestrator.transport.base import LinkDown, Stream, Transport
 
 Event = dict[str, Any]
+
+#: Exit statuses after which the agent is uploaded and the same command runs again.
+_REDEPLOY = (EXIT_AGENT_MISSING, EXIT_AGENT_CORRUPT)
 
 #: Run by the device's Python after an upload: check the sha256, then rename into place.
 _VERIFY_AND_INSTALL = (
@@ -96,6 +103,7 @@ class _Follow:
     stream: Stream | None = None
     pending: bytearray = field(default_factory=bytearray)
     lease_answer: dict[str, Any] | None = None
+    redeployed: bool = False  # replaced a corrupt agent once already: a second time fails
 
     @property
     def answered(self) -> bool:
@@ -155,9 +163,11 @@ class AgentClient:
     def call(self, *args: str, timeout: float = 60, stdin: bytes | None = None) -> Any:
         """Run an agent command that prints one JSON object; return it (upload first if needed)."""
         result = self.transport.run(self.argv(*args), timeout=timeout, stdin=stdin)
-        if result.exit_code == EXIT_AGENT_MISSING:
-            self.deploy()
+        if result.exit_code in _REDEPLOY:
+            self.deploy(corrupt=result.exit_code == EXIT_AGENT_CORRUPT)
             result = self.transport.run(self.argv(*args), timeout=timeout, stdin=stdin)
+            if result.exit_code == EXIT_AGENT_CORRUPT:
+                raise self._still_corrupt(result.stderr)
         try:
             return json.loads(result.stdout)
         except ValueError:
@@ -166,13 +176,25 @@ class AgentClient:
                 f"{result.exit_code}): {(result.stderr.strip() or result.stdout.strip())[-500:]}"
             ) from None
 
-    def deploy(self) -> None:
+    def _still_corrupt(self, stderr: str) -> TransportError:
+        return TransportError(
+            f"device {self.device_name}: the agent {self.agent_path} is still refused as "
+            f"corrupt after uploading it again: {stderr.strip()[-300:]}")
+
+    def deploy(self, corrupt: bool = False) -> None:
         """Upload the agent zipapp, verify its sha256 on the device, rename it into place.
 
         Then the agent unpacks and compiles itself once (``agent prepare``),
-        so no job start compiles it.
+        so no job start compiles it. ``corrupt``: the agent refused its own
+        file (``EXIT_AGENT_CORRUPT``), which is removed first (with its
+        unpacked copy) so the upload replaces it.
         """
         with self._deploying:  # one upload at a time (a job and the lease refresher may race)
+            if corrupt:
+                self.log.warning("the agent %s on %s is corrupt; replacing it",
+                                 self.agent_path, self.device_name)
+                self.transport.run(["rm", "-rf", self.agent_path, self.agent_path + ".d"],
+                                   timeout=30)
             check = self.transport.run(["test", "-f", self.agent_path], timeout=30)
             if check.exit_code == 0:
                 return  # another caller uploaded it meanwhile
@@ -245,9 +267,12 @@ class AgentClient:
         """Re-open a follower whose stream broke or found no agent; False if not yet."""
         stream = follow.stream
         follow.pending.clear()  # a partial line is read again, whole, from the offset
-        if stream is not None and stream.finished.is_set() \
-                and stream.exit_code == EXIT_AGENT_MISSING:
-            self.deploy()  # then the same command again: nothing had started
+        if stream is not None and stream.finished.is_set() and stream.exit_code in _REDEPLOY:
+            corrupt = stream.exit_code == EXIT_AGENT_CORRUPT
+            if corrupt and follow.redeployed:
+                raise self._still_corrupt(stream.stderr.decode(errors="replace"))
+            follow.redeployed = follow.redeployed or corrupt
+            self.deploy(corrupt=corrupt)  # then the same command again: nothing had started
         elif not follow.answered:
             follow.offset = 0  # a start that never answered runs again: it starts nothing twice
         else:
@@ -261,7 +286,7 @@ class AgentClient:
         stream = follow.stream
         events: list[Event] = []
         if stream is None or stream.broken or (
-                stream.finished.is_set() and stream.exit_code == EXIT_AGENT_MISSING):
+                stream.finished.is_set() and stream.exit_code in _REDEPLOY):
             if stream is not None:  # keep what arrived before the break
                 follow.pending.extend(stream.take())
                 events = self._consume(follow)
@@ -303,7 +328,7 @@ class AgentClient:
         if follow is not None:
             stream = follow.stream
             if stream is None or not stream.finished.is_set() or stream.broken \
-                    or stream.exit_code == EXIT_AGENT_MISSING:
+                    or stream.exit_code in _REDEPLOY:
                 return JobStatus(JOB_RUNNING)  # read_events repairs the link, deploys the agent
             if stream.exit_code == EXIT_DONE:
                 return JobStatus(JOB_EXITED, 0)

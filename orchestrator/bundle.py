@@ -4,18 +4,23 @@ The bundle is the ``agents`` package plus a ``__main__.py``, zipped with fixed
 timestamps so the same source always gives the same bytes. Its name carries
 the sha256 of those bytes (``agent-<sha256[:16]>.pyz``): a device that already
 has that file never receives it again, and a device never runs a stale agent.
+Inside, ``agents/_manifest.json`` lists every file's sha256: the agent checks
+its zip against its name and its unpacked copy against that manifest before
+every command (``agents/cli.py`` ``verify_agent``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import agents
+from agents.protocol import MANIFEST_FILE, agent_filename
 
 AGENTS_DIR = Path(agents.__file__).resolve().parent
 _EPOCH = (2020, 1, 1, 0, 0, 0)
@@ -46,13 +51,21 @@ def build_bytes() -> bytes:
     """Return the zipapp's bytes (deterministic for a given source tree)."""
     buf = io.BytesIO()
     buf.write(b"#!/usr/bin/env python3\n")
+    manifest: dict[str, str] = {}
     with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in _source_files():
             arcname = "agents/" + path.relative_to(AGENTS_DIR).as_posix()
             info = zipfile.ZipInfo(arcname, date_time=_EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            zf.writestr(info, path.read_bytes())
+            data = path.read_bytes()
+            manifest[arcname] = hashlib.sha256(data).hexdigest()
+            zf.writestr(info, data)
+        # What the agent checks its unpacked copy against before every command.
+        info = zipfile.ZipInfo("agents/" + MANIFEST_FILE, date_time=_EPOCH)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, json.dumps(manifest, sort_keys=True).encode())
         info = zipfile.ZipInfo("__main__.py", date_time=_EPOCH)
         info.compress_type = zipfile.ZIP_DEFLATED
         info.external_attr = 0o644 << 16
@@ -66,8 +79,10 @@ def build(cache_dir: str | Path) -> AgentBundle:
     digest = hashlib.sha256(data).hexdigest()
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"agent-{digest[:16]}.pyz"
-    if not path.exists():
+    path = cache / agent_filename(digest)
+    # A cached file is trusted only if its bytes still hash to its name: a changed
+    # one would otherwise be uploaded, fail the device's check, and fail every sweep.
+    if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)

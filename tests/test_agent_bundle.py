@@ -28,6 +28,7 @@ from agent_fixtures import (  # noqa: F401  (*_fixture: the fixtures agent_bundl
     write_job,
 )
 
+from agents.protocol import MANIFEST_FILE
 from orchestrator.bundle import build
 
 PY38 = find_python38()
@@ -58,9 +59,13 @@ def test_bundle_holds_the_agent_sources_and_no_bytecode(agent_bundle):
     with zipfile.ZipFile(agent_bundle.path) as zf:
         names = zf.namelist()
         assert zf.testzip() is None
+        manifest = json.loads(zf.read("agents/" + MANIFEST_FILE))
         for name in names:  # the bytes shipped are the sources in the repo
-            if name.startswith("agents/"):
-                assert zf.read(name) == (AGENTS_DIR.parent / name).read_bytes(), name
+            if name.startswith("agents/") and name != "agents/" + MANIFEST_FILE:
+                data = (AGENTS_DIR.parent / name).read_bytes()
+                assert zf.read(name) == data, name
+                assert manifest.pop(name) == hashlib.sha256(data).hexdigest(), name
+        assert manifest == {}  # the manifest covers every packaged file, and no other
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
     assert "__main__.py" in names
     sources = sorted("agents/" + p.relative_to(AGENTS_DIR).as_posix()
@@ -193,3 +198,14 @@ def test_bundle_runs_on_python_3_8(tmp_path, agent_bundle, stand_in_model):
     info = load_events(job)[-1]["info"]
     assert info["architecture"] == "olmoe" and info["preset"] == "tiny-moe"
     assert 0 < info["params_active"] < info["params_total"]
+
+
+def test_a_corrupt_cached_bundle_is_rebuilt(tmp_path: Path) -> None:
+    import hashlib
+
+    from orchestrator.bundle import build as build_bundle
+    first = build_bundle(tmp_path)
+    first.path.write_bytes(first.path.read_bytes()[:-1] + b"X")
+    again = build_bundle(tmp_path)
+    assert again.path == first.path
+    assert hashlib.sha256(again.path.read_bytes()).hexdigest() == again.sha256

@@ -125,7 +125,8 @@ def _wire_literals() -> tuple[set[str], set[int]]:
     strings = {protocol.JOB_FILE, protocol.PID_FILE, protocol.EVENTS_FILE,
                protocol.STDERR_FILE, protocol.EXIT_FILE, protocol.LEASE_FILE}
     strings |= set(protocol.ERROR_KINDS) - {protocol.ERR_CANCELLED, protocol.ERR_TIMEOUT}
-    return strings, {protocol.EXIT_AGENT_MISSING}
+    strings.add(protocol.MANIFEST_FILE)
+    return strings, {protocol.EXIT_AGENT_MISSING, protocol.EXIT_AGENT_CORRUPT}
 
 
 def test_wire_constants_are_written_once() -> None:
@@ -148,3 +149,48 @@ def test_wire_constants_are_written_once() -> None:
                         type(value) is int and value in ints):
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}: {value!r}")
     assert not found, "wire constants outside agents/protocol.py:\n" + "\n".join(found)
+
+
+def _local_client(tmp_path: Path) -> tuple[AgentClient, Transport, dict[str, Any]]:
+    bundle = build(tmp_path / "bundle")
+    model = sleep_models(tmp_path, 1)[0]
+    device = Inventory.load(write_inventory(tmp_path, ["here"])).devices[0]
+    transport = make_transport(device, TransportSettings())
+    transport.connect()
+    client = AgentClient(transport, device.work_dir, bundle.path, bundle.sha256)
+    client.ensure_agent()
+    return client, transport, model
+
+
+def test_a_changed_byte_in_the_deployed_zipapp_is_refused_and_replaced(tmp_path: Path) -> None:
+    client, transport, model = _local_client(tmp_path)
+    agent = Path(client.agent_path)
+    genuine = agent.read_bytes()
+    data = bytearray(genuine)
+    data[5] ^= 0x01  # in the shebang line: the zip itself still loads
+    agent.write_bytes(bytes(data))
+    refused = transport.run(client.argv("version"), timeout=30)
+    assert refused.exit_code == protocol.EXIT_AGENT_CORRUPT
+    assert str(agent) in refused.stderr
+    sent = _recording(transport)
+    outcome = run_attempt(client, client.job_dir("s1", "k1", 1), _spec(model), 60,
+                          lambda events: None)
+    transport.close()
+    assert outcome.state == "done", outcome
+    assert agent.read_bytes() == genuine  # removed and uploaded again
+    assert any(argv[:2] == ["rm", "-rf"] for argv in sent)
+
+
+def test_an_edited_unpacked_copy_is_discarded_and_the_genuine_code_runs(tmp_path: Path) -> None:
+    client, transport, model = _local_client(tmp_path)
+    runner = Path(client.agent_path + ".d") / "agents" / "runner.py"
+    assert runner.is_file()  # deploy ran ``prepare``
+    marker = tmp_path / "tampered-code-ran"
+    runner.write_text(runner.read_text()
+                      + f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    outcome = run_attempt(client, client.job_dir("s1", "k1", 1), _spec(model), 60,
+                          lambda events: None)
+    transport.close()
+    assert outcome.state == "done", outcome
+    assert not marker.exists()
+    assert str(marker) not in runner.read_text()  # unpacked again from the zip
