@@ -47,6 +47,7 @@ class SshdDevice:
     host_pub: str = ""
     proc: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
+    sftp: bool = True  # False: no ``Subsystem sftp`` line (minimal images, dropbear)
 
     @property
     def work_dir(self) -> Path:
@@ -70,7 +71,7 @@ class SshdDevice:
             "PermitRootLogin prohibit-password",
             "UsePAM no",
             "StrictModes no",
-            "Subsystem sftp internal-sftp",
+            *(["Subsystem sftp internal-sftp"] if self.sftp else []),
             "LogLevel ERROR",
             "MaxSessions 64",
             "MaxStartups 100",
@@ -152,12 +153,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def make_device(base: Path, name: str, client_key: Path, client_pub: str) -> SshdDevice:
+def make_device(base: Path, name: str, client_key: Path, client_pub: str,
+                sftp: bool = True) -> SshdDevice:
     root = base / f"sshd-{name}"
     root.mkdir(parents=True)
     host_pub = keygen(root / "host_key")
     (root / "authorized_keys").write_text(client_pub + "\n")
     device = SshdDevice(name=name, root=root, port=free_port(), client_key=client_key,
-                        host_pub=host_pub)
+                        host_pub=host_pub, sftp=sftp)
     device.start()
     return device

@@ -268,3 +268,29 @@ def test_wrong_passphrase_fails_at_once_naming_the_key_file(
     with pytest.raises(AuthError, match=f"identity file {key} does not exist"):
         SshTransport(device, known_hosts=str(known)).connect()
     assert time.monotonic() - started < 10  # not the 120 s an unreachable device gets
+
+
+def test_a_device_without_sftp_gets_the_agent_and_runs_a_job_over_exec(
+        tmp_path: Path, client_key: Any, caplog: Any) -> None:
+    from sshd_fixture import make_device
+
+    dev = make_device(tmp_path, "minimal", client_key[0], client_key[1], sftp=False)
+    try:
+        bundle = build(tmp_path / "bundle")
+        model = sleep_models(tmp_path, 1)[0]
+        with transport_for(tmp_path, dev) as t:
+            client = client_for(t, dev, bundle)
+            job_dir = client.job_dir("s1", "k1", 1)
+            spec = {"schema": 1, "job_key": "k1", "attempt": 1, "model": model,
+                    "backend": "sleep", "device": {},
+                    "params": {"prompt_tokens": 1, "gen_tokens": 5, "threads": 1,
+                               "gpu_layers": 0, "repetitions": 1, "warmup": 0}}
+            outcome = run_attempt(client, job_dir, spec, 60, lambda events: None)
+            assert outcome.state == "done", outcome
+            Path(f"{job_dir}/agent.stderr").write_text("from the device\n")
+            assert "from the device" in client.fetch_log(job_dir)  # ``get`` over exec
+        assert Path(client.agent_path).read_bytes() == bundle.path.read_bytes()
+        assert not list(Path(client.agent_path).parent.glob("*.tmp*"))
+        assert [r for r in caplog.records if "no SFTP subsystem" in r.getMessage()]
+    finally:
+        dev.stop()

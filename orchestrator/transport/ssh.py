@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import random
 import shlex
 import socket
@@ -40,7 +41,7 @@ from typing import Any
 import paramiko
 
 from orchestrator.deadline import Deadline
-from orchestrator.errors import AuthError, HostKeyError, UnreachableError
+from orchestrator.errors import AuthError, HostKeyError, TransportError, UnreachableError
 from orchestrator.transport.base import LinkDown, Stream, Transport, check_connected
 
 DEFAULT_KNOWN_HOSTS = "~/.config/edgefarm/known_hosts"
@@ -170,6 +171,7 @@ class SshTransport(Transport):
         self.channels = threading.BoundedSemaphore(max_channels)
         self.conn: Any = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._no_sftp = False  # this connection's server has no SFTP subsystem: copy over exec
         self._home: str | None = None
         self._down_since: float | None = None
         self._lock = threading.RLock()
@@ -263,6 +265,7 @@ class SshTransport(Transport):
         conn.transport.set_keepalive(5)
         self.conn = conn
         self._sftp = None
+        self._no_sftp = False
         self._down_since = None
 
     def _dial(self, conn: Any) -> None:
@@ -344,6 +347,29 @@ class SshTransport(Transport):
             self._sftp = self.conn.sftp()
         return self._sftp
 
+    def _has_sftp(self) -> bool:
+        """Open SFTP once; False (remembered, logged once) if the server has no subsystem.
+
+        Minimal images and dropbear often ship without ``sftp-server``: the
+        server then just closes the channel ("Channel closed."), which read
+        as a transport error and quarantined a healthy device. A channel
+        refused on a live connection means the subsystem is missing; then
+        ``put`` and ``get`` go over a plain exec (``cat``) instead.
+        """
+        if self._no_sftp:
+            return False
+        try:
+            self._sftp_client()
+            return True
+        except (paramiko.SSHException, EOFError) as exc:
+            if not self.conn.transport.is_active():
+                self._mark_down()
+                raise LinkDown(f"device {self.device_name}: the link dropped; retrying") from None
+            self._no_sftp = True
+            self.log.warning("device %s has no SFTP subsystem (%s); copying files over a "
+                             "plain exec instead", self.device_name, exc or type(exc).__name__)
+            return False
+
     def _remote_path(self, path: str) -> str:
         """Expand ``~`` with the remote home (found once over SFTP, no exec)."""
         if path == "~" or path.startswith("~/"):
@@ -391,6 +417,9 @@ class SshTransport(Transport):
     @check_connected
     def put(self, local: str, remote: str) -> None:
         self._ensure_link_blocking()
+        if not self._has_sftp():
+            self._put_over_exec(local, remote)
+            return
         sftp = self._sftp_client()
         target = self._remote_path(remote)
         self._makedirs(os.path.dirname(target))
@@ -401,7 +430,35 @@ class SshTransport(Transport):
     @check_connected
     def get(self, remote: str, local: str) -> None:
         self._ensure_link_blocking()
+        if not self._has_sftp():
+            self._get_over_exec(remote, local)
+            return
         self._sftp_client().get(self._remote_path(remote), local)
+
+    def _put_over_exec(self, local: str, remote: str) -> None:
+        """``put`` without SFTP: the file on the stdin of ``cat``, renamed into place whole.
+
+        Paths travel as arguments (``~/`` expanded by the remote shell, as for
+        every command); the caller's sha256 check covers the bytes as before.
+        """
+        target = remote.rstrip("/")
+        script = 'mkdir -p "$1" && cat > "$2" && mv -f "$2" "$3"'
+        result = self.run(["sh", "-c", script, "sh", posixpath.dirname(target) or "/",
+                           f"{target}.tmp{os.getpid()}", target],
+                          timeout=300, stdin=Path(local).read_bytes())
+        if result.exit_code != 0:
+            raise TransportError(f"device {self.device_name}: copying {local} to {remote} "
+                                 f"over exec failed (status {result.exit_code}): "
+                                 f"{result.stderr.strip()[-300:]}")
+
+    def _get_over_exec(self, remote: str, local: str) -> None:
+        """``get`` without SFTP: the remote file's bytes from ``cat``."""
+        stream = self.exec(["cat", remote])
+        if not stream.wait(300) or stream.exit_code != 0:
+            stream.close()
+            raise FileNotFoundError(f"device {self.device_name}: cannot read {remote}: "
+                                    f"{stream.stderr.decode(errors='replace').strip()[-300:]}")
+        Path(local).write_bytes(stream.take())
 
     def _makedirs(self, path: str) -> None:
         sftp = self._sftp_client()
