@@ -1,10 +1,11 @@
 """``edgefarm sweep cancel``: stop a sweep whether or not its controller still runs.
 
 A running controller polls its sweep's state once a loop; ``cancelling``
-makes it cancel its jobs and end the sweep as ``cancelled``. If nobody
-answers within the wait (the controller was killed, or the sweep was already
-interrupted), this module stops the jobs on the devices itself: it kills each
-running job's process group through the agent and releases the device leases.
+makes it cancel its jobs and end the sweep as ``cancelled``. When no live
+controller holds the sweep's owner lock (it was killed, or the sweep was
+already interrupted), this module stops the jobs on the devices itself: it
+kills each running job's process group through the agent and releases the
+device leases.
 """
 
 from __future__ import annotations
@@ -20,23 +21,45 @@ from orchestrator.agent_client import AgentClient
 from orchestrator.bundle import build
 from orchestrator.config.inventory import Inventory
 from orchestrator.deadline import Deadline
-from orchestrator.errors import EdgefarmError
+from orchestrator.errors import EdgefarmError, SweepBusyError
 from orchestrator.states import JobState, SweepState
 from orchestrator.store import IllegalTransitionError, Store
+from orchestrator.sweeps import own_sweep
 from orchestrator.transport import TransportSettings, make_transport
 
 
 def cancel_sweep(store: Store, sweep_id: str, settings: TransportSettings, wait: float) -> str:
+    """Ask a live controller to cancel the sweep; do it here only when none owns it.
+
+    ``cancelling`` in the store is the request a live controller acts on. The
+    owner lock (``sweeps.own_sweep``) says whether one is alive: while it is
+    held, this never touches the devices or the job rows (the controller is
+    stopping them and ends the sweep as ``cancelled``); once it is free (the
+    controller died or already ended) this takes the lock itself, so a resume
+    started meanwhile cannot run the jobs it is cancelling, and stops them.
+    """
     state = store.sweep(sweep_id)["state"]
     if state in (SweepState.FINISHED, SweepState.CANCELLED):
         return f"nothing to cancel: the sweep is {state}"
     store.set_sweep_state(sweep_id, SweepState.CANCELLING)
-    if state == SweepState.RUNNING:
-        deadline = Deadline(wait)
-        while not deadline.expired:
+    deadline = Deadline(wait)
+    while True:
+        try:
+            with own_sweep(store.dir, sweep_id):
+                return _cancel_unowned(store, sweep_id, settings)
+        except SweepBusyError as busy:
             if store.sweep(sweep_id)["state"] == SweepState.CANCELLED:
                 return "cancelled by its controller"
+            if deadline.expired:
+                return (f"cancelling: its controller (pid {busy.pid} on {busy.host}) is "
+                        "stopping the jobs and ends the sweep as cancelled")
             time.sleep(0.5)
+
+
+def _cancel_unowned(store: Store, sweep_id: str, settings: TransportSettings) -> str:
+    """Cancel a sweep no controller runs (the caller holds its owner lock)."""
+    if store.sweep(sweep_id)["state"] == SweepState.CANCELLED:
+        return "cancelled by its controller"  # it ended just before the lock was free
     stopped, problems = stop_on_devices(store, sweep_id, settings)
     for row in store.jobs(sweep_id, states=(JobState.PENDING, JobState.RUNNING)):
         try:

@@ -176,3 +176,25 @@ class JobError(EdgefarmError, RuntimeError):
 
 class StoreError(EdgefarmError, RuntimeError):
     """Reading or writing the results store failed."""
+
+
+class SweepBusyError(EdgefarmError, RuntimeError):
+    """Another live controller is running this sweep (``sweeps.own_sweep`` holds its lock).
+
+    Exit status 2, like ``StoreError``'s "unknown sweep id": the command was
+    refused before it wrote or started anything, whereas 1 from ``sweep run``
+    or ``resume`` means the sweep ran and some jobs failed or were cancelled;
+    a script must be able to tell "nothing happened, try later" from that.
+    """
+
+    exit_code = 2
+
+    def __init__(self, sweep_id: str, host: str, pid: int | None) -> None:
+        self.sweep_id, self.host, self.pid = sweep_id, host, pid
+        who = f"pid {pid} on {host}" if pid is not None else "another controller"
+        super().__init__(f"sweep {sweep_id} is being run by {who}; "
+                         "wait for it to end, or stop it with: edgefarm sweep cancel "
+                         f"{sweep_id}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.sweep_id, self.host, self.pid))

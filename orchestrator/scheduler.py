@@ -41,6 +41,7 @@ from orchestrator.jobrunner import Outcome
 from orchestrator.messages import GatewayMessage, StartJob
 from orchestrator.states import JobState, SweepState
 from orchestrator.store import Store
+from orchestrator.sweeps import own_sweep
 from orchestrator.transport.settings import GatewaySettings, TransportSettings
 
 log = logging.getLogger("edgefarm.scheduler")
@@ -340,7 +341,23 @@ def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
     ``should_stop`` is polled once per loop; when it says so the running jobs
     are cancelled and the sweep ends as interrupted (resumable). A sweep whose
     store state says ``cancelling`` (``edgefarm sweep cancel``) stops too.
+
+    The whole run holds the sweep's owner lock (``sweeps.own_sweep``): a
+    second controller of the same sweep raises SweepBusyError here before it
+    writes anything, so it cannot find this run's device leases and
+    quarantine them; a caller that already holds the lock (the CLI) nests.
     """
+    with own_sweep(store.dir, sweep_id):
+        return _run_owned(store, sweep_id, ray_address, progress, poll_s, should_stop,
+                          transport_settings, quarantine_after)
+
+
+def _run_owned(store: Store, sweep_id: str, ray_address: str | None,
+               progress: Progress | None, poll_s: float,
+               should_stop: Callable[[], bool] | None,
+               transport_settings: TransportSettings | None,
+               quarantine_after: int) -> Summary:
+    """``run_sweep``'s body, run while this process owns the sweep."""
     started = time.monotonic()
     run = SweepRun(store, sweep_id, progress or NullProgress(),
                    transport_settings or TransportSettings(),

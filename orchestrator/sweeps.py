@@ -10,20 +10,28 @@ without importing typer or rich.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
+import os
 import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config.inventory import Inventory
 from orchestrator.config.sweep import Sweep, load_sweep_with_inventory
+from orchestrator.errors import SweepBusyError
 from orchestrator.planner import Job, plan
 from orchestrator.states import JobState
 from orchestrator.store import Store
 
 __all__ = ["Planned", "ResumeInfo", "create_sweep", "job_record", "load_plan", "new_sweep_id",
-           "resume_info", "snapshot"]
+           "own_sweep", "resume_info", "snapshot", "sweep_lock_path"]
 
 
 def new_sweep_id() -> str:
@@ -65,6 +73,91 @@ def create_sweep(store: Store, planned: Planned, sweep_id: str | None = None) ->
                        sweep_path=str(planned.sweep_path),
                        inventory_path=str(planned.inventory_path))
     return sweep_id
+
+
+#: Where the per-sweep owner locks live, under the results directory.
+LOCKS_SUBDIR = "locks"
+
+#: Sweep locks this process holds, by lock path: ``[fd, depth]``. flock locks
+#: belong to an open file description, so a second ``open`` + ``flock`` of the
+#: same file in this process would refuse itself; the CLI takes the lock before
+#: it prints anything and ``run_sweep`` takes it again for library callers.
+_held: dict[Path, list[int]] = {}
+_held_guard = threading.Lock()
+
+
+def sweep_lock_path(results_dir: Path, sweep_id: str) -> Path:
+    """The lock file that says which controller runs ``sweep_id``."""
+    return Path(results_dir) / LOCKS_SUBDIR / f"{sweep_id}.lock"
+
+
+def _read_owner(path: Path) -> tuple[str, int | None]:
+    """``(host, pid)`` written by the lock's holder; ``("", None)`` if not written yet."""
+    for _ in range(20):  # the holder writes right after it locks: give it a moment
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            text = ""
+        host, _, pid = text.rpartition(":")
+        if host and pid.isdigit():
+            return host, int(pid)
+        time.sleep(0.05)
+    return "", None
+
+
+@contextmanager
+def own_sweep(results_dir: Path, sweep_id: str) -> Iterator[None]:
+    """Be the one controller of ``sweep_id`` for the ``with`` block, or raise SweepBusyError.
+
+    Why an OS lock (``flock`` on ``<results>/locks/<sweep_id>.lock``, taken
+    without blocking) and not an owner row with a heartbeat in the store: the
+    kernel drops the lock the moment its process dies, however it dies
+    (``kill -9`` included), so a dead owner is taken over at once and there
+    is no heartbeat age to guess, no clock to trust and no window where two
+    controllers both think they own it. A second live controller (``sweep
+    resume`` during a ``run``, two resumes) is refused before it writes a row
+    or touches a device lease, so it can no longer find the devices leased by
+    its own sweep and quarantine them. The holder writes ``host:pid`` into the
+    file only for the refusal message. The fd is not inheritable (PEP 446) and
+    Ray and the local transport start children with ``subprocess``, so no
+    child keeps the lock after the controller dies. Limit: flock is as good as
+    the results directory's file system; on NFS it may not be honoured across
+    hosts.
+    """
+    path = sweep_lock_path(results_dir, sweep_id).resolve()
+    with _held_guard:
+        if path in _held:
+            _held[path][1] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[path][1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            host, pid = _read_owner(path)
+            raise SweepBusyError(sweep_id, host, pid) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode())
+        with _held_guard:
+            _held[path] = [fd, 1]
+        try:
+            yield
+        finally:
+            with _held_guard:
+                del _held[path]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def sweep_run(
 ) -> None:
     """Run a sweep across the selected devices, with live progress."""
     from orchestrator.store import Store
-    from orchestrator.sweeps import create_sweep, load_plan
+    from orchestrator.sweeps import create_sweep, load_plan, own_sweep
 
     options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
                            metrics_linger)
@@ -104,10 +104,12 @@ def sweep_run(
     planned.inventory.check_key_files(sorted({job.device for job in planned.jobs}))
     store = Store(results_dir)
     sweep_id = create_sweep(store, planned)
-    console.print(f"sweep {sweep_id}", highlight=False)
-    console.print(f"{planned.sweep.name}: {len(planned.jobs)} job(s); results in {store.path}",
-                  highlight=False)
-    _execute(store, sweep_id, options)
+    # Owned from its creation: a `sweep resume` of the id printed below is refused.
+    with own_sweep(store.dir, sweep_id):
+        console.print(f"sweep {sweep_id}", highlight=False)
+        console.print(f"{planned.sweep.name}: {len(planned.jobs)} job(s); results in "
+                      f"{store.path}", highlight=False)
+        _execute(store, sweep_id, options)
 
 
 @sweep_app.command("resume")
@@ -127,18 +129,21 @@ def sweep_resume(
     try); their earlier quarantine is printed first.
     """
     from orchestrator.store import Store
-    from orchestrator.sweeps import resume_info
+    from orchestrator.sweeps import own_sweep, resume_info
 
     options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
                            metrics_linger)
     store = Store(results_dir)
-    info = resume_info(store, sweep_id)
-    console.print(f"sweep {sweep_id}", highlight=False)
-    console.print(f"resuming: {info.done} done, {info.to_run} to run", highlight=False)
-    for q in info.quarantines:
-        console.print(f"[yellow]earlier quarantine[/] {escape(q['device'])}: "
-                      f"{escape(q['reason'])}; trying it again", highlight=False)
-    _execute(store, sweep_id, options)
+    store.sweep(sweep_id)  # an unknown id exits 2 before a lock file is made
+    # One controller per sweep: refused (exit 2, naming pid and host) while another runs it.
+    with own_sweep(store.dir, sweep_id):
+        info = resume_info(store, sweep_id)
+        console.print(f"sweep {sweep_id}", highlight=False)
+        console.print(f"resuming: {info.done} done, {info.to_run} to run", highlight=False)
+        for q in info.quarantines:
+            console.print(f"[yellow]earlier quarantine[/] {escape(q['device'])}: "
+                          f"{escape(q['reason'])}; trying it again", highlight=False)
+        _execute(store, sweep_id, options)
 
 
 def _execute(store: Any, sweep_id: str, options: RunOptions) -> None:
