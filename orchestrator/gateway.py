@@ -54,6 +54,13 @@ def holder_is_dead(holder: str) -> bool:
     return not pid_alive(int(pid_text))
 
 
+def same_sweep(holder: str, owner: str) -> bool:
+    """Do two lease owners (``host:pid:sweep``) name the same sweep, from different processes?"""
+    mine, _, sweep = owner.rpartition(":")
+    theirs, _, other = holder.rpartition(":")
+    return bool(sweep) and sweep == other and mine != theirs and mine.count(":") == 1
+
+
 class Gateway:
     """Runs jobs on the devices of one site. Plain class; ``remote_gateway`` wraps it for Ray."""
 
@@ -172,8 +179,15 @@ class Gateway:
 
     def _take_over_from_dead(self, device: str, client: AgentClient,
                              answer: dict[str, Any]) -> None:
-        """The lease is held: take it over if its holder died on this host, else fail."""
-        if holder_is_dead(str(answer.get("holder"))):
+        """The lease is held: take it over if its holder died on this host, or ran this sweep.
+
+        A holder of this same sweep (``host:pid:SWEEP``, another pid) can only
+        be an earlier controller of it that is gone: ``sweep run``/``resume``
+        hold the sweep's lock (``sweeps.own_sweep``) for as long as they run,
+        so no live one can be running it beside us.
+        """
+        holder = str(answer.get("holder"))
+        if holder_is_dead(holder) or same_sweep(holder, self.owner):
             answer = client.lease("takeover", self.devices[device].work_dir, self.owner,
                                   self.lease_ttl)
         if not answer.get("ok"):

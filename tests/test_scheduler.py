@@ -184,3 +184,22 @@ def test_report_pairs_moe_with_each_dense_baseline(tmp_path: Path, ray_cluster: 
         assert c["moe"]["n"] == 3 and c["dense"]["n"] == 3  # warm-ups never counted
         assert c["decode_ratio"] is not None
     json.dumps(report)  # serialisable as --format json needs
+
+
+def test_a_fresh_lease_left_by_an_earlier_controller_of_the_same_sweep_is_taken_over(
+        tmp_path: Path, ray_cluster: Any) -> None:
+    """Only one controller runs a sweep at a time (the sweep lock), so a lease naming this
+    sweep and another process is a dead predecessor's, even one from another host."""
+    inv = write_inventory(tmp_path, ["dev-a"])
+    sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2)[:1],
+                        pairs=[], backend="sleep", repetitions=1, warmup=0,
+                        matrix={"prompt_tokens": 1, "gen_tokens": 10, "threads": 1,
+                                "gpu_layers": 0})
+    store = start(tmp_path, sweep, inv)
+    work = tmp_path / "devices" / "dev-a"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "lease.json").write_text(json.dumps(
+        {"owner": "elsewhere:4242:s1", "heartbeat": time.time(), "ttl": 120,
+         "host": "elsewhere"}))
+    summary = run_sweep(store, "s1", poll_s=0.1)
+    assert summary.counts["done"] == 1 and not summary.quarantined, summary
