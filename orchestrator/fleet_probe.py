@@ -31,22 +31,19 @@ class ProbeResult:
 
 def probe_device(device: Any, bundle_path: str, sha256: str,
                  settings: TransportSettings) -> ProbeResult:
+    transport = None
     try:
         transport = make_transport(device, settings)
         transport.connect()
-    except EdgefarmError as exc:
-        return ProbeResult(device.name, False, error=str(exc))
-    except Exception as exc:  # one device's surprise must not hide the others
-        return ProbeResult(device.name, False, error=f"{type(exc).__name__}: {exc}")
-    try:
         client = AgentClient(transport, device.work_dir, bundle_path, sha256)
         return ProbeResult(device.name, True, facts=client.probe(device.llama_bench))
-    except EdgefarmError as exc:
-        return ProbeResult(device.name, True, error=str(exc))
-    except Exception as exc:
-        return ProbeResult(device.name, True, error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # one device's surprise must not hide the others
+        reachable = transport is not None and transport.state == "connected"
+        error = str(exc) if isinstance(exc, EdgefarmError) else f"{type(exc).__name__}: {exc}"
+        return ProbeResult(device.name, reachable, error=error)
     finally:
-        transport.close()
+        if transport is not None and transport.state == "connected":
+            transport.close()
 
 
 def probe_all(devices: Iterable[Any], cache_dir: Path, settings: TransportSettings,

@@ -286,13 +286,12 @@ def _schedule(job: Any) -> dict[str, Any] | None:
     return rounds if isinstance(rounds, dict) else None
 
 
-def _job_models(row: Any) -> list[str]:
-    """The ids of the models a stored job ran (a pair's, or its one model)."""
-    record = json.loads(row["spec_json"])
+def _job_models(record: dict[str, Any], model_id: str) -> list[str]:
+    """The ids of the models a stored job ran (a pair's, or its one ``model_id``)."""
     models = record.get("models")
     if isinstance(models, list) and models:
         return [str(m["id"]) for m in models if isinstance(m, dict)]
-    return [row["model_id"]]
+    return [model_id]
 
 
 def _model_result(result: dict[str, Any], model_id: str) -> dict[str, Any]:
@@ -315,7 +314,7 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
     jobs: dict[tuple[str, str, tuple[int, ...]], Any] = {}
     for row in store.jobs(sweep_id):
         spec = json.loads(row["spec_json"])
-        for model_id in _job_models(row):
+        for model_id in _job_models(spec, row["model_id"]):
             jobs[(row["device"], model_id, tuple(int(spec[k]) for k in CONFIG_KEYS))] = row
 
     def model_stats(device: str, model: dict[str, Any], config: tuple[int, ...]) -> ModelStats:

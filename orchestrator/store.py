@@ -205,9 +205,12 @@ class Store:
 
     def _add_columns(self) -> None:
         """Bring a store written by an older edgefarm up to ``SCHEMA`` (new columns only)."""
+        have: dict[str, set[str]] = {}
         for table, column, kind in ADDED_COLUMNS:
-            have = {row["name"] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
+            if table not in have:
+                have[table] = {row["name"] for row in
+                               self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have[table]:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,26 @@ def edgefarm(*args: str, tmp: Path, timeout: float = 300) -> subprocess.Complete
     env = dict(os.environ, COLUMNS="200", EDGEFARM_DEBUG_LOG=str(tmp / "edgefarm-debug.log"))
     return subprocess.run([*EDGEFARM, *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=REPO)
+
+
+def start_sweep_run(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``edgefarm sweep run ARGS`` in the background; return it and its sweep id.
+
+    The CLI prints the sweep id on its first line, before anything runs.
+    """
+    proc = subprocess.Popen([*EDGEFARM, "sweep", "run", *args], cwd=REPO,
+                            env=dict(os.environ, COLUMNS="200"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().split()[1]
+
+
+def wait_for_first_agent(jobs_dir: Path, timeout: float = 60) -> bool:
+    """Wait until a job under ``jobs_dir`` (a device's jobs/SWEEP) has an agent pid file."""
+    deadline = time.monotonic() + timeout
+    while not list(jobs_dir.glob("*/agent.pid")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return bool(list(jobs_dir.glob("*/agent.pid")))
 
 
 def write_ssh_inventory(tmp: Path, devices: list[Any], *, trust: bool = True,

@@ -102,7 +102,7 @@ def test_local_and_ssh_run_the_same_commands_and_events(tmp_path: Path,
         [c[:1] for c in agent_commands(ssh_sent, ssh_agent)]
 
 
-def test_a_warm_local_device_spends_one_exec_per_job(tmp_path: Path) -> None:
+def _local_client(tmp_path: Path) -> tuple[AgentClient, Transport, dict[str, Any]]:
     bundle = build(tmp_path / "bundle")
     model = sleep_models(tmp_path, 1)[0]
     device = Inventory.load(write_inventory(tmp_path, ["here"])).devices[0]
@@ -110,6 +110,11 @@ def test_a_warm_local_device_spends_one_exec_per_job(tmp_path: Path) -> None:
     transport.connect()
     client = AgentClient(transport, device.work_dir, bundle.path, bundle.sha256)
     client.ensure_agent()
+    return client, transport, model
+
+
+def test_a_warm_local_device_spends_one_exec_per_job(tmp_path: Path) -> None:
+    client, transport, model = _local_client(tmp_path)
     sent = _recording(transport)
     outcome = run_attempt(client, client.job_dir("s1", "k1", 1), _spec(model), 60,
                           lambda events: None)
@@ -149,17 +154,6 @@ def test_wire_constants_are_written_once() -> None:
                         type(value) is int and value in ints):
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}: {value!r}")
     assert not found, "wire constants outside agents/protocol.py:\n" + "\n".join(found)
-
-
-def _local_client(tmp_path: Path) -> tuple[AgentClient, Transport, dict[str, Any]]:
-    bundle = build(tmp_path / "bundle")
-    model = sleep_models(tmp_path, 1)[0]
-    device = Inventory.load(write_inventory(tmp_path, ["here"])).devices[0]
-    transport = make_transport(device, TransportSettings())
-    transport.connect()
-    client = AgentClient(transport, device.work_dir, bundle.path, bundle.sha256)
-    client.ensure_agent()
-    return client, transport, model
 
 
 def test_a_changed_byte_in_the_deployed_zipapp_is_refused_and_replaced(tmp_path: Path) -> None:

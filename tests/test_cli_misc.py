@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 import gguf
-from helpers import EDGEFARM, REPO, edgefarm, sleep_models, write_inventory, write_sweep
+from helpers import (
+    edgefarm,
+    sleep_models,
+    start_sweep_run,
+    wait_for_first_agent,
+    write_inventory,
+    write_sweep,
+)
 
 
 def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path) -> None:
@@ -20,15 +25,9 @@ def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path) -> None:
                         matrix={"prompt_tokens": 1, "gen_tokens": 3000, "threads": 1,
                                 "gpu_layers": 0})
     results = tmp_path / "results"
-    proc = subprocess.Popen([*EDGEFARM, "sweep", "run", str(sweep), "-i", str(inv), "-r",
-                             str(results)], cwd=REPO, env=dict(os.environ, COLUMNS="200"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    sweep_id = proc.stdout.readline().split()[1]
+    proc, sweep_id = start_sweep_run(str(sweep), "-i", str(inv), "-r", str(results))
     pid_files = tmp_path / "devices" / "dev-a" / "jobs" / sweep_id
-    deadline = time.monotonic() + 60
-    while not list(pid_files.glob("*/agent.pid")) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_first_agent(pid_files)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)

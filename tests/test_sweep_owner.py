@@ -6,15 +6,20 @@ test-only sleep backend, the real store and the owner lock in the results dir.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
-from helpers import EDGEFARM, REPO, edgefarm, sleep_models, write_inventory, write_sweep
+from helpers import (
+    edgefarm,
+    sleep_models,
+    start_sweep_run,
+    wait_for_first_agent,
+    write_inventory,
+    write_sweep,
+)
 
 
 def _start_run(tmp_path: Path, gen_ms: int) -> tuple[subprocess.Popen[str], str, Path]:
@@ -25,17 +30,10 @@ def _start_run(tmp_path: Path, gen_ms: int) -> tuple[subprocess.Popen[str], str,
                         matrix={"prompt_tokens": 1, "gen_tokens": gen_ms, "threads": 1,
                                 "gpu_layers": 0})
     results = tmp_path / "results"
-    proc = subprocess.Popen([*EDGEFARM, "sweep", "run", str(sweep), "-i", str(inv), "-r",
-                             str(results), "--metrics-addr", "off", "--no-report"], cwd=REPO,
-                            env=dict(os.environ, COLUMNS="200"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    sweep_id = proc.stdout.readline().split()[1]
-    pid_files = tmp_path / "devices" / "dev-a" / "jobs" / sweep_id
-    deadline = time.monotonic() + 60
-    while not list(pid_files.glob("*/agent.pid")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert list(pid_files.glob("*/agent.pid")), "the first job never started"
+    proc, sweep_id = start_sweep_run(str(sweep), "-i", str(inv), "-r", str(results),
+                                     "--metrics-addr", "off", "--no-report")
+    assert wait_for_first_agent(tmp_path / "devices" / "dev-a" / "jobs" / sweep_id), \
+        "the first job never started"
     return proc, sweep_id, results
 
 
