@@ -37,13 +37,14 @@ def _params_dict(params: JobParams) -> Dict[str, object]:
     return {"prompt_tokens": params.prompt_tokens, "gen_tokens": params.gen_tokens,
             "threads": params.threads, "gpu_layers": params.gpu_layers,
             "repetitions": params.repetitions, "warmup": params.warmup,
-            "ctx_size": params.ctx_size, "seed": params.seed}
+            "ctx_size": params.ctx_size, "seed": params.seed, "cpu_repack": params.cpu_repack}
 
 
 def _params(data: Dict[str, Any]) -> JobParams:
     return JobParams(int(data["prompt_tokens"]), int(data["gen_tokens"]), int(data["threads"]),
                      int(data["gpu_layers"]), int(data["repetitions"]), int(data["warmup"]),
-                     ctx_size=int(data["ctx_size"]), seed=int(data["seed"]))
+                     ctx_size=int(data["ctx_size"]), seed=int(data["seed"]),
+                     cpu_repack=bool(data.get("cpu_repack", True)))
 
 
 def worker_argv() -> List[str]:

@@ -143,6 +143,7 @@ class JobParamsSpec(TypedDict):
     repetitions: Union[int, AdaptiveRounds]  # rounds (agents/rounds.py)
     warmup: int
     keep_loaded: bool  # paired jobs: keep models loaded across rounds (else fresh loads)
+    cpu_repack: bool  # llama.cpp's CPU weight repacking (its default: on)
 
 
 class DeviceRef(TypedDict):

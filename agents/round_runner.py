@@ -280,4 +280,5 @@ def _constant(value: int) -> Callable[[int], int]:
 
 def _with_repetitions(params: JobParams, repetitions: int) -> JobParams:
     return JobParams(params.prompt_tokens, params.gen_tokens, params.threads, params.gpu_layers,
-                     repetitions, params.warmup, ctx_size=params.ctx_size, seed=params.seed)
+                     repetitions, params.warmup, ctx_size=params.ctx_size, seed=params.seed,
+                     cpu_repack=params.cpu_repack)

@@ -141,7 +141,8 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                 raise BackendError(ERR_BAD_JOB, str(exc)) from exc
             params = JobParams(int(p["prompt_tokens"]), int(p["gen_tokens"]), int(p["threads"]),
                                int(p["gpu_layers"]), plan.maximum, int(p["warmup"]),
-                               seed=int(p.get("seed", 0)))
+                               seed=int(p.get("seed", 0)),
+                               cpu_repack=bool(p.get("cpu_repack", True)))
             if len(models) > 1 or plan.adaptive:
                 telemetry.expected = None  # the count of repetitions is not known up front
             backend = get_backend(spec.get("backend", "auto"), device.get("llama_bench"))

@@ -90,6 +90,8 @@ class Job(BaseModel):
     warmup: int = Field(description="Warm-up runs (stored, never counted).")
     keep_loaded: bool = Field(default=False, description="Paired jobs: keep models loaded "
                               "across rounds instead of a fresh load per repetition.")
+    cpu_repack: bool = Field(default=True, description="llama.cpp repacks CPU weights into "
+                             "its faster layouts (its default).")
     backend: str = Field(description="Backend name the agent is asked to use.")
     timeout_s: float = Field(description="Wall-clock limit per attempt; not part of the key.")
     retries: int = Field(description="Extra attempts after a failure; not part of the key.")
@@ -156,6 +158,7 @@ class Job(BaseModel):
                 else cast(AdaptiveRounds, dict(self.repetitions)),
                 "warmup": self.warmup,
                 "keep_loaded": self.keep_loaded,
+                "cpu_repack": self.cpu_repack,
             },
             "backend": self.backend,
             "timeout_s": self.timeout_s,
@@ -230,6 +233,7 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
                         repetitions=repetitions,
                         warmup=sweep.warmup,
                         keep_loaded=sweep.keep_models_loaded,
+                        cpu_repack=sweep.cpu_repack,
                         backend=sweep.backend,
                         timeout_s=sweep.timeout_s,
                         retries=sweep.retries,

@@ -52,7 +52,7 @@ PAIRED_BY_ROUND = "paired by round (MoE and dense interleaved)"
 #: agent adds are compared too, after these.
 PROVENANCE_ORDER = ("backend", "backend_version", "build_number", "build_commit", "threads",
                     "n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap",
-                    "gpu_layers")
+                    "cpu_repack", "gpu_layers")
 
 
 @dataclass
@@ -423,7 +423,7 @@ def model_row(s: dict[str, Any]) -> tuple[str, ...]:
 
 
 PROVENANCE_HEADERS = ("backend", "llama.cpp build", "threads · batch/ubatch",
-                      "flash attn · KV · mmap")
+                      "flash attn · KV · mmap · repack")
 
 
 def provenance_row(s: dict[str, Any]) -> tuple[str, ...]:
@@ -447,7 +447,8 @@ def provenance_row(s: dict[str, Any]) -> tuple[str, ...]:
     build = "?" if p.get("build_number") is None and p.get("build_commit") is None \
         else f"{v('build_number')} ({v('build_commit')})"
     return (backend, build, f"{v('threads')} · {v('n_batch')}/{v('n_ubatch')}",
-            f"{v('flash_attn')} · {v('type_k')}/{v('type_v')} · {v('use_mmap')}")
+            f"{v('flash_attn')} · {v('type_k')}/{v('type_v')} · {v('use_mmap')}"
+            f" · {v('cpu_repack')}")
 
 
 def provenance_line(s: dict[str, Any]) -> str:

@@ -68,7 +68,7 @@ def agent_env(**extra: str) -> dict[str, str]:
 
 def write_job(job_dir: Path, model_source: dict[str, Any], *, backend: str = "sleep",
               models_dir: Path | None = None, job_key: str = "job-1", attempt: int = 1,
-              heartbeat_s: float = 5.0, **params: int) -> Path:
+              heartbeat_s: float = 5.0, **params: int | bool) -> Path:
     """Write ``job_dir/job.json`` as the controller does; return job_dir."""
     job_dir.mkdir(parents=True, exist_ok=True)
     p = {"prompt_tokens": 16, "gen_tokens": 8, "threads": 2, "gpu_layers": 0,

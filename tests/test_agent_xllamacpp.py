@@ -78,6 +78,7 @@ def test_result_info_has_the_provenance(moe_events):
     assert (prov["threads"], prov["n_batch"], prov["n_ubatch"], prov["gpu_layers"]) == \
         (2, 512, 512, 0)
     assert (prov["flash_attn"], prov["type_k"], prov["type_v"]) == ("auto", "f16", "f16")
+    assert prov["cpu_repack"] is True  # llama.cpp's default, read back from no_extra_bufts
     for key, value in prov.items():
         if value is None:
             assert prov["unknown"][key], key  # every absent value says why
@@ -88,6 +89,15 @@ def test_result_info_has_the_provenance(moe_events):
         assert prov["build_number"] is None
         assert "reports build_number 0" in prov["unknown"]["build_number"]
     assert moe_events[-1]["info"]["llama_system_info"].startswith("CPU :")
+
+
+def test_cpu_repack_off_is_applied_and_recorded(tiny_models, tmp_path):
+    """``cpu_repack: false`` reaches llama.cpp (no_extra_bufts), read back into the provenance."""
+    job = write_job(tmp_path / "job", {"path": str(tiny_models["tiny-moe"])},
+                    backend="xllamacpp", prompt_tokens=PROMPT, gen_tokens=GEN,
+                    repetitions=1, warmup=0, threads=2, cpu_repack=False)
+    events = _run(job)
+    assert events[-1]["info"]["provenance"]["cpu_repack"] is False
 
 
 def test_result_info_has_the_gguf_facts(moe_events, tiny_models):

@@ -163,7 +163,22 @@ def test_provenance_of_an_old_build_says_what_it_does_not_print():
     for key in ("n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
         assert prov[key] is None
         assert prov["unknown"][key] == f"this llama-bench (build 1275) does not print {key}"
-    assert set(prov["unknown"]) == {"n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"}
+    assert prov["cpu_repack"] is None and prov["unknown"]["cpu_repack"] == (
+        "this llama-bench (build 1275) does not print no_repack; llama.cpp repacks CPU weights "
+        "by default")
+    assert set(prov["unknown"]) == {"n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap",
+                                    "cpu_repack"}
+
+
+def test_provenance_reads_no_repack_when_printed():
+    from agents.backends.llama_bench import _raw_record, bench_provenance
+
+    text = read(JSON_B5163)
+    pp = parse_llama_bench(text)[0]
+    raw = _raw_record(text, pp)
+    assert raw is not None
+    assert bench_provenance(dict(raw, no_repack=True), pp)["cpu_repack"] is False
+    assert bench_provenance(dict(raw, no_repack=False), pp)["cpu_repack"] is True
 
 
 def test_parse_mid_2025_json_with_rpc_backend():
@@ -601,7 +616,9 @@ def test_run_end_to_end_with_recorded_json(stand_in, monkeypatch):
             "backend": "llama-bench", "backend_version": "5163 (8cf427ff)",
             "build_number": 5163, "build_commit": "8cf427ff", "threads": 8, "n_batch": 2048,
             "n_ubatch": 512, "flash_attn": "off", "type_k": "f16", "type_v": "f16",
-            "use_mmap": True, "gpu_layers": 99, "unknown": {},
+            "use_mmap": True, "cpu_repack": None, "gpu_layers": 99,
+            "unknown": {"cpu_repack": "this llama-bench (build 5163) does not print no_repack; "
+                                      "llama.cpp repacks CPU weights by default"},
         },
     }
 
@@ -714,6 +731,15 @@ def test_run_output_for_other_token_counts_is_an_error(stand_in):
         LlamaBenchBackend(str(stand_in.path)).run(str(stand_in.model), params(prompt=256),
                                                   Recorder())
     assert info.value.kind == "backend-error" and "pp 256" in info.value.message
+
+
+def test_run_refuses_cpu_repack_off_before_starting(stand_in):
+    """edgefarm does not pass ``cpu_repack: false`` to llama-bench: refused, nothing run."""
+    job = JobParams(512, 128, 8, 99, 5, 1, cpu_repack=False)
+    with pytest.raises(BackendError) as info:
+        LlamaBenchBackend(str(stand_in.path)).run(str(stand_in.model), job, Recorder())
+    assert info.value.kind == "bad-job" and "xllamacpp backend only" in info.value.message
+    assert stand_in.calls() == []
 
 
 @pytest.mark.parametrize("mode, kind, words", [

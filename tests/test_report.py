@@ -36,7 +36,7 @@ T_975_4 = 2.7764451051977934
 PROVENANCE = {"backend": "xllamacpp", "backend_version": "2026.10.11549", "build_number": None,
               "build_commit": None, "threads": 1, "n_batch": 512, "n_ubatch": 512,
               "flash_attn": "auto", "type_k": "f16", "type_v": "f16", "use_mmap": None,
-              "gpu_layers": 0,
+              "cpu_repack": True, "gpu_layers": 0,
               "unknown": {"build_number": "wheel says 0", "build_commit": "wheel says unknown",
                           "use_mmap": "load_mode auto"}}
 
@@ -244,6 +244,8 @@ def test_provenance_difference_rules() -> None:
         "use_mmap differs (moe: unknown, dense: yes)")
     # Reasons are not compared; a key a newer agent adds is.
     assert provenance_difference(PROVENANCE, dict(PROVENANCE, unknown={})) is None
+    assert provenance_difference(PROVENANCE, dict(PROVENANCE, cpu_repack=False)) == (
+        "not compared: cpu_repack differs (moe: yes, dense: no)")
     assert provenance_difference(dict(PROVENANCE, numa="off"), PROVENANCE) == \
         "not compared: numa differs (moe: off, dense: unknown)"
 
@@ -260,8 +262,8 @@ def test_table_shows_provenance_and_fits_100_columns(tmp_path: Path) -> None:
     assert "Decode: MoE is 30% behind (95% CI 23–37%)" in text
     assert "t-interval on log per-round ratios, n=5" in text
     assert text.count("xllamacpp 2026.10.11549") == 2
-    assert text.count("1 · 512/512") == 2 and text.count("auto · f16/f16 · ?") == 2
+    assert text.count("1 · 512/512") == 2 and text.count("auto · f16/f16 · ? · yes") == 2
     assert "use_mmap unknown: load_mode auto" in text
     md = render_markdown(build_report(store, "s"))
     assert ("- moe: backend xllamacpp 2026.10.11549; llama.cpp build ?; threads · batch/ubatch "
-            "1 · 512/512; flash attn · KV · mmap auto · f16/f16 · ?") in md
+            "1 · 512/512; flash attn · KV · mmap · repack auto · f16/f16 · ? · yes") in md

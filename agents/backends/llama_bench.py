@@ -666,6 +666,9 @@ class LlamaBenchBackend(Backend):
                 or params.prompt_tokens + params.gen_tokens == 0:
             raise BackendError(ERR_BAD_JOB, "llama-bench needs repetitions >= 1 and a prompt or "
                                "generation length > 0")
+        if not params.cpu_repack:
+            raise BackendError(ERR_BAD_JOB, "cpu_repack: false is supported with the xllamacpp "
+                               "backend only; edgefarm does not pass it to llama-bench")
         emit("phase", {"phase": "bench"})
         argv = build_argv(self.binary, model_path, params, progress=True)
         started = time.monotonic()
@@ -790,7 +793,8 @@ def bench_provenance(raw: Optional[Dict[str, object]], first: Record) -> Dict[st
             unknown[key] = absent % src
     if raw is None:
         reason = "llama-bench's record for the run was not found in its output"
-        for key in ("n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap"):
+        for key in ("n_batch", "n_ubatch", "flash_attn", "type_k", "type_v", "use_mmap",
+                    "cpu_repack"):
             unknown[key] = reason
         return make_provenance("llama-bench", values, unknown)
     for key in ("n_batch", "n_ubatch"):
@@ -802,6 +806,12 @@ def bench_provenance(raw: Optional[Dict[str, object]], first: Record) -> Dict[st
         values[key] = kv_type_label(item.get(key))
     mmap = item.get("use_mmap")
     values["use_mmap"] = mmap if isinstance(mmap, bool) else None
+    no_repack = item.get("no_repack")
+    if isinstance(no_repack, bool):
+        values["cpu_repack"] = not no_repack
+    else:
+        unknown["cpu_repack"] = (absent % "no_repack" + "; llama.cpp repacks CPU weights "
+                                 "by default")
     for key in ("flash_attn", "type_k", "type_v", "use_mmap"):
         if values[key] is None:
             unknown[key] = (absent % key if key not in item

@@ -40,7 +40,13 @@ from agents.backends.base import (
     make_provenance,
 )
 from agents.gguf_info import read_gguf_info
-from agents.protocol import ERR_BACKEND, ERR_BACKEND_MISSING, ERR_MODEL_MISSING, ERR_OUT_OF_MEMORY
+from agents.protocol import (
+    ERR_BACKEND,
+    ERR_BACKEND_MISSING,
+    ERR_BAD_JOB,
+    ERR_MODEL_MISSING,
+    ERR_OUT_OF_MEMORY,
+)
 
 
 def prompt_id_range(model_path: str) -> Tuple[int, int]:
@@ -139,6 +145,11 @@ def provenance(module: object, cparams: object, version: str) -> Dict[str, objec
         use_mmap = getattr(cparams, "use_mmap", None)  # bindings before load_mode
         if isinstance(use_mmap, bool):
             values["use_mmap"] = use_mmap
+    no_repack = getattr(cparams, "no_extra_bufts", None)
+    if isinstance(no_repack, bool):
+        values["cpu_repack"] = not no_repack
+    else:
+        unknown["cpu_repack"] = "xllamacpp %s has no no_extra_bufts setting" % version
     gpu = getattr(cparams, "n_gpu_layers", None)
     if isinstance(gpu, int):
         values["gpu_layers"] = gpu
@@ -215,6 +226,11 @@ class XllamacppBackend(Backend):
         cparams.cpuparams_batch.n_threads = params.threads
         cparams.cache_prompt = False
         cparams.warmup = False  # warm-up runs are ours, explicit and stored
+        if hasattr(cparams, "no_extra_bufts"):
+            cparams.no_extra_bufts = not params.cpu_repack
+        elif not params.cpu_repack:
+            raise BackendError(ERR_BAD_JOB, "cpu_repack: false needs an xllamacpp with the "
+                               "no_extra_bufts setting; %s has none" % version)
         rss_before, _ = peakmem.current_rss_bytes()
         start = time.monotonic()
         try:

@@ -381,6 +381,15 @@ class Sweep(FileModel):
             "VM: docs/results/verdict-stability.md)."
         ),
     )
+    cpu_repack: bool = Field(
+        default=True,
+        description=(
+            "llama.cpp's CPU weight repacking (its default). On: faster CPU kernels, but a "
+            "second copy of the weights in memory and a slow load (OLMoE-1B-7B Q4_0: ~60 s "
+            "on a 2-core VM). Off: the model is used from its mmap'd file, loads in under a "
+            "second, decodes slower. Recorded in every result's provenance; pairs must agree."
+        ),
+    )
     warmup: int = Field(
         default=1,
         ge=0,
