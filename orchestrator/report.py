@@ -21,8 +21,10 @@ dense rounds) are paired by it. Until the runner records rounds, repetition i
 of the MoE job is paired with repetition i of the dense job; the two jobs ran
 one after the other, not interleaved, so drift between them is not cancelled,
 and the report says "paired by repetition index; rounds not interleaved".
-A repetition whose ``disturbed`` field names a reason spoils its pair, which
-is left out and counted by reason.
+A repetition whose ``disturbed`` field names a reason spoils its whole round:
+every pair of that round in the job is left out and counted by reason, the
+rule the agent's stopping rule uses too (``agents/round_runner.py``), since a
+disturbance long enough to flag one repetition rarely spares its neighbours.
 
 Provenance: each job's result carries the backend, llama.cpp build and the
 settings that decide speed (``agents.backends.base.PROVENANCE_KEYS``). A pair
@@ -36,7 +38,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -163,18 +165,31 @@ def disturbance_kind(*reps: Mapping[str, Any]) -> str | None:
     return " and ".join(kinds) if kinds else None
 
 
+def disturbed_rounds(reps: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, Any], str]:
+    """``(job_key, round) -> kind`` for every round in which any repetition was disturbed."""
+    by_round: dict[tuple[Any, Any], list[Mapping[str, Any]]] = defaultdict(list)
+    for rep in reps:
+        if rep.get("round") is not None:
+            by_round[(rep.get("job_key"), rep["round"])].append(rep)
+    found = {key: disturbance_kind(*group) for key, group in by_round.items()}
+    return {key: kind for key, kind in found.items() if kind}
+
+
 def paired_rounds(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
-                  metric: str) -> list[stats.PairedRound]:
+                  metric: str, spoiled: Mapping[tuple[Any, Any], str] | None = None
+                  ) -> list[stats.PairedRound]:
     """``stats.PairedRound`` per pair where both sides measured ``metric``.
 
-    A pair is disturbed when either side's ``disturbed`` names a reason.
+    A pair is disturbed when either side's ``disturbed`` names a reason, or
+    when ``spoiled`` (``disturbed_rounds`` of the whole job) names its round.
     """
+    spoiled = spoiled or {}
     rounds = []
     for m, d in pairs:
         a, b = _positive([m.get(metric)]), _positive([d.get(metric)])
         if a and b:
-            rounds.append(stats.PairedRound(moe_tps=a[0], dense_tps=b[0],
-                                            disturbed=disturbance_kind(m, d)))
+            kind = disturbance_kind(m, d) or spoiled.get((m.get("job_key"), m.get("round")))
+            rounds.append(stats.PairedRound(moe_tps=a[0], dense_tps=b[0], disturbed=kind))
     return rounds
 
 
@@ -228,8 +243,13 @@ def _missing_reason(moe: ModelStats, dense: ModelStats) -> str:
 
 def compare(device: str, config: dict[str, int], moe: ModelStats, dense: ModelStats,
             moe_reps: Sequence[Mapping[str, Any]],
-            dense_reps: Sequence[Mapping[str, Any]]) -> Comparison:
-    """One pair's comparison: provenance check, pairing, ratio estimate and verdict."""
+            dense_reps: Sequence[Mapping[str, Any]],
+            spoiled: Mapping[tuple[Any, Any], str] | None = None) -> Comparison:
+    """One pair's comparison: provenance check, pairing, ratio estimate and verdict.
+
+    ``spoiled``: rounds of the job disturbed in any of its models
+    (``disturbed_rounds``), left out of this pair's ratio too.
+    """
     energy_ratio = None
     if moe.j_per_token_median and dense.j_per_token_median:
         energy_ratio = moe.j_per_token_median / dense.j_per_token_median
@@ -240,14 +260,14 @@ def compare(device: str, config: dict[str, int], moe: ModelStats, dense: ModelSt
                           prefill_ratio=None, verdict=refusal, significant=None,
                           not_compared=refusal)
     pairs, pairing = pair_repetitions(moe_reps, dense_reps)
-    decode_rounds = paired_rounds(pairs, "decode_tps")
+    decode_rounds = paired_rounds(pairs, "decode_tps", spoiled)
     kept = stats.exclude_disturbed(decode_rounds)
     estimate = stats.estimate_ratio(kept.kept)
     reason = _missing_reason(moe, dense)
     if decode_rounds and not kept.kept:
         reason = "every paired round was disturbed"
     said = stats.verdict(estimate, no_rounds_reason=reason)
-    prefill = stats.exclude_disturbed(paired_rounds(pairs, "prefill_tps"))
+    prefill = stats.exclude_disturbed(paired_rounds(pairs, "prefill_tps", spoiled))
     prefill_estimate = stats.estimate_ratio(prefill.kept)
     return Comparison(
         device=device, config=config, moe=moe, dense=dense,
@@ -359,11 +379,15 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                 dense_ids = pair["dense"] if isinstance(pair["dense"], list) else [pair["dense"]]
                 moe = model_stats(device, models[pair["moe"]], config)
                 moe_reps = [_rep(r) for r in reps.get((device, pair["moe"], config), [])]
+                all_dense = {d: _same_job(moe_reps, [_rep(r) for r in
+                                                     reps.get((device, d, config), [])])
+                             for d in dense_ids}
+                spoiled = disturbed_rounds([*moe_reps, *(r for rs in all_dense.values()
+                                                         for r in rs)])
                 for dense_id in dense_ids:
                     dense = model_stats(device, models[dense_id], config)
-                    dense_reps = _same_job(moe_reps, [_rep(r) for r in
-                                                      reps.get((device, dense_id, config), [])])
-                    comparison = compare(device, cfg, moe, dense, moe_reps, dense_reps)
+                    comparison = compare(device, cfg, moe, dense, moe_reps, all_dense[dense_id],
+                                         spoiled)
                     comparison.schedule = _schedule(jobs.get((device, pair["moe"], config)))
                     comparisons.append(comparison)
     return {

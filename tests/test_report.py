@@ -207,6 +207,42 @@ def test_excluded_rounds_are_counted_by_kind_not_by_measured_share(tmp_path: Pat
                              "clock or throttle change and hypervisor steal": 1}
 
 
+def test_a_disturbed_repetition_spoils_its_round_for_every_pair_of_the_job(
+        tmp_path: Path) -> None:
+    """One paired job, MoE against d1 and d2: d1 disturbed in round 2 drops round 2 of both.
+
+    The rule the agent's stopping rule applies (agents/round_runner.py); d2's
+    slow round 2 (the same disturbance, below the threshold) must not count.
+    """
+    store = Store(tmp_path)
+    sweep = {"models": [{"id": "moe", "arch": "moe"}, {"id": "d1", "arch": "dense"},
+                        {"id": "d2", "arch": "dense"}],
+             "pairs": [{"moe": "moe", "dense": ["d1", "d2"]}]}
+    job = dict(CONFIG, key="j", device="dev", model_id="moe vs d1,d2", arch="pair",
+               models=[{"id": m, "arch": a} for m, a in (("moe", "moe"), ("d1", "dense"),
+                                                          ("d2", "dense"))])
+    store.create_sweep("s", "t", sweep, {"devices": []}, [job])
+    store.start_attempt("s", "j", 1)
+    events, seq = [], 0
+    for rnd in range(6):
+        for model, tps in (("moe", 90.0), ("d1", 100.0), ("d2", 100.0 if rnd != 2 else 60.0)):
+            rep: dict[str, Any] = {"v": 1, "seq": seq, "kind": "repetition", "job": "j",
+                                   "attempt": 1, "t": 1.0, "index": seq, "warmup": False,
+                                   "model": model, "round": rnd, "decode_tps": tps,
+                                   "prefill_tps": 50.0}
+            if model == "d1" and rnd == 2:
+                rep["disturbed"] = "other load: 30% of the CPUs busy with other work"
+            events.append(rep)
+            seq += 1
+    store.add_events("s", "dev", events)
+    store.finish_job("s", "j", "done", 1, result={})
+    by_dense = {c["dense"]["model_id"]: c for c in build_report(store, "s")["comparisons"]}
+    for dense in ("d1", "d2"):
+        c = by_dense[dense]
+        assert c["excluded"] == {"other load": 1} and c["rounds"] == 6, dense
+        assert c["decode_ratio"] == pytest.approx(0.9), dense  # the 60 tok/s round is out
+
+
 def test_a_missing_side_gives_no_verdict_with_the_reason(tmp_path: Path) -> None:
     store = Store(tmp_path)
     fill(store, {"moe": decode([50.0, 60.0]), "dense": []})
