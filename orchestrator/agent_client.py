@@ -374,6 +374,25 @@ class AgentClient:
             except (OSError, TransportError):
                 return own
 
+    def drain(self, job_dir: str, timeout: float = 60) -> list[Event]:
+        """The rest of an ended job's log, past what was read: one ``follow`` to its end.
+
+        For after a cancel, or for a job that finished while the link was down:
+        ``follow`` stops at the result line or once the runner is gone, so this
+        returns whatever the job wrote last, its result included. Raises
+        ``LinkDown`` while the link is down.
+        """
+        old = self._follows.get(job_dir)
+        offset = old.offset if old is not None else 0
+        if old is not None and old.stream is not None:
+            old.stream.close()  # a partial line it held is read again, whole, from offset
+        follow = _Follow(["follow", job_dir, "--offset", str(offset)], None, False, offset)
+        self._follows[job_dir] = follow
+        follow.stream = self.transport.exec(self.argv(*follow.args))
+        follow.stream.wait(timeout)
+        follow.pending.extend(follow.stream.take())
+        return self._consume(follow)
+
     def forget(self, job_dir: str) -> None:
         """Drop a finished job's follower."""
         follow = self._follows.pop(job_dir, None)

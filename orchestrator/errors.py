@@ -178,6 +178,24 @@ class StoreError(EdgefarmError, RuntimeError):
     """Reading or writing the results store failed."""
 
 
+class StoreFullError(StoreError):
+    """The disk holding the results store is full: free space, then resume (exit 1)."""
+
+    exit_code = 1
+
+
+class StoreCorruptError(StoreError):
+    """The results store is not a readable SQLite database (exit 2: the input is bad)."""
+
+    exit_code = 2
+
+
+class StoreReadOnlyError(StoreError):
+    """A command that writes was given a results store it may only read (exit 2)."""
+
+    exit_code = 2
+
+
 class SweepBusyError(EdgefarmError, RuntimeError):
     """Another live controller is running this sweep (``sweeps.own_sweep`` holds its lock).
 

@@ -143,7 +143,7 @@ def _platforms(results_dir: Path, sweep_id: str | None) -> dict[str, str]:
     """Device -> platform from the sweep's stored inventory (the ``device_up`` label)."""
     if sweep_id is None or not (results_dir / DB_NAME).exists():
         return {}
-    store = Store(results_dir)
+    store = Store(results_dir, read_only=True)
     try:
         inventory = json.loads(store.sweep(sweep_id)["inventory_json"])
         planned = {r["device"] for r in store.jobs(sweep_id)}

@@ -33,6 +33,7 @@ from agents.protocol import (
 )
 from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
 from orchestrator.deadline import Deadline
+from orchestrator.transport.base import LinkDown
 
 Events = list[dict[str, Any]]
 
@@ -73,6 +74,29 @@ def _ended(events: Events, last_error: dict[str, Any] | None
                            err.get("message") or "agent reported failure",
                            result=ev.get("info") or {}), last_error
     return None, last_error
+
+
+def _stop_and_collect(client: AgentClient, job_dir: str, on_events: Callable[[Events], None],
+                      last_error: dict[str, Any] | None, poll_s: float) -> Outcome | None:
+    """Stop the job, then read its log to the end; the outcome if the log holds the result.
+
+    A job may have finished while the link was down: past its deadline the
+    controller still collects it rather than throw it away. While the link is
+    down (within the device's grace period) the stop is retried; after the
+    grace the transport raises ``UnreachableError``, the attempt fails, and a
+    later ``resume`` collects the result from the job directory instead.
+    """
+    while True:
+        try:
+            client.cancel(job_dir)
+            events = client.drain(job_dir)
+            break
+        except LinkDown:
+            time.sleep(poll_s)
+    if not events:
+        return None
+    on_events(events)
+    return _ended(events, last_error)[0]
 
 
 def run_attempt(client: AgentClient, job_dir: str, spec: dict[str, Any],
@@ -125,10 +149,9 @@ def run_attempt(client: AgentClient, job_dir: str, spec: dict[str, Any],
                            f"agent {how} before reporting a result"
                            + (f"; stderr: {stderr}" if stderr else ""))
         if deadline.expired or stop.is_set():
-            client.cancel(job_dir)
-            events = client.read_events(job_dir)
-            if events:
-                on_events(events)
+            outcome = _stop_and_collect(client, job_dir, on_events, last_error, poll_s)
+            if outcome is not None and outcome.state == "done":
+                return outcome  # it finished before the stop reached it: kept, not re-run
             if stop.is_set():
                 return Outcome("cancelled", ERR_CANCELLED, "cancelled by the controller")
             return Outcome("failed", ERR_TIMEOUT, f"job exceeded its timeout of {timeout_s:g} s")

@@ -473,7 +473,7 @@ class StoreCollector:
         return now - cached.built_at >= max(self.rebuild_s, 10 * cached.build_s)
 
     def _rows(self) -> list[Row]:
-        store = Store(self.results_dir)
+        store = Store(self.results_dir, read_only=True)
         try:
             out: list[Row] = []
             exported = self._exported(store)

@@ -8,7 +8,10 @@ Rules it keeps:
 * a failed attempt is retried per the sweep's ``retries`` while the rest of
   the sweep goes on; the job keeps its last reason;
 * a job that was running when a previous controller died is *re-attached*
-  (same attempt, same job directory on the device), not run again;
+  (same attempt, same job directory on the device), not run again; so is a
+  job whose last attempt the controller lost track of (``COLLECTABLE_KINDS``:
+  the link, the deadline or a cancel came between it and the agent's end):
+  its result, if the device has one, is collected; if not, it runs again;
 * a device that is unreachable, refuses its host key or login, is leased by
   another controller, or fails ``quarantine_after`` jobs in a row is
   quarantined: its remaining jobs fail with that reason, the others go on.
@@ -21,21 +24,29 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from agents.protocol import ERR_CONTROLLER, JobSpec
+from agents.protocol import (
+    ERR_CANCELLED,
+    ERR_CONTROLLER,
+    ERR_TIMEOUT,
+    ERR_TRANSPORT,
+    ERR_UNREACHABLE,
+    JobSpec,
+)
 from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.deadline import Deadline
-from orchestrator.errors import DEVICE_FAILURE_KINDS
+from orchestrator.errors import DEVICE_FAILURE_KINDS, StoreError, StoreFullError
 from orchestrator.gateway import remote_gateway
 from orchestrator.jobrunner import Outcome
 from orchestrator.messages import GatewayMessage, StartJob
@@ -111,6 +122,12 @@ RAY_SYSTEM_CONFIG = {
 }
 
 
+#: Why an attempt may have ended on the controller's side while the job went
+#: on to finish on the device: ``resume`` looks in its job directory first.
+COLLECTABLE_KINDS = frozenset({ERR_UNREACHABLE, ERR_TRANSPORT, ERR_TIMEOUT, ERR_CANCELLED,
+                               ERR_CONTROLLER})
+
+
 def site_resource(site: str) -> str:
     """The Ray custom resource that marks the node able to reach ``site``'s devices."""
     return f"edgefarm-site:{site}"
@@ -129,10 +146,40 @@ def ensure_ray(sites: list[str], address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        # Loopback only: a controller on a laptop must not open ports to the lab.
-        ray.init(resources={site_resource(s): 1000 for s in sites}, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", _system_config=RAY_SYSTEM_CONFIG)
+        with single_node_ray():
+            ray.init(resources={site_resource(s): 1000 for s in sites},
+                     include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False, _node_ip_address="127.0.0.1",
+                     _system_config=RAY_SYSTEM_CONFIG)
+
+
+@contextlib.contextmanager
+def single_node_ray() -> Iterator[None]:
+    """Make the Ray that edgefarm starts itself listen on loopback only.
+
+    A controller on a laptop must not open ports to the lab. Ray turns a
+    requested 127.0.0.1 into the machine's outward address and then binds
+    GCS, raylet and workers to every interface (measured with Ray 2.60:
+    ``ss -ltn`` showed ``*:PORT``), unless it runs as a single-node cluster,
+    its mode on macOS and Windows, switched by ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+    (read when Ray is imported, so the already-imported constant is set too).
+    Then its node address is 127.0.0.1 and its servers listen there only.
+    Multi-node use joins a cluster with ``--ray-address`` instead (docs/architecture.md).
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this one, where Ray is imported already
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
 def agent_spec(job: dict[str, Any], device: Device) -> JobSpec:
@@ -160,19 +207,27 @@ class SweepRun:
         self.devices = {d.name: d for d in inventory.devices}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.queues: dict[str, deque[tuple[dict[str, Any], int, bool]]] = {}
+        last_kinds = store.last_attempt_kinds(sweep_id)
+        # Each run gives unfinished jobs a fresh retry budget from their next attempt.
+        self.first_attempt: dict[str, int] = {}
         for row in store.jobs(sweep_id):
             if row["state"] == JobState.DONE:
                 continue
             job = json.loads(row["spec_json"])
             self.jobs[row["key"]] = job
             # A job left "running" by a controller that died is re-attached:
-            # same attempt, same job directory on the device.
+            # same attempt, same job directory on the device. So is one whose
+            # last attempt the controller lost track of: the device may hold
+            # its result (an attempt that never started is started there).
             orphan = row["state"] == JobState.RUNNING and row["attempts"] > 0
-            attempt = row["attempts"] if orphan else row["attempts"] + 1
-            self.queues.setdefault(row["device"], deque()).append((job, attempt, orphan))
-        # Each run gives unfinished jobs a fresh retry budget from their next attempt.
-        self.first_attempt = {job["key"]: attempt
-                              for q in self.queues.values() for job, attempt, _ in q}
+            collect = (not orphan and row["attempts"] > 0
+                       and last_kinds.get(row["key"]) in COLLECTABLE_KINDS)
+            attempt = row["attempts"] if orphan or collect else row["attempts"] + 1
+            self.queues.setdefault(row["device"], deque()).append(
+                (job, attempt, orphan or collect))
+            # A re-attached attempt belongs to the earlier run: reading its
+            # failure does not use up this run's budget.
+            self.first_attempt[row["key"]] = attempt + 1 if orphan or collect else attempt
         self.running: dict[str, tuple[dict[str, Any], int]] = {}
         self.failures_in_a_row: dict[str, int] = {}
         self.summary = Summary(sweep_id, store.job_counts(sweep_id))
@@ -320,15 +375,39 @@ class SweepRun:
         while self.running and not deadline.expired:
             self.poll_once(0.5)
 
-    def shutdown(self) -> None:
+    def shutdown(self, release_leases: bool = True) -> None:
+        """Stop the gateways (once), releasing the device leases unless told not to.
+
+        Not releasing them keeps other controllers off devices whose jobs go
+        on without us (a full disk stopped the sweep); the leases then expire
+        after their ttl, and a resume of this sweep takes them over.
+        """
         import ray
 
-        for actor in self.gateways.values():
-            try:
-                ray.get(actor.release_all.remote(), timeout=60)
-            except Exception:  # a gateway that cannot release leaves a stale lease (TTL)
-                log.warning("a gateway could not release its leases", exc_info=True)
+        gateways, self.gateways = self.gateways, {}
+        for actor in gateways.values():
+            if release_leases:
+                try:
+                    ray.get(actor.release_all.remote(), timeout=60)
+                except Exception:  # a gateway that cannot release leaves a stale lease (TTL)
+                    log.warning("a gateway could not release its leases", exc_info=True)
             ray.kill(actor)
+
+
+def _stopped_for_full_disk(store: Store, sweep_id: str, exc: StoreFullError) -> StoreFullError:
+    """Mark the sweep interrupted if the disk still allows; the error to show the user.
+
+    Running jobs are left to finish on their devices: they stay ``running``
+    in the store, so ``resume`` re-attaches to them and collects their results.
+    """
+    try:
+        store.set_sweep_state(sweep_id, SweepState.INTERRUPTED)
+        marked = "it is marked interrupted"
+    except StoreError:
+        marked = "it could not even be marked interrupted (resume works all the same)"
+    return StoreFullError(
+        f"{exc}, then run: edgefarm sweep resume {sweep_id}. The sweep stopped; {marked}; "
+        "jobs that were running finish on their devices and the resume collects them")
 
 
 def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
@@ -378,10 +457,22 @@ def _run_owned(store: Store, sweep_id: str, ray_address: str | None,
             run.loop(stop_requested)
         except KeyboardInterrupt:
             run.summary.interrupted = True
-            run.stop()
-            run.drain(15)
+            try:
+                run.stop()
+                run.drain(15)
+            except KeyboardInterrupt:
+                # A second Ctrl-C: stop waiting for the cancelled jobs. The
+                # sweep is still marked interrupted below; a resume
+                # re-attaches to whatever did not report its end.
+                log.warning("second interrupt: not waiting for the cancelled jobs")
+        except StoreFullError as exc:
+            run.shutdown(release_leases=False)
+            raise _stopped_for_full_disk(store, sweep_id, exc) from exc
         finally:
-            run.shutdown()
+            try:
+                run.shutdown()
+            except KeyboardInterrupt:
+                run.summary.interrupted = True  # and go on to record it
     # Cancelled also when `sweep cancel` gave up waiting and finished the job itself.
     cancelled = store.sweep(sweep_id)["state"] in (SweepState.CANCELLING, SweepState.CANCELLED)
     run.summary.interrupted = run.summary.interrupted or run.stopping

@@ -11,19 +11,33 @@ every such change is checked against ``orchestrator.states``: an illegal one
 raises ``IllegalTransitionError`` naming the job (or sweep) and both states.
 All SQL of the controller lives in this module, behind named methods, so the
 CLI, the metrics and the reports never depend on the schema.
+
+Every SQLite error comes out as a ``StoreError`` that names the file and
+says what to do (``translate``): a full disk (``StoreFullError``: free space,
+then resume), a corrupt file (``StoreCorruptError``: how to recover what is
+readable), a read-only one (``StoreReadOnlyError``). Commands that only read
+(``report``, ``sweep status``, ``watch``, the exporter) open the store with
+``read_only=True``, which works in a read-only directory too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
+)
 from orchestrator.states import (
     ATTEMPT_STATES,
     JOB_STATES,
@@ -174,10 +188,112 @@ class UnknownSweepError(StoreError, LookupError):
     exit_code = 2
 
 
+class NoStoreError(StoreError):
+    """A command that only reads was pointed at a results directory without a store (exit 2)."""
+
+    exit_code = 2
+
+
+def open_to_read(results_dir: str | Path, sweep_id: str | None = None) -> Store:
+    """The store, read-only, for ``report``, ``sweep status`` and ``watch``.
+
+    Without a store, the error names the sweep asked for, the thing the user
+    typed, before the directory it was looked for in.
+    """
+    try:
+        return Store(results_dir, read_only=True)
+    except NoStoreError as exc:
+        if sweep_id:
+            raise UnknownSweepError(f"no sweep {sweep_id}: {exc}") from exc
+        raise
+
+
 class IllegalTransitionError(StoreError):
     """A state change that ``orchestrator.states`` does not allow (a bug, not bad input)."""
 
     exit_code = 1
+
+
+log = logging.getLogger("edgefarm.store")
+
+
+def translate(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A SQLite error as the ``StoreError`` a user can act on, naming the store's file."""
+    text = str(exc)
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return StoreFullError(
+            f"results store {path}: the disk is full ({text}); what was stored is kept. "
+            f"Free space on the disk that holds {path.parent}")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) \
+            or "not a database" in text or "malformed" in text:
+        return StoreCorruptError(
+            f"results store {path} is corrupt ({text}); nothing was written to it. Move it "
+            f"aside and recover what is readable into a new file: sqlite3 {path} .recover "
+            f"| sqlite3 {path.parent / 'recovered.sqlite'}")
+    if code == sqlite3.SQLITE_READONLY or "readonly" in text:
+        return StoreReadOnlyError(
+            f"results store {path} is read-only ({text}): report, sweep status and watch "
+            "can read it; commands that record results need a writable results directory")
+    return StoreError(f"results store {path}: {text}")
+
+
+class _Cursor(sqlite3.Cursor):
+    """A cursor whose SQLite errors are ``translate``d (rows are fetched lazily)."""
+
+    def _fail(self, exc: sqlite3.Error) -> StoreError:
+        connection = self.connection
+        return translate(getattr(connection, "store_path", Path("?")), exc)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        try:
+            super().execute(sql, parameters)
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> _Cursor:
+        try:
+            super().executemany(sql, seq_of_parameters)
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+        return self
+
+    def fetchone(self) -> Any:
+        try:
+            return super().fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return super().fetchall()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+    def __next__(self) -> Any:
+        try:
+            return super().__next__()
+        except sqlite3.Error as exc:
+            raise self._fail(exc) from exc
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements run on ``_Cursor``s (errors ``translate``d)."""
+
+    store_path = Path("?")
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
+        return self.cursor(_Cursor).execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> _Cursor:
+        return self.cursor(_Cursor).executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
+        try:
+            return super().executescript(script)
+        except sqlite3.Error as exc:
+            raise translate(self.store_path, exc) from exc
 
 
 def _dumps(value: Any) -> str:
@@ -185,23 +301,78 @@ def _dumps(value: Any) -> str:
 
 
 class Store:
-    """Access to one results database. Cheap to open; not shared across threads."""
+    """Access to one results database. Cheap to open; not shared across threads.
 
-    def __init__(self, results_dir: str | Path) -> None:
+    ``read_only``: for commands that only read. The store must exist; it is
+    opened without writing anything (no schema, no WAL set-up), so a results
+    directory on a read-only disk, or one this user may not write, still
+    serves ``report``, ``sweep status`` and ``watch``.
+    """
+
+    def __init__(self, results_dir: str | Path, read_only: bool = False) -> None:
         self.dir = Path(results_dir)
         self.path = self.dir / DB_NAME
+        self.read_only = read_only
+        if read_only:
+            self.db = self._connect_read_only()
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
+            self.db = self._connect(str(self.path))
+        except OSError as exc:
             raise StoreError(f"cannot open results store {self.path}: {exc}") from exc
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable against a killed process (the case that matters
-        # for a controller); only an OS crash could lose the last commits.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self._add_columns()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable against a killed process (the case that matters
+            # for a controller); only an OS crash could lose the last commits.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._add_columns()
+        except StoreError:
+            self.db.close()
+            raise
+
+    def _connect(self, target: str, uri: bool = False) -> _Connection:
+        try:
+            db = sqlite3.connect(target, timeout=30, isolation_level=None, uri=uri,
+                                 factory=_Connection)
+        except sqlite3.Error as exc:
+            raise translate(self.path, exc) from exc
+        assert isinstance(db, _Connection)
+        db.store_path = self.path
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _connect_read_only(self) -> _Connection:
+        """Open for reading only: ``mode=ro``, else (a read-only directory) ``immutable``.
+
+        SQLite needs the WAL's shared-memory file to read a WAL database; in a
+        directory it may not write, where that file is absent, the store can
+        only be opened as immutable, which does not read the write-ahead log:
+        then any commits not yet checkpointed into the main file are not seen
+        (a warning says so; a store closed cleanly has none).
+        """
+        if not self.path.is_file():
+            raise NoStoreError(f"no results store at {self.path}: no sweep has run with this "
+                               "results directory (give the one `sweep run` used, with -r)")
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute()))
+        db = self._connect(uri + "?mode=ro", uri=True)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except StoreCorruptError:
+            db.close()
+            raise
+        except StoreError:
+            db.close()
+        db = self._connect(uri + "?mode=ro&immutable=1", uri=True)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            log.warning("results store %s is read without its write-ahead log %s (the "
+                        "directory is read-only): the latest results may be missing", self.path,
+                        wal)
+        return db
 
     def _add_columns(self) -> None:
         """Bring a store written by an older edgefarm up to ``SCHEMA`` (new columns only)."""
@@ -222,9 +393,17 @@ class Store:
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): a second
+            # ROLLBACK would raise and hide the error that matters.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("COMMIT")
+        except StoreError:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
 
     # -- sweeps -------------------------------------------------------------
     def create_sweep(self, sweep_id: str, name: str, sweep: dict, inventory: dict,
@@ -360,6 +539,13 @@ class Store:
             "UPDATE attempts SET state = ?, error_kind = ?, error = ?, finished_at = ?"
             " WHERE sweep_id = ? AND job_key = ? AND attempt = ?",
             (state, error_kind, error, time.time(), sweep_id, key, attempt))
+
+    def last_attempt_kinds(self, sweep_id: str) -> dict[str, str | None]:
+        """Each job's latest attempt's error kind (None: no error recorded), by job key."""
+        return {key: kind for key, kind in self.db.execute(
+            "SELECT a.job_key, a.error_kind FROM attempts a WHERE a.sweep_id = ? AND a.attempt ="
+            " (SELECT MAX(b.attempt) FROM attempts b WHERE b.sweep_id = a.sweep_id AND"
+            " b.job_key = a.job_key)", (sweep_id,))}
 
     def attempts(self, sweep_id: str, key: str) -> list[sqlite3.Row]:
         return list(self.db.execute(

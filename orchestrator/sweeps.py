@@ -70,8 +70,8 @@ def create_sweep(store: Store, planned: Planned, sweep_id: str | None = None) ->
     store.create_sweep(sweep_id, planned.sweep.name, planned.sweep.model_dump(mode="json"),
                        planned.inventory.model_dump(mode="json", exclude_unset=True),
                        [job_record(j) for j in planned.jobs],
-                       sweep_path=str(planned.sweep_path),
-                       inventory_path=str(planned.inventory_path))
+                       sweep_path=str(planned.sweep_path.absolute()),
+                       inventory_path=str(planned.inventory_path.absolute()))
     return sweep_id
 
 
@@ -168,15 +168,42 @@ class ResumeInfo:
     to_run: int
     #: Quarantines of earlier runs; a resume tries those devices again.
     quarantines: list[dict[str, Any]]
+    #: Why the files the sweep was planned from no longer match its stored plan
+    #: (a resume runs the stored plan); None when they match or are gone.
+    drift: str | None = None
 
 
 def resume_info(store: Store, sweep_id: str) -> ResumeInfo:
     """Counts and earlier quarantines of a sweep about to be resumed (UnknownSweepError if none)."""
-    store.sweep(sweep_id)
+    row = store.sweep(sweep_id)
     counts = store.job_counts(sweep_id)
     done = counts[JobState.DONE]
     return ResumeInfo(done, sum(counts.values()) - done,
-                      [dict(r) for r in store.quarantines(sweep_id, active_only=True)])
+                      [dict(r) for r in store.quarantines(sweep_id, active_only=True)],
+                      plan_drift(row))
+
+
+def plan_drift(row: Any) -> str | None:
+    """Has the sweep or inventory file changed since this sweep was planned? Say how.
+
+    A resume runs the plan stored with the sweep, whatever the files say now;
+    an edited file is worth a warning, since the user may expect the edit to
+    count. Files that are gone are not compared (the store has all it needs).
+    """
+    sweep_path, inventory_path = row["sweep_path"], row["inventory_path"]
+    if not sweep_path or not inventory_path or not Path(sweep_path).is_file() \
+            or not Path(inventory_path).is_file():
+        return None
+    try:
+        sweep, inventory = load_sweep_with_inventory(Path(sweep_path), Path(inventory_path))
+    except Exception as exc:  # any error: the files no longer make the same plan
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"{sweep_path} or {inventory_path} no longer validates ({first})"
+    changed = [str(path) for path, now, then in (
+        (sweep_path, sweep.model_dump(mode="json"), row["sweep_json"]),
+        (inventory_path, inventory.model_dump(mode="json", exclude_unset=True),
+         row["inventory_json"])) if now != json.loads(then)]
+    return f"{' and '.join(changed)} changed since the sweep was planned" if changed else None
 
 
 def snapshot(store: Store, sweep_id: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Also the guard that fails a test reading ``../shared`` beside the checkout
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -76,3 +77,15 @@ def sshd_devices(tmp_path, client_key):
     yield factory
     for device in started:
         device.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 8 MiB filesystem (tmpfs), so that it can really be filled."""
+    from helpers import mount
+
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    mount("-t", "tmpfs", "-o", "size=8m", "edgefarm-test", str(where))
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)

@@ -97,3 +97,22 @@ def write_ssh_inventory(tmp: Path, devices: list[Any], *, trust: bool = True,
     path = tmp / "inventory-ssh.yaml"
     path.write_text(yaml.safe_dump({"devices": entries}, sort_keys=False))
     return path, known_hosts
+
+
+def mount(*args: str) -> None:
+    """``mount ARGS`` (needs root, as on CI); fails the test, never skips it, when refused."""
+    done = subprocess.run(["mount", *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"mount {' '.join(args)} refused (run as root): {done.stderr}"
+
+
+def fill_disk(where: Path) -> Path:
+    """Write ``where/filler`` until the filesystem is full; return the file (delete it to free)."""
+    filler = where / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass  # ENOSPC: full now
+    return filler

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from helpers import EDGEFARM, REPO, edgefarm, sleep_models, write_inventory, write_sweep
 
+from orchestrator.store import Store
+
 
 def sweep_id_of(stdout: str) -> str:
     first = stdout.splitlines()[0]
@@ -147,5 +149,10 @@ def test_bad_input_exits_2_with_file_and_line_and_writes_nothing(tmp_path: Path)
     assert run.returncode == 2 and "missing.yaml" in run.stderr
 
     results.mkdir()
+    run = edgefarm("report", "no-such-sweep", "-r", str(results), tmp=tmp_path)
+    assert run.returncode == 2 and "no results store at" in run.stderr
+    assert not (results / "edgefarm.sqlite").exists()  # reading creates nothing
+    store = Store(results)  # an empty store: now the id itself is what is wrong
+    store.close()
     run = edgefarm("report", "no-such-sweep", "-r", str(results), tmp=tmp_path)
     assert run.returncode == 2 and "no-such-sweep" in run.stderr

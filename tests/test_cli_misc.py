@@ -47,6 +47,55 @@ def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path) -> None:
     assert "done 2" in resumed.stdout
 
 
+def test_a_second_ctrl_c_still_records_the_sweep_interrupted(tmp_path: Path) -> None:
+    """Impatient users press Ctrl-C twice: the sweep must not be left ``running``."""
+    inv = write_inventory(tmp_path, ["dev-a"])
+    sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2),
+                        backend="sleep", repetitions=2, warmup=0, pairs=[], retries=0,
+                        matrix={"prompt_tokens": 1, "gen_tokens": 3000, "threads": 1,
+                                "gpu_layers": 0})
+    results = tmp_path / "results"
+    proc, sweep_id = start_sweep_run(str(sweep), "-i", str(inv), "-r", str(results))
+    wait_for_first_agent(tmp_path / "devices" / "dev-a" / "jobs" / sweep_id)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    with sqlite3.connect(results / "edgefarm.sqlite") as db:
+        assert db.execute("SELECT state FROM sweeps").fetchone()[0] == "interrupted"
+    # Even with retries: 0, the resume finishes both jobs (the interrupted
+    # attempt belongs to the earlier run and does not use up the budget).
+    resumed = edgefarm("sweep", "resume", sweep_id, "-r", str(results), tmp=tmp_path,
+                       timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "done 2" in resumed.stdout
+
+
+def test_resume_warns_when_the_sweep_file_was_edited(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path, ["dev-a"])
+    sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 1),
+                        backend="sleep", repetitions=1, warmup=0, pairs=[],
+                        matrix={"prompt_tokens": 1, "gen_tokens": 10, "threads": 1,
+                                "gpu_layers": 0})
+    results = tmp_path / "results"
+    ran = edgefarm("sweep", "run", str(sweep), "-i", str(inv), "-r", str(results),
+                   "--no-report", tmp=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    sweep_id = ran.stdout.split()[1]
+    same = edgefarm("sweep", "resume", sweep_id, "-r", str(results), "--no-report",
+                    tmp=tmp_path)
+    assert same.returncode == 0 and "warning" not in same.stderr, same.stderr
+    sweep.write_text(sweep.read_text().replace("repetitions: 1", "repetitions: 5"))
+    edited = edgefarm("sweep", "resume", sweep_id, "-r", str(results), "--no-report",
+                      tmp=tmp_path)
+    assert edited.returncode == 0, edited.stdout + edited.stderr
+    assert f"warning: {sweep} changed since the sweep was planned; resume runs the plan " \
+        "stored with the sweep" in " ".join(edited.stderr.split())
+    assert f"edgefarm sweep run {sweep}" in " ".join(edited.stderr.split())
+
+
 def test_models_synth_writes_a_gguf_the_reference_reader_accepts(tmp_path: Path) -> None:
     out = tmp_path / "m.gguf"
     run = edgefarm("models", "synth", "tiny-moe", "--quant", "Q8_0", "--out", str(out),

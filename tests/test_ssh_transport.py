@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import sleep_models, write_ssh_inventory
+from helpers import edgefarm, sleep_models, write_ssh_inventory
 
 from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
 from orchestrator.bundle import AgentBundle, build
@@ -65,6 +65,18 @@ def test_unknown_host_key_names_the_trust_command(tmp_path: Path, sshd_devices: 
     t = SshTransport(Inventory.load(inv).devices[0], known_hosts=str(known))
     with pytest.raises(HostKeyError, match="edgefarm inventory trust stranger"):
         t.connect()
+    # The advice names the files this run used, so it can be pasted as is.
+    t = SshTransport(Inventory.load(inv).devices[0], known_hosts=str(known),
+                     inventory_path=str(inv))
+    with pytest.raises(HostKeyError) as info:
+        t.connect()
+    assert str(info.value).endswith(
+        f"trust it with: edgefarm inventory trust stranger -i {inv} --known-hosts {known}")
+    done = edgefarm("inventory", "trust", "stranger", "-i", str(inv), "--known-hosts",
+                    str(known), "--yes", tmp=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    t.connect()  # trusted now, by the very command the error gave
+    t.close()
 
 
 def test_changed_host_key_is_refused(tmp_path: Path, sshd_devices: Any) -> None:

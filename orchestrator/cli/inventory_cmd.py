@@ -95,7 +95,7 @@ def inventory_probe(
     store = Store(results_dir)
     with console.status(f"probing {len(devices)} device(s)"):
         results = probe_all(devices, store.dir / "agent",
-                            transport_settings(known_hosts, timeout))
+                            transport_settings(known_hosts, timeout, inventory))
     table = Table(title=f"{inventory}: {len(devices)} device(s)", title_justify="left")
     for col in ("device", "reachable", "OS", "chip / module", "RAM", "Python",
                 "llama.cpp backends", "telemetry", "power mode", "agent"):

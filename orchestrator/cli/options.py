@@ -44,10 +44,14 @@ RayAddressOpt = Annotated[str | None, typer.Option(
 SweepIdArg = Annotated[str, typer.Argument(help="Sweep id (see `edgefarm sweep status`).")]
 
 
-def transport_settings(known_hosts: Path | None, unreachable_after: float
-                       ) -> TransportSettings:
-    """The transport settings the scheduler and ``sweep cancel`` pass to every transport."""
+def transport_settings(known_hosts: Path | None, unreachable_after: float,
+                       inventory: Path | str | None = None) -> TransportSettings:
+    """The transport settings the scheduler and ``sweep cancel`` pass to every transport.
+
+    ``inventory``: the file the devices came from, named in host-key advice.
+    """
     from orchestrator.transport.ssh import known_hosts_path
 
     return TransportSettings(known_hosts_path(str(known_hosts) if known_hosts else None)
-                             .as_posix(), unreachable_after_s=unreachable_after)
+                             .as_posix(), unreachable_after_s=unreachable_after,
+                             inventory_path=str(inventory) if inventory else None)

@@ -32,9 +32,9 @@ def report_cmd(
     """Print the MoE-vs-dense comparison of a sweep."""
     from orchestrator.cli.render import print_report
     from orchestrator.report import build_report, render_json, render_markdown
-    from orchestrator.store import Store, UnknownSweepError
+    from orchestrator.store import UnknownSweepError, open_to_read
 
-    store = Store(results_dir)
+    store = open_to_read(results_dir, sweep_id)
     sweep_id = sweep_id or store.latest_sweep_id()
     if sweep_id is None:
         raise UnknownSweepError(f"no sweeps in {store.path}")

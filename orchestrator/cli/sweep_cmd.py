@@ -71,13 +71,14 @@ class RunOptions:
 
 def _run_options(ray_address: str | None, report: bool, known_hosts: Path | None,
                  unreachable_after: float, metrics_addr: str,
-                 metrics_linger: float) -> RunOptions:
+                 metrics_linger: float, inventory: Path | str | None = None) -> RunOptions:
     """Check the options before anything is written (a malformed address exits 2)."""
     from orchestrator.exporter import parse_addr
 
     if metrics_addr != "off":
         parse_addr(metrics_addr)
-    return RunOptions(ray_address, report, transport_settings(known_hosts, unreachable_after),
+    return RunOptions(ray_address, report,
+                      transport_settings(known_hosts, unreachable_after, inventory),
                       metrics_addr, metrics_linger)
 
 
@@ -98,7 +99,7 @@ def sweep_run(
     from orchestrator.sweeps import create_sweep, load_plan, own_sweep
 
     options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
-                           metrics_linger)
+                           metrics_linger, inventory)
     planned = load_plan(sweep_file, inventory)
     # A bad identity file is a config error (exit 2), checked before anything is written.
     planned.inventory.check_key_files(sorted({job.device for job in planned.jobs}))
@@ -131,15 +132,20 @@ def sweep_resume(
     from orchestrator.store import Store
     from orchestrator.sweeps import own_sweep, resume_info
 
-    options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
-                           metrics_linger)
     store = Store(results_dir)
-    store.sweep(sweep_id)  # an unknown id exits 2 before a lock file is made
+    row = store.sweep(sweep_id)  # an unknown id exits 2 before a lock file is made
+    options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
+                           metrics_linger, row["inventory_path"])
     # One controller per sweep: refused (exit 2, naming pid and host) while another runs it.
     with own_sweep(store.dir, sweep_id):
         info = resume_info(store, sweep_id)
         console.print(f"sweep {sweep_id}", highlight=False)
         console.print(f"resuming: {info.done} done, {info.to_run} to run", highlight=False)
+        if info.drift:
+            err_console.print(f"[yellow]warning:[/] {escape(info.drift)}; resume runs the plan "
+                              "stored with the sweep. To run the edited file, start a new sweep "
+                              f"with: edgefarm sweep run {escape(row['sweep_path'])}",
+                              highlight=False)
         for q in info.quarantines:
             console.print(f"[yellow]earlier quarantine[/] {escape(q['device'])}: "
                           f"{escape(q['reason'])}; trying it again", highlight=False)
@@ -225,7 +231,8 @@ def sweep_cancel(
     from orchestrator.store import Store
 
     store = Store(results_dir)
-    outcome = cancel_sweep(store, sweep_id, transport_settings(known_hosts, 30.0), wait)
+    outcome = cancel_sweep(store, sweep_id, transport_settings(
+        known_hosts, 30.0, store.sweep(sweep_id)["inventory_path"]), wait)
     console.print(f"sweep {sweep_id}: {outcome}", highlight=False)
 
 
@@ -239,9 +246,9 @@ def sweep_status(
     import datetime as dt
 
     from orchestrator.cli.render import print_jobs
-    from orchestrator.store import Store
+    from orchestrator.store import open_to_read
 
-    store = Store(results_dir)
+    store = open_to_read(results_dir, sweep_id)
     if sweep_id is None:
         table = Table(title=f"sweeps in {store.path}", title_justify="left")
         for col in ("id", "name", "state", "jobs"):

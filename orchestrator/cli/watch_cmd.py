@@ -54,10 +54,10 @@ def watch_cmd(
     once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,
 ) -> None:
     """Watch a sweep live: devices, jobs, phase, power and tokens/s."""
-    from orchestrator.store import Store, UnknownSweepError
+    from orchestrator.store import UnknownSweepError, open_to_read
     from orchestrator.sweeps import snapshot
 
-    store = Store(results_dir)
+    store = open_to_read(results_dir, sweep_id)
     sweep_id = sweep_id or store.latest_sweep_id()
     if sweep_id is None:
         raise UnknownSweepError(f"no sweeps in {store.path}")

@@ -19,6 +19,9 @@ class TransportSettings:
     unreachable_after_s: float = 120.0
     #: Seconds one TCP connect, banner or authentication step may take.
     connect_timeout_s: float = 10.0
+    #: The inventory file the user named, for the ``inventory trust`` command
+    #: that host-key errors advise (None: the command's default).
+    inventory_path: str | None = None
 
 
 @dataclass(frozen=True)

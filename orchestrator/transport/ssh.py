@@ -161,11 +161,12 @@ class SshTransport(Transport):
 
     def __init__(self, device: Any, known_hosts: str | None = None,
                  connect_timeout: float = 10.0, unreachable_after_s: float = 120.0,
-                 max_channels: int = 4) -> None:
+                 max_channels: int = 4, inventory_path: str | None = None) -> None:
         super().__init__(device.name)
         self.device = device
         self.python = device.python
         self.known_hosts = known_hosts_path(known_hosts)
+        self.inventory_path = inventory_path
         self.connect_timeout = connect_timeout
         self.unreachable_after_s = unreachable_after_s
         self.channels = threading.BoundedSemaphore(max_channels)
@@ -233,6 +234,15 @@ class SshTransport(Transport):
                     delay = min(delay * 2, 10.0)
             self.state = "connected"
 
+    def _trust_command(self) -> str:
+        """``edgefarm inventory trust`` for this device, with the files this run used."""
+        words = ["edgefarm", "inventory", "trust", self.device_name]
+        if self.inventory_path:
+            words += ["-i", self.inventory_path]
+        if self.known_hosts != known_hosts_path(None):
+            words += ["--known-hosts", str(self.known_hosts)]
+        return shlex.join(words)
+
     def _open(self) -> None:
         where = f"{self.device.user}@{self.device.host}:{self.device.port}"
         conn = self._connection(self.device.host, self.device.port, self.device.user,
@@ -245,8 +255,8 @@ class SshTransport(Transport):
                 f"(now {fingerprint(exc.key)}); refusing to connect. If the device was "
                 f"reinstalled, remove the old key with: ssh-keygen -R "
                 f"{shlex.quote(host_key_name(self.device.host, self.device.port))} -f "
-                f"{shlex.quote(str(self.known_hosts))}, then run: edgefarm inventory trust "
-                f"{self.device_name}") from None
+                f"{shlex.quote(str(self.known_hosts))}, then run: {self._trust_command()}"
+                ) from None
         except paramiko.AuthenticationException as exc:
             raise AuthError(f"device {self.device_name}: authentication failed for "
                                  f"{where}: {exc}") from None
@@ -254,8 +264,7 @@ class SshTransport(Transport):
             if "not found in known_hosts" in str(exc):
                 raise HostKeyError(
                     f"device {self.device_name}: the host key of {where} is unknown. Check "
-                    f"it, then trust it with: edgefarm inventory trust {self.device_name}"
-                ) from None
+                    f"it, then trust it with: {self._trust_command()}") from None
             raise UnreachableError(f"device {self.device_name}: ssh to {where} failed: "
                                    f"{exc}") from None
         except (OSError, EOFError) as exc:
