@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 RESULTS ?= edgefarm-results
 
-.PHONY: demo test lint install system-deps clean
+.PHONY: demo test faults lint install system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ system-deps:
 
 test: install system-deps lint
 	$(BIN)/python -m pytest -q
+
+# The fault-injection suite alone (make test runs it too): each case injects
+# one fault and prints jobs planned / done / duplicated / lost at the end.
+faults: install system-deps
+	$(BIN)/python -m pytest -q tests/faults
 
 # ruff (style), mypy (types: orchestrator/ and agents/, see [tool.mypy] in
 # pyproject.toml) and vermin (the agent runs on Python 3.8).
