@@ -17,8 +17,12 @@ the targets of issue 9:
 * every half-width is at most ``--max-half-width`` percent (3);
 * the loaded run reports excluded rounds.
 
-    .venv/bin/python bench/verdict_stability.py            # ~15-25 min on 2 cores
-    .venv/bin/python bench/verdict_stability.py --runs 3 --loaded-run 2 --burst 8:30
+    .venv/bin/python bench/verdict_stability.py            # ~40-60 min on 2 cores
+    .venv/bin/python bench/verdict_stability.py --runs 3 --loaded-run 2 --burst 8:90
+
+The bursts are spaced for rounds of about a minute (three fresh model loads,
+a warm-up and a counted repetition each): one burst every ~1.5 rounds, so
+clean rounds remain between them.
 
 The models are synthesized once into the local device's models dir (~5 GB).
 Not part of ``make test``.
@@ -170,7 +174,7 @@ def main() -> None:
     ap.add_argument("--inventory", type=Path, default=REPO / "inventory" / "local.yaml")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--loaded-run", type=int, default=2, help="1-based; 0: none")
-    ap.add_argument("--burst", default="8:30",
+    ap.add_argument("--burst", default="8:90",
                     help="busy:idle seconds of the background load (one busy process)")
     ap.add_argument("--load-cap", type=float, default=1800.0,
                     help="stop the background load after this many seconds in any case")
