@@ -177,6 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command")
     p_probe = sub.add_parser("probe", help="print device facts as JSON")
     p_probe.add_argument("--llama-bench", default=None, help="path of a llama-bench binary")
+    p_probe.add_argument("--bandwidth", action="store_true",
+                         help="also measure memory bandwidth (copies 2 x 256 MiB; ~1-3 s)")
     p_run = sub.add_parser("run", help="run the job in JOB_DIR (reads JOB_DIR/job.json)")
     p_run.add_argument("job_dir")
     p_run.add_argument("--quiet", action="store_true",
@@ -217,7 +219,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "probe":
         from agents.probe import facts
 
-        json.dump(facts(args.llama_bench), sys.stdout, sort_keys=True)
+        found = facts(args.llama_bench)
+        if args.bandwidth:
+            from agents.bandwidth import measure
+
+            found["memory_bandwidth"] = measure()
+        json.dump(found, sys.stdout, sort_keys=True)
         sys.stdout.write("\n")
         return 0
     if args.command == "run":

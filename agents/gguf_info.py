@@ -116,6 +116,7 @@ def read_gguf_info(path: str) -> Dict[str, object]:
             meta[key] = reader.value(vtype)
         total = 0
         experts = 0
+        tensors: List[List[object]] = []  # [name, shape, nbytes]: agents/decode_traffic.py
         data_end = 0  # relative to the start of the tensor data
         for _ in range(n_tensors):
             name = reader.string()
@@ -131,6 +132,7 @@ def read_gguf_info(path: str) -> Dict[str, object]:
             if "_exps" in name:
                 experts += count
             nbytes = _tensor_nbytes(ggml_type, shape)
+            tensors.append([name, shape, nbytes])
             if nbytes is not None:
                 data_end = max(data_end, offset + nbytes)
         alignment = meta.get("general.alignment", _DEFAULT_ALIGNMENT)
@@ -146,7 +148,7 @@ def read_gguf_info(path: str) -> Dict[str, object]:
     return {"gguf_version": version, "n_tensors": n_tensors, "metadata": meta,
             "params_total": int(meta.get("edgefarm.params.total", counted_total)),  # type: ignore[call-overload]
             "params_active": int(meta.get("edgefarm.params.active", active)),  # type: ignore[call-overload]
-            "architecture": meta.get("general.architecture")}
+            "architecture": meta.get("general.architecture"), "tensors": tensors}
 
 
 def _active(meta: Dict[str, object], total: int, experts: int) -> Tuple[int, int]:

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional
 from agents import probe
 from agents.backends import get_backend
 from agents.backends.base import BackendError, Emit, JobParams, Session
+from agents.decode_traffic import kv_bytes_per_position, tensors_of, weight_bytes_per_token
 from agents.disturbance import add_telemetry_reason
 from agents.events import EventWriter, Heartbeat
 from agents.gguf_info import read_gguf_info
@@ -79,10 +80,20 @@ def model_facts(path: str) -> Dict[str, object]:
     meta = gguf["metadata"]
     if not isinstance(meta, dict):
         meta = {}
-    return {"params_total": gguf["params_total"], "params_active": gguf["params_active"],
-            "architecture": gguf["architecture"],
-            "synthetic": bool(meta.get("edgefarm.synthetic", False)),
-            "preset": meta.get("edgefarm.preset")}
+    facts: Dict[str, object] = {
+        "params_total": gguf["params_total"], "params_active": gguf["params_active"],
+        "architecture": gguf["architecture"],
+        "synthetic": bool(meta.get("edgefarm.synthetic", False)),
+        "preset": meta.get("edgefarm.preset")}
+    # What a decode step reads (agents/decode_traffic.py): the roofline's denominator.
+    table = gguf.get("tensors")
+    weights = weight_bytes_per_token(tensors_of(table if isinstance(table, list) else []), meta)
+    facts["weight_bytes_per_token"] = weights["bytes"]
+    facts["expert_bytes_per_token"] = weights["expert_bytes"]
+    if weights["reason"]:
+        facts["weight_bytes_note"] = weights["reason"]
+    facts["kv_bytes_per_position_f16"] = kv_bytes_per_position(meta, "f16", "f16")
+    return facts
 
 
 def job_models(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
