@@ -42,7 +42,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agents.decode_traffic import KV_ELEMENT_BYTES
 from orchestrator import stats
+from orchestrator.roofline import GB, decode_roofline, device_chip, mean_decode_context
 from orchestrator.store import Store
 
 CONFIG_KEYS = ("prompt_tokens", "gen_tokens", "threads", "gpu_layers")
@@ -84,6 +86,9 @@ class ModelStats:
     idle_power_w: float | None = None
     energy_note: str | None = None  # why energy is absent, when it is
     provenance: dict[str, Any] | None = None  # the job's result provenance, as recorded
+    #: What one decode step reads (agents/decode_traffic.py), from the job's result.
+    weight_bytes_per_token: int | None = None
+    kv_bytes_per_position_f16: float | None = None
 
 
 @dataclass
@@ -115,6 +120,9 @@ class Comparison:
     #: How the paired job ran its rounds (agents/round_runner.py): rounds run
     #: and kept, why it stopped, whether the models stayed loaded.
     schedule: dict[str, Any] | None = None
+    #: ``roofline_summary``: each side's decode bound and achieved fraction,
+    #: or the reason there is none.
+    roofline: dict[str, Any] | None = None
 
 
 def _median(values: list[float]) -> float | None:
@@ -280,6 +288,67 @@ def compare(device: str, config: dict[str, int], moe: ModelStats, dense: ModelSt
         energy_ratio=energy_ratio)
 
 
+def _count(value: Any) -> Any:
+    """A positive number from a stored result, else None."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return value if ok else None
+
+
+def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],
+                     *sides: ModelStats) -> dict[str, Any]:
+    """Each side's decode bound (vendor peak bandwidth / bytes per token) and achieved share.
+
+    Bytes per token are the weights a step reads plus the KV cache at the
+    run's mean context (prompt + gen/2), at the KV types the provenance
+    names (f16 when unknown). Without a vendor figure for the device's chip
+    the summary says so instead; a GPU-offloaded run's bound would need the
+    GPU's bandwidth, which the device facts do not name yet.
+    """
+    if config.get("gpu_layers"):
+        return {"reason": "GPU offload: the GPU's bandwidth is not in the device facts yet"}
+    chip = device_chip(facts)
+    if chip is None:
+        cpu = (facts or {}).get("cpu_model") or "this device"
+        return {"reason": f"no vendor bandwidth known for {cpu} (orchestrator/roofline.py); "
+                          "`agent probe --bandwidth` measures a copy rate"}
+    context = mean_decode_context(config["prompt_tokens"], config["gen_tokens"])
+    out: dict[str, Any] = {"chip": chip.name, "bandwidth_gbps": chip.bandwidth_gbps,
+                           "source": chip.source, "context": context, "models": {}}
+    for side in sides:
+        if side.weight_bytes_per_token is None or side.kv_bytes_per_position_f16 is None:
+            out["models"][side.model_id] = {"reason": "bytes per token not in the result "
+                                                      "(an agent from before they were)"}
+            continue
+        prov = side.provenance or {}
+        scale = (KV_ELEMENT_BYTES.get(str(prov.get("type_k")), 2.0)
+                 + KV_ELEMENT_BYTES.get(str(prov.get("type_v")), 2.0)) / 4.0
+        per_token = side.weight_bytes_per_token + side.kv_bytes_per_position_f16 * scale * context
+        line = decode_roofline(per_token, chip.bandwidth_gbps * GB, chip.source,
+                               side.decode_tps_median)
+        out["models"][side.model_id] = {"bytes_per_token": per_token,
+                                        "bound_tps": line.bound_tps, "fraction": line.fraction}
+    return out
+
+
+def roofline_line(c: dict[str, Any]) -> str | None:
+    """The roofline of one comparison, on one line (None when there is nothing to say)."""
+    r = c.get("roofline")
+    if not r:
+        return None
+    if "reason" in r:
+        return f"roofline: {r['reason']}"
+    parts = []
+    for model_id, m in r["models"].items():
+        if "reason" in m:
+            parts.append(f"{model_id} {m['reason']}")
+        elif m["fraction"] is None:
+            parts.append(f"{model_id} bound {m['bound_tps']:.0f} tok/s")
+        else:
+            parts.append(f"{model_id} {100 * m['fraction']:.1f}% of {m['bound_tps']:.0f} tok/s")
+    return (f"roofline ({r['chip']}, {r['bandwidth_gbps']:g} GB/s vendor peak; KV at "
+            f"{r['context']:g} positions): " + "; ".join(parts))
+
+
 def _rep(row: Any) -> dict[str, Any]:
     """A counted repetition as the pairing reads it: its body, with the stored columns."""
     body = json.loads(row["body"])
@@ -364,9 +433,12 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
             error=job["error"] if job is not None else None,
             j_per_token_median=_median(jpt), idle_power_w=_median(idle),
             energy_note=None if jpt else (notes[0] if notes else None),
-            provenance=provenance if isinstance(provenance, dict) else None)
+            provenance=provenance if isinstance(provenance, dict) else None,
+            weight_bytes_per_token=_count(result.get("weight_bytes_per_token")),
+            kv_bytes_per_position_f16=_count(result.get("kv_bytes_per_position_f16")))
 
     models = {m["id"]: m for m in sweep["models"]}
+    facts = store.device_facts(sweep_id)
     all_jobs = store.jobs(sweep_id)
     devices = sorted({key[0] for key in jobs}, key=lambda d: min(
         r["ordinal"] for r in all_jobs if r["device"] == d))
@@ -389,13 +461,14 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                     comparison = compare(device, cfg, moe, dense, moe_reps, all_dense[dense_id],
                                          spoiled)
                     comparison.schedule = _schedule(jobs.get((device, pair["moe"], config)))
+                    comparison.roofline = roofline_summary(facts.get(device), cfg, moe, dense)
                     comparisons.append(comparison)
     return {
         "sweep_id": sweep_id,
         "sweep_name": sweep_row["name"],
         "state": sweep_row["state"],
         "jobs": store.job_counts(sweep_id),
-        "device_facts": store.device_facts(sweep_id),
+        "device_facts": facts,
         "comparisons": [asdict(c) for c in comparisons],
     }
 
@@ -538,6 +611,9 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
                      f"kept; {schedule.get('stop_reason')}; models loaded: "
                      f"{schedule.get('resident')}"
                      + (", each in its own process" if apart else ""))
+    roofline = roofline_line(c)
+    if roofline:
+        lines.append(roofline)
     if c.get("unpaired"):
         lines.append(f"{c['unpaired']} repetition(s) without a partner on the other side")
     for side in (c["moe"], c["dense"]):

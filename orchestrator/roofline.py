@@ -94,6 +94,21 @@ class Roofline:
     fraction: float | None  # measured / bound
 
 
+def device_chip(facts: dict[str, object] | None) -> Chip | None:
+    """The chip of a device from its agent's facts (Mac chip, Jetson module, CPU model)."""
+    if not facts:
+        return None
+    jetson = facts.get("jetson")
+    module = jetson.get("module") if isinstance(jetson, dict) else None
+    names = [facts.get("chip"), module, facts.get("power_mode"), facts.get("cpu_model")]
+    return chip_for(*(n for n in names if isinstance(n, str)))
+
+
+def mean_decode_context(prompt_tokens: int, gen_tokens: int) -> float:
+    """Positions in the KV cache, averaged over a run's decode steps: prompt + gen/2."""
+    return prompt_tokens + gen_tokens / 2
+
+
 def decode_roofline(bytes_per_token: float, bandwidth_bytes_per_s: float, source: str,
                     measured_tps: float | None = None) -> Roofline:
     """``bandwidth / bytes_per_token`` and, given a measured rate, the fraction achieved."""

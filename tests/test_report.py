@@ -243,6 +243,44 @@ def test_a_disturbed_repetition_spoils_its_round_for_every_pair_of_the_job(
         assert c["decode_ratio"] == pytest.approx(0.9), dense  # the 60 tok/s round is out
 
 
+def test_roofline_against_the_vendor_peak_of_the_device_chip(tmp_path: Path) -> None:
+    """An M2 Pro (200 GB/s), the study's models' bytes per token, KV at prompt + gen/2.
+
+    Context 8 + 9/2 = 12.5 positions. MoE: 670,852,224 + 12.5 x 131,072 =
+    672,490,624 B/token, bound 200e9 / that = 297.40 tok/s, 30 tok/s = 10.1%.
+    Dense: 695,377,920 + 12.5 x 32,768 = 695,787,520 B, bound 287.44, 40 = 13.9%.
+    """
+    store = Store(tmp_path)
+    results = {"moe": {"weight_bytes_per_token": 670_852_224,
+                       "kv_bytes_per_position_f16": 131_072.0, "provenance": PROVENANCE},
+               "dense": {"weight_bytes_per_token": 695_377_920,
+                         "kv_bytes_per_position_f16": 32_768.0, "provenance": PROVENANCE}}
+    fill(store, {"moe": decode([30.0] * 5), "dense": decode([40.0] * 5)}, results=results)
+    store.add_events("s", "dev", [{"v": 1, "seq": 99, "kind": "hello", "job": "moe",
+                                   "attempt": 1, "t": 1.0,
+                                   "facts": {"chip": "Apple M2 Pro", "cpu_model": "Apple M2 Pro"}}])
+    r = one(store)["roofline"]
+    assert (r["chip"], r["bandwidth_gbps"], r["context"]) == ("Apple M2 Pro", 200, 12.5)
+    assert r["models"]["moe"]["bytes_per_token"] == 672_490_624
+    assert r["models"]["moe"]["bound_tps"] == pytest.approx(297.4019, abs=1e-4)
+    assert r["models"]["moe"]["fraction"] == pytest.approx(0.100874, abs=1e-6)
+    assert r["models"]["dense"]["bound_tps"] == pytest.approx(287.4441, abs=1e-4)
+    assert r["models"]["dense"]["fraction"] == pytest.approx(0.139158, abs=1e-6)
+    assert ("- roofline (Apple M2 Pro, 200 GB/s vendor peak; KV at 12.5 positions): moe 10.1% "
+            "of 297 tok/s; dense 13.9% of 287 tok/s") in render_markdown(build_report(store, "s"))
+
+
+def test_roofline_says_why_when_the_chip_is_unknown(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    fill(store, {"moe": decode([30.0] * 5), "dense": decode([40.0] * 5)})
+    store.add_events("s", "dev", [{"v": 1, "seq": 99, "kind": "hello", "job": "moe",
+                                   "attempt": 1, "t": 1.0,
+                                   "facts": {"cpu_model": "Intel(R) Xeon(R) Gold 6338"}}])
+    assert one(store)["roofline"] == {
+        "reason": "no vendor bandwidth known for Intel(R) Xeon(R) Gold 6338 "
+                  "(orchestrator/roofline.py); `agent probe --bandwidth` measures a copy rate"}
+
+
 def test_a_missing_side_gives_no_verdict_with_the_reason(tmp_path: Path) -> None:
     store = Store(tmp_path)
     fill(store, {"moe": decode([50.0, 60.0]), "dense": []})
