@@ -144,6 +144,7 @@ class JobParamsSpec(TypedDict):
     warmup: int
     keep_loaded: bool  # paired jobs: keep models loaded across rounds (else fresh loads)
     cpu_repack: bool  # llama.cpp's CPU weight repacking (its default: on)
+    repetitions_per_round: int  # counted repetitions of each model per round (median counts)
 
 
 class DeviceRef(TypedDict):

@@ -90,6 +90,8 @@ class Job(BaseModel):
     warmup: int = Field(description="Warm-up runs (stored, never counted).")
     keep_loaded: bool = Field(default=False, description="Paired jobs: keep models loaded "
                               "across rounds instead of a fresh load per repetition.")
+    repetitions_per_round: int = Field(default=1, description="Counted repetitions of "
+                                       "each model per round (their median counts).")
     cpu_repack: bool = Field(default=True, description="llama.cpp repacks CPU weights into "
                              "its faster layouts (its default).")
     backend: str = Field(description="Backend name the agent is asked to use.")
@@ -159,6 +161,7 @@ class Job(BaseModel):
                 "warmup": self.warmup,
                 "keep_loaded": self.keep_loaded,
                 "cpu_repack": self.cpu_repack,
+                "repetitions_per_round": self.repetitions_per_round,
             },
             "backend": self.backend,
             "timeout_s": self.timeout_s,
@@ -234,6 +237,7 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
                         warmup=sweep.warmup,
                         keep_loaded=sweep.keep_models_loaded,
                         cpu_repack=sweep.cpu_repack,
+                        repetitions_per_round=sweep.repetitions_per_round,
                         backend=sweep.backend,
                         timeout_s=sweep.timeout_s,
                         retries=sweep.retries,

@@ -148,17 +148,36 @@ def pair_repetitions(moe: Sequence[Mapping[str, Any]], dense: Sequence[Mapping[s
     by_round = bool(moe) and bool(dense) and all(
         r.get("round") is not None for r in (*moe, *dense))
     key = "round" if by_round else "index"
-    dense_by: dict[Any, Mapping[str, Any]] = {}
-    for rep in dense:
-        dense_by.setdefault(rep.get(key), rep)
-    pairs = [(rep, dense_by[rep.get(key)]) for rep in moe if rep.get(key) in dense_by]
-    seen: set[Any] = set()
-    unique = []
-    for m, d in pairs:  # one pair per round/index, the first of a duplicate
-        if m.get(key) not in seen:
-            seen.add(m.get(key))
-            unique.append((m, d))
-    return unique, PAIRED_BY_ROUND if by_round else PAIRED_BY_INDEX
+    moe_by, dense_by = _per_key(moe, key, by_round), _per_key(dense, key, by_round)
+    pairs = [(m, dense_by[k]) for k, m in moe_by.items() if k in dense_by]
+    return pairs, PAIRED_BY_ROUND if by_round else PAIRED_BY_INDEX
+
+
+def _per_key(reps: Sequence[Mapping[str, Any]], key: str, merge: bool
+             ) -> dict[Any, Mapping[str, Any]]:
+    """One repetition per round (or index), in order of first appearance.
+
+    Several counted repetitions of a model in one round
+    (``repetitions_per_round``) count as one: the median of each rate, as
+    the agent's stopping rule takes it, disturbed if any of them was. Without
+    rounds a duplicate index keeps its first repetition.
+    """
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for rep in reps:
+        groups.setdefault(rep.get(key), []).append(rep)
+    out: dict[Any, Mapping[str, Any]] = {}
+    for k, group in groups.items():
+        if len(group) == 1 or not merge:
+            out[k] = group[0]
+            continue
+        merged = dict(group[0])
+        for metric in ("decode_tps", "prefill_tps"):
+            values = _positive([r.get(metric) for r in group])
+            merged[metric] = statistics.median(values) if values else None
+        reasons = [str(r["disturbed"]) for r in group if r.get("disturbed")]
+        merged["disturbed"] = "; ".join(reasons) or None
+        out[k] = merged
+    return out
 
 
 def disturbance_kind(*reps: Mapping[str, Any]) -> str | None:

@@ -243,6 +243,36 @@ def test_a_disturbed_repetition_spoils_its_round_for_every_pair_of_the_job(
         assert c["decode_ratio"] == pytest.approx(0.9), dense  # the 60 tok/s round is out
 
 
+def test_several_repetitions_per_round_count_as_their_median(tmp_path: Path) -> None:
+    """``repetitions_per_round: 3``: MoE 80, 90, 100 tok/s and dense 100 in every round.
+
+    The round's MoE rate is the median, 90, so every ratio is 0.9 (not 0.8,
+    the first repetition's); one disturbed repetition spoils its round.
+    """
+    store = Store(tmp_path)
+    job = dict(CONFIG, key="j", device="dev", model_id="moe vs dense", arch="pair",
+               models=[{"id": "moe", "arch": "moe"}, {"id": "dense", "arch": "dense"}])
+    store.create_sweep("s", "t", SWEEP, {"devices": []}, [job])
+    store.start_attempt("s", "j", 1)
+    events: list[dict[str, Any]] = []
+    for rnd in range(6):
+        for model, rates in (("moe", (80.0, 90.0, 100.0)), ("dense", (100.0,) * 3)):
+            for tps in rates:
+                rep: dict[str, Any] = {"v": 1, "seq": len(events), "kind": "repetition",
+                                       "job": "j", "attempt": 1, "t": 1.0,
+                                       "index": len(events), "warmup": False, "model": model,
+                                       "round": rnd, "decode_tps": tps, "prefill_tps": 50.0}
+                if rnd == 5 and model == "dense" and tps == 100.0 and not any(
+                        e.get("disturbed") for e in events):
+                    rep["disturbed"] = "other load: 20% of the CPUs busy with other work"
+                events.append(rep)
+    store.add_events("s", "dev", events)
+    store.finish_job("s", "j", "done", 1, result={})
+    c = one(store)
+    assert c["rounds"] == 6 and c["excluded"] == {"other load": 1}
+    assert c["decode_ratio"] == pytest.approx(0.9)
+
+
 def test_roofline_against_the_vendor_peak_of_the_device_chip(tmp_path: Path) -> None:
     """An M2 Pro (200 GB/s), the study's models' bytes per token, KV at prompt + gen/2.
 

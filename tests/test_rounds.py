@@ -205,6 +205,22 @@ def test_a_group_job_alternates_its_models_round_by_round(tmp_path: Path) -> Non
         assert tps["moe"] / tps["dense"] == pytest.approx(1 / 1.5, rel=0.15)
 
 
+def test_several_repetitions_per_round_count_by_their_median(tmp_path: Path) -> None:
+    """``repetitions_per_round: 3``: 3 counted repetitions of each model in every round."""
+    models = [_stand_in(tmp_path, "moe", 1.5), _stand_in(tmp_path, "dense", 1.0)]
+    job = _group_job(tmp_path / "job", models, "sleep", gen_tokens=20, warmup=0,
+                     repetitions=4, repetitions_per_round=3)
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    counted = [e for e in events if e["kind"] == "repetition" and not e["warmup"]]
+    assert len(counted) == 4 * 2 * 3
+    for round_ in range(4):
+        mine = [r["model"] for r in counted if r["round"] == round_]
+        assert sorted(mine) == ["dense"] * 3 + ["moe"] * 3
+    summary = events[-1]["info"]["rounds"]
+    assert summary["repetitions_per_round"] == 3 and summary["kept_rounds"] == 4
+
+
 def test_adaptive_rounds_stop_once_the_interval_is_tight(tmp_path: Path) -> None:
     models = [_stand_in(tmp_path, "moe", 1.25), _stand_in(tmp_path, "dense", 1.0)]
     job = _group_job(tmp_path / "job", models, "sleep", gen_tokens=30, warmup=0,

@@ -381,6 +381,16 @@ class Sweep(FileModel):
             "VM: docs/results/verdict-stability.md)."
         ),
     )
+    repetitions_per_round: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description=(
+            "Counted repetitions of each model in every round (their median is the round's "
+            "rate). More than 1 spreads a model load (or a llama-bench invocation) over "
+            "several repetitions; `repetitions` still counts rounds."
+        ),
+    )
     cpu_repack: bool = Field(
         default=True,
         description=(
