@@ -33,20 +33,6 @@ from agents.backends.base import BackendError, Emit, JobParams, Session
 from agents.protocol import ERR_AGENT, ERR_BACKEND, ERR_OUT_OF_MEMORY
 
 
-def _params_dict(params: JobParams) -> Dict[str, object]:
-    return {"prompt_tokens": params.prompt_tokens, "gen_tokens": params.gen_tokens,
-            "threads": params.threads, "gpu_layers": params.gpu_layers,
-            "repetitions": params.repetitions, "warmup": params.warmup,
-            "ctx_size": params.ctx_size, "seed": params.seed, "cpu_repack": params.cpu_repack}
-
-
-def _params(data: Dict[str, Any]) -> JobParams:
-    return JobParams(int(data["prompt_tokens"]), int(data["gen_tokens"]), int(data["threads"]),
-                     int(data["gpu_layers"]), int(data["repetitions"]), int(data["warmup"]),
-                     ctx_size=int(data["ctx_size"]), seed=int(data["seed"]),
-                     cpu_repack=bool(data.get("cpu_repack", True)))
-
-
 def worker_argv() -> List[str]:
     """How to start a worker: the zipapp this agent runs from, else the package."""
     from agents.cli import _zipapp_path
@@ -70,7 +56,7 @@ class WorkerSession(Session):
                                      env=env, universal_newlines=True, bufsize=1)
         self._info: Dict[str, object] = {}
         answer = self._ask({"op": "open", "backend": backend, "llama_bench": llama_bench,
-                            "model": model_path, "params": _params_dict(params)}, emit)
+                            "model": model_path, "params": params.as_dict()}, emit)
         info = answer.get("info")
         self._info = dict(info) if isinstance(info, dict) else {}
 
@@ -155,7 +141,8 @@ def serve(stdin: IO[str], stdout: IO[str]) -> int:
         try:
             if op == "open":
                 backend = get_backend(str(request["backend"]), request.get("llama_bench"))
-                session = backend.open(str(request["model"]), _params(request["params"]), emit)
+                params = JobParams.from_dict(request["params"])
+                session = backend.open(str(request["model"]), params, emit)
                 send({"ok": True, "info": session.info()})
             elif op == "repetition" and session is not None:
                 rep = session.repetition(int(request["index"]), bool(request["warmup"]), emit)

@@ -228,14 +228,14 @@ class RoundRunner(object):
         if len(self.ids) == 1:
             # One invocation of all the repetitions: llama-bench's own way, one load.
             count = self.plan.maximum if not self.plan.adaptive else self.plan.minimum
-            params = _with_repetitions(self.params, count)
+            params = self.params.with_repetitions(count)
             before = Snapshot()
             emit = self._batch_emit(0, lambda n: n, lambda n: 0, before)
             self.infos[self.ids[0]] = self.backend.run(self.paths[0], params, emit)
             return count, ("fixed count of %d repetitions in one invocation" % count
                            if not self.plan.adaptive else
                            "single model: min %d repetitions in one invocation" % count)
-        params = _with_repetitions(self.params, self.per_round)
+        params = self.params.with_repetitions(self.per_round)
         round_index = 0
         while True:
             bodies: Dict[int, List[Dict[str, object]]] = {}
@@ -276,9 +276,3 @@ def _constant(value: int) -> Callable[[int], int]:
         return value
 
     return of
-
-
-def _with_repetitions(params: JobParams, repetitions: int) -> JobParams:
-    return JobParams(params.prompt_tokens, params.gen_tokens, params.threads, params.gpu_layers,
-                     repetitions, params.warmup, ctx_size=params.ctx_size, seed=params.seed,
-                     cpu_repack=params.cpu_repack)

@@ -87,7 +87,7 @@ class ModelStats:
     energy_note: str | None = None  # why energy is absent, when it is
     provenance: dict[str, Any] | None = None  # the job's result provenance, as recorded
     #: What one decode step reads (agents/decode_traffic.py), from the job's result.
-    weight_bytes_per_token: int | None = None
+    weight_bytes_per_token: float | None = None
     kv_bytes_per_position_f16: float | None = None
 
 
@@ -307,10 +307,10 @@ def compare(device: str, config: dict[str, int], moe: ModelStats, dense: ModelSt
         energy_ratio=energy_ratio)
 
 
-def _count(value: Any) -> Any:
-    """A positive number from a stored result, else None."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-    return value if ok else None
+def _count(value: Any) -> float | None:
+    """A positive, finite number from a stored result, else None (``_positive`` of one)."""
+    found = _positive([value])
+    return found[0] if found else None
 
 
 def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],

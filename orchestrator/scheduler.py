@@ -220,14 +220,13 @@ class SweepRun:
             # last attempt the controller lost track of: the device may hold
             # its result (an attempt that never started is started there).
             orphan = row["state"] == JobState.RUNNING and row["attempts"] > 0
-            collect = (not orphan and row["attempts"] > 0
-                       and last_kinds.get(row["key"]) in COLLECTABLE_KINDS)
-            attempt = row["attempts"] if orphan or collect else row["attempts"] + 1
-            self.queues.setdefault(row["device"], deque()).append(
-                (job, attempt, orphan or collect))
+            lost = row["attempts"] > 0 and last_kinds.get(row["key"]) in COLLECTABLE_KINDS
+            reattach = orphan or lost
+            attempt = row["attempts"] if reattach else row["attempts"] + 1
+            self.queues.setdefault(row["device"], deque()).append((job, attempt, reattach))
             # A re-attached attempt belongs to the earlier run: reading its
             # failure does not use up this run's budget.
-            self.first_attempt[row["key"]] = attempt + 1 if orphan or collect else attempt
+            self.first_attempt[row["key"]] = attempt + 1 if reattach else attempt
         self.running: dict[str, tuple[dict[str, Any], int]] = {}
         self.failures_in_a_row: dict[str, int] = {}
         self.summary = Summary(sweep_id, store.job_counts(sweep_id))

@@ -392,15 +392,10 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (a full disk does): a second
             # ROLLBACK would raise and hide the error that matters.
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
-        try:
-            self.db.execute("COMMIT")
-        except StoreError:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise

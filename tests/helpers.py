@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -116,3 +117,20 @@ def fill_disk(where: Path) -> Path:
         except OSError:
             pass  # ENOSPC: full now
     return filler
+
+
+def counted_per_job(db_path: Path, sweep_id: str) -> dict[str, int]:
+    """Counted repetitions per job, from each job's successful attempt (what reports count)."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return dict(db.execute(
+            "SELECT r.job_key, COUNT(*) FROM repetitions r JOIN jobs j ON j.sweep_id ="
+            " r.sweep_id AND j.key = r.job_key AND r.attempt = j.ok_attempt WHERE"
+            " r.sweep_id = ? AND r.warmup = 0 GROUP BY r.job_key", (sweep_id,)))
+
+
+def duplicate_events(db_path: Path, sweep_id: str) -> int:
+    """Events stored twice under one (job, attempt, seq): must always be 0."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return db.execute(
+            "SELECT COUNT(*) FROM (SELECT job_key, attempt, seq FROM events WHERE sweep_id = ?"
+            " GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)", (sweep_id,)).fetchone()[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,17 +19,28 @@ from helpers import (
 )
 
 
-def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path) -> None:
+def two_long_jobs_running(tmp_path: Path, **overrides: object
+                          ) -> tuple[subprocess.Popen[str], str, Path, Path]:
+    """``sweep run`` of two 6 s jobs on one local device, a second into the first one.
+
+    Returns the CLI process, the sweep id, the results dir and the device's
+    jobs dir of the sweep.
+    """
     inv = write_inventory(tmp_path, ["dev-a"])
     sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2),
                         backend="sleep", repetitions=2, warmup=0, pairs=[],  # two jobs
                         matrix={"prompt_tokens": 1, "gen_tokens": 3000, "threads": 1,
-                                "gpu_layers": 0})
+                                "gpu_layers": 0}, **overrides)
     results = tmp_path / "results"
     proc, sweep_id = start_sweep_run(str(sweep), "-i", str(inv), "-r", str(results))
-    pid_files = tmp_path / "devices" / "dev-a" / "jobs" / sweep_id
-    wait_for_first_agent(pid_files)
+    jobs_dir = tmp_path / "devices" / "dev-a" / "jobs" / sweep_id
+    wait_for_first_agent(jobs_dir)
     time.sleep(1.0)
+    return proc, sweep_id, results, jobs_dir
+
+
+def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path) -> None:
+    proc, sweep_id, results, pid_files = two_long_jobs_running(tmp_path)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
@@ -49,15 +61,7 @@ def test_ctrl_c_cancels_cleanly_and_resume_finishes(tmp_path: Path) -> None:
 
 def test_a_second_ctrl_c_still_records_the_sweep_interrupted(tmp_path: Path) -> None:
     """Impatient users press Ctrl-C twice: the sweep must not be left ``running``."""
-    inv = write_inventory(tmp_path, ["dev-a"])
-    sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2),
-                        backend="sleep", repetitions=2, warmup=0, pairs=[], retries=0,
-                        matrix={"prompt_tokens": 1, "gen_tokens": 3000, "threads": 1,
-                                "gpu_layers": 0})
-    results = tmp_path / "results"
-    proc, sweep_id = start_sweep_run(str(sweep), "-i", str(inv), "-r", str(results))
-    wait_for_first_agent(tmp_path / "devices" / "dev-a" / "jobs" / sweep_id)
-    time.sleep(1.0)
+    proc, sweep_id, results, _ = two_long_jobs_running(tmp_path, retries=0)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)

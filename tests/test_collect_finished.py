@@ -10,13 +10,12 @@ detached agent keeps running, as on a real board), real Ray, real SQLite.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from helpers import sleep_models, write_ssh_inventory, write_sweep
+from helpers import counted_per_job, sleep_models, write_ssh_inventory, write_sweep
 from test_scheduler import start
 
 from orchestrator.scheduler import run_sweep
@@ -46,23 +45,23 @@ def down_while_the_job_finishes(dev: Any, job_dir: Path, down_s: float) -> threa
 
 
 def counted(store: Any, sweep_id: str) -> int:
-    with sqlite3.connect(store.path) as db:
-        return db.execute(
-            "SELECT COUNT(*) FROM repetitions r JOIN jobs j ON j.sweep_id = r.sweep_id AND"
-            " j.key = r.job_key AND r.attempt = j.ok_attempt WHERE r.sweep_id = ? AND"
-            " r.warmup = 0", (sweep_id,)).fetchone()[0]
+    return sum(counted_per_job(store.path, sweep_id).values())
+
+
+def one_job_on(name: str, tmp_path: Path, sshd_devices: Any) -> tuple[Any, Path, Any, Path]:
+    """One sshd device running the ``JOB``: the device, known_hosts, store, attempt 1's dir."""
+    (dev,) = sshd_devices(name)
+    inv, known = write_ssh_inventory(tmp_path, [dev])
+    sweep = write_sweep(tmp_path, devices=[name], models=sleep_models(tmp_path, 1), **JOB)
+    store = start(tmp_path, sweep, inv)
+    (row,) = store.jobs("s1")
+    return dev, known, store, dev.work_dir / "jobs" / "s1" / f"{row['key']}-a1"
 
 
 def test_past_the_deadline_the_result_is_collected_when_the_link_returns(
         tmp_path: Path, sshd_devices: Any, ray_cluster: Any) -> None:
     """Down from the job's start until after it finished (and past its 2 s deadline)."""
-    (dev,) = sshd_devices("slow-link")
-    inv, known = write_ssh_inventory(tmp_path, [dev])
-    sweep = write_sweep(tmp_path, devices=["slow-link"], models=sleep_models(tmp_path, 1),
-                        **JOB)
-    store = start(tmp_path, sweep, inv)
-    (row,) = store.jobs("s1")
-    a1 = dev.work_dir / "jobs" / "s1" / f"{row['key']}-a1"
+    dev, known, store, a1 = one_job_on("slow-link", tmp_path, sshd_devices)
     cutter = down_while_the_job_finishes(dev, a1, down_s=6)
     summary = run_sweep(store, "s1", poll_s=0.2,
                         transport_settings=TransportSettings(str(known), unreachable_after_s=60))
@@ -77,13 +76,7 @@ def test_past_the_deadline_the_result_is_collected_when_the_link_returns(
 def test_resume_collects_a_job_that_finished_while_the_device_was_gone(
         tmp_path: Path, sshd_devices: Any, ray_cluster: Any) -> None:
     """Down past the device's 3 s grace: the run gives up; ``resume`` collects, runs nothing."""
-    (dev,) = sshd_devices("gone-a-while")
-    inv, known = write_ssh_inventory(tmp_path, [dev])
-    sweep = write_sweep(tmp_path, devices=["gone-a-while"], models=sleep_models(tmp_path, 1),
-                        **JOB)
-    store = start(tmp_path, sweep, inv)
-    (row,) = store.jobs("s1")
-    a1 = dev.work_dir / "jobs" / "s1" / f"{row['key']}-a1"
+    dev, known, store, a1 = one_job_on("gone-a-while", tmp_path, sshd_devices)
     settings = TransportSettings(str(known), unreachable_after_s=3)
     cutter = down_while_the_job_finishes(dev, a1, down_s=10)
     first = run_sweep(store, "s1", poll_s=0.2, transport_settings=settings)

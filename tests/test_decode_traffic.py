@@ -12,6 +12,7 @@ weights and f32 for norms and the MoE router (as llama.cpp quantizes them):
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -28,17 +29,11 @@ from agents.gguf_info import read_gguf_info
 
 
 def q4_0(*shape: int) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n // 32 * 18  # 32 weights in an 18-byte block
+    return math.prod(shape) // 32 * 18  # 32 weights in an 18-byte block
 
 
 def f32(*shape: int) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return 4 * n
+    return 4 * math.prod(shape)
 
 
 def llama_3_2_1b() -> tuple[list[Tensor], dict[str, object]]:

@@ -21,6 +21,8 @@ import yaml
 from helpers import (
     EDGEFARM,
     REPO,
+    counted_per_job,
+    duplicate_events,
     edgefarm,
     sleep_models,
     write_ssh_inventory,
@@ -36,14 +38,6 @@ SLEEP = {"backend": "sleep", "warmup": 0}
 
 def settings(known: Path, unreachable: float = 60) -> TransportSettings:
     return TransportSettings(str(known), unreachable_after_s=unreachable)
-
-
-def counted_per_job(store: Any, sweep_id: str) -> dict[str, int]:
-    return {
-        key: n for key, n in store.db.execute(
-            "SELECT r.job_key, COUNT(*) FROM repetitions r JOIN jobs j ON j.sweep_id ="
-            " r.sweep_id AND j.key = r.job_key AND r.attempt = j.ok_attempt WHERE"
-            " r.sweep_id = ? AND r.warmup = 0 GROUP BY r.job_key", (sweep_id,))}
 
 
 def test_three_devices_one_link_down_20s_mid_job(tmp_path: Path, sshd_devices: Any,
@@ -83,11 +77,8 @@ def test_three_devices_one_link_down_20s_mid_job(tmp_path: Path, sshd_devices: A
     keys = [r[0] for r in store.db.execute("SELECT key FROM jobs WHERE sweep_id='faulty'")]
     assert len(keys) == len(set(keys)) == 3
     assert all(r["attempts"] == 1 for r in store.jobs("faulty")), "no job had to run again"
-    assert set(counted_per_job(store, "faulty").values()) == {2 * 3}  # 2 models x 3 rounds
-    dupes = store.db.execute(
-        "SELECT COUNT(*) FROM (SELECT job_key, attempt, seq FROM events WHERE sweep_id ="
-        " 'faulty' GROUP BY 1, 2, 3 HAVING COUNT(*) > 1)").fetchone()[0]
-    assert dupes == 0
+    assert set(counted_per_job(store.path, "faulty").values()) == {2 * 3}  # 2 models x 3 rounds
+    assert duplicate_events(store.path, "faulty") == 0
 
     # The same sweep without the fault reports the same jobs and counts.
     from orchestrator.report import build_report
@@ -243,9 +234,7 @@ def test_kill_9_controller_then_resume_reattaches_over_ssh(tmp_path: Path,
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     with sqlite3.connect(db) as conn:
         jobs = conn.execute("SELECT state, attempts FROM jobs").fetchall()
-        counted = conn.execute(
-            "SELECT COUNT(*) FROM repetitions r JOIN jobs j ON j.key = r.job_key AND"
-            " r.attempt = j.ok_attempt WHERE r.warmup = 0").fetchone()[0]
+    counted = sum(counted_per_job(db, sweep_id).values())
     # One paired job per device: 3 models x 4 rounds each.
     assert len(jobs) == 2 and all(state == "done" for state, _ in jobs)
     assert all(attempts == 1 for _, attempts in jobs), "running jobs were re-attached"

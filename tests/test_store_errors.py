@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    counted_per_job,
+    duplicate_events,
     edgefarm,
     fill_disk,
     mount,
@@ -92,12 +94,8 @@ def test_a_full_disk_stops_the_sweep_and_resume_finishes_every_job_once(
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     with sqlite3.connect(db) as conn:
         states = conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        counted = conn.execute(
-            "SELECT COUNT(*) FROM repetitions r JOIN jobs j ON j.sweep_id = r.sweep_id AND"
-            " j.key = r.job_key AND r.attempt = j.ok_attempt WHERE r.warmup = 0").fetchone()[0]
-        dupes = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT job_key, attempt, seq FROM events GROUP BY 1, 2, 3"
-            " HAVING COUNT(*) > 1)").fetchone()[0]
+    counted = sum(counted_per_job(db, sweep_id).values())
+    dupes = duplicate_events(db, sweep_id)
     assert states == [("done", 6)]
     assert counted == 6 * 2 and dupes == 0
 

@@ -17,7 +17,8 @@ Two shapes, by what the backend can do:
   job of several models the runner calls it once per model per round.
 """
 
-from typing import Callable, Dict, Optional, Tuple
+import copy
+from typing import Any, Callable, Dict, Optional, Tuple
 
 #: ``emit(kind, fields)``: write one event of ``kind`` with ``fields``; returns
 #: the event's fields as written (the runner adds telemetry and round fields).
@@ -55,6 +56,20 @@ class JobParams(object):
         # second anonymous copy of the weights and a slow load (~60 s for
         # OLMoE-1B-7B Q4_0 on a 2-core VM against 0.4 s without it).
         self.cpu_repack = cpu_repack
+
+    def as_dict(self) -> Dict[str, object]:
+        """Every field by name (the constructor's keywords): to send to a model worker."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "JobParams":
+        return cls(**data)
+
+    def with_repetitions(self, repetitions: int) -> "JobParams":
+        """A copy with another repetition count, every other field kept."""
+        params = copy.copy(self)
+        params.repetitions = repetitions
+        return params
 
 
 #: Fields of a ``repetition`` event. Absent values are left out, never zero.

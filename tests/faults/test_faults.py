@@ -35,6 +35,7 @@ from fault_tally import Tally
 from helpers import (
     EDGEFARM,
     REPO,
+    counted_per_job,
     edgefarm,
     fill_disk,
     sleep_models,
@@ -77,16 +78,14 @@ def ok_results(work_dirs: Iterable[Path], sweep_id: str) -> Counter[str]:
 
 
 def account(case: str, results: Path, sweep_id: str, work_dirs: Iterable[Path],
-            counted_per_job: int) -> Tally:
+            reps_per_job: int) -> Tally:
     """The case's row: planned / done / duplicated / lost (see the module docstring)."""
-    with sqlite3.connect(f"file:{results / 'edgefarm.sqlite'}?mode=ro", uri=True) as db:
+    db_path = results / "edgefarm.sqlite"
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
         jobs = dict(db.execute("SELECT key, state FROM jobs WHERE sweep_id = ?", (sweep_id,)))
-        counted = dict(db.execute(
-            "SELECT r.job_key, COUNT(*) FROM repetitions r JOIN jobs j ON j.sweep_id ="
-            " r.sweep_id AND j.key = r.job_key AND r.attempt = j.ok_attempt WHERE"
-            " r.sweep_id = ? AND r.warmup = 0 GROUP BY r.job_key", (sweep_id,)))
+    counted = counted_per_job(db_path, sweep_id)
     done = [k for k, state in jobs.items() if state == "done"
-            and counted.get(k) == counted_per_job]
+            and counted.get(k) == reps_per_job]
     twice = [k for k, n in ok_results(work_dirs, sweep_id).items() if n > 1]
     return Tally(case, len(jobs), len(done), len(twice), len(jobs) - len(done))
 
