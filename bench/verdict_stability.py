@@ -17,11 +17,11 @@ the targets of issue 9:
 * every half-width is at most ``--max-half-width`` percent (3);
 * the loaded run reports excluded rounds.
 
-    .venv/bin/python bench/verdict_stability.py            # ~40-60 min on 2 cores
+    .venv/bin/python bench/verdict_stability.py            # ~60-80 min on 2 cores
     .venv/bin/python bench/verdict_stability.py --runs 3 --loaded-run 2 --burst 8:90
 
-The bursts are spaced for rounds of about a minute (three fresh model loads,
-a warm-up and a counted repetition each): one burst every ~1.5 rounds, so
+The bursts are spaced for rounds of about 35 s (three fresh model loads, a
+short warm-up and a counted repetition each): one burst every ~3 rounds, so
 clean rounds remain between them.
 
 The models are synthesized once into the local device's models dir (~5 GB).

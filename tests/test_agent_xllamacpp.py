@@ -67,6 +67,18 @@ def test_warmup_runs_are_marked_and_come_first(moe_events):
     assert phases.count("warmup") == WARMUP and phases.count("prefill") == REPS
 
 
+def test_warmup_runs_the_prompt_and_one_decode_step(moe_events):
+    """As llama-bench's warm-up: the whole prompt, then a short generation, not the full one."""
+    from agents.backends.xllamacpp_backend import WARMUP_GEN_TOKENS
+
+    warm = [e for e in moe_events if e["kind"] == "repetition" and e["warmup"]]
+    assert warm and WARMUP_GEN_TOKENS < GEN
+    for rep in warm:
+        assert rep["prompt_tokens"] == PROMPT
+        assert rep["gen_tokens"] == WARMUP_GEN_TOKENS
+        assert rep["decode_window_tokens"] == WARMUP_GEN_TOKENS - 1
+
+
 def test_result_info_has_the_provenance(moe_events):
     """What llama.cpp was asked to run with, read back from the bindings, and why any is absent."""
     import xllamacpp

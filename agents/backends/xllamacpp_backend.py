@@ -20,6 +20,13 @@ token gives ``predicted_ms`` of about 0). ``decode_tps`` is therefore
 ``(gen_tokens - 1) / decode_s``, the same rate llama.cpp reports as
 ``predicted_per_second`` and llama-bench's ``tg`` test measures; it is left
 out for a single generated token.
+
+A warm-up runs the whole prompt but generates only ``WARMUP_GEN_TOKENS``
+tokens, as llama-bench's own warm-up does (the prompt, then one token): the
+prompt's batch touches every weight (every expert of a MoE) and one decode
+step runs the decode kernels, which is what a warm-up is for; the rest of a
+full-length generation would only add time. With a fresh load per repetition
+(paired rounds' default) warm-ups were half of every round's time.
 """
 
 import functools
@@ -48,6 +55,10 @@ from agents.protocol import (
     ERR_MODEL_MISSING,
     ERR_OUT_OF_MEMORY,
 )
+
+#: Tokens a warm-up generates: the first comes from the prompt's logits, the
+#: second is one real decode step.
+WARMUP_GEN_TOKENS = 2
 
 
 @functools.lru_cache(maxsize=16)
@@ -180,7 +191,8 @@ class XllamacppSession(Session):
         emit("phase", {"phase": "warmup" if warmup else "prefill"})
         prompt = [self.rng.randrange(*self.id_range) for _ in range(self.params.prompt_tokens)]
         peakmem.reset_peak()
-        rep = self.backend._one_completion(self.server, prompt, self.params)
+        gen = min(self.params.gen_tokens, WARMUP_GEN_TOKENS) if warmup else self.params.gen_tokens
+        rep = self.backend._one_completion(self.server, prompt, self.params, gen)
         rss, scope = peakmem.peak_rss_bytes()
         rep.update({"index": index, "warmup": warmup, "peak_rss_bytes": rss,
                     "peak_rss_scope": scope})
@@ -258,10 +270,10 @@ class XllamacppBackend(Backend):
         return XllamacppSession(self, server, model_path, params, info)
 
     def _one_completion(self, server: Any, prompt: List[int],
-                        params: JobParams) -> Dict[str, object]:
+                        params: JobParams, gen_tokens: int) -> Dict[str, object]:
         request = {
             "prompt": prompt,
-            "n_predict": params.gen_tokens,
+            "n_predict": gen_tokens,
             "ignore_eos": True,
             "cache_prompt": False,
             "stream": True,
@@ -299,9 +311,9 @@ class XllamacppBackend(Backend):
         predicted_n = int(timings["predicted_n"])
         prefill_s = float(timings["prompt_ms"]) / 1000.0
         decode_s = float(timings["predicted_ms"]) / 1000.0
-        if predicted_n != params.gen_tokens:
+        if predicted_n != gen_tokens:
             raise BackendError(ERR_BACKEND, "asked for %d tokens, llama.cpp generated %d"
-                               % (params.gen_tokens, predicted_n))
+                               % (gen_tokens, predicted_n))
         rates = {
             "prefill_tps": prompt_n / prefill_s if prefill_s > 0 else None,
             "decode_tps": decode_rate(predicted_n, decode_s),

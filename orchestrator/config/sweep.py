@@ -406,7 +406,8 @@ class Sweep(FileModel):
         le=100,
         description=(
             "Warm-up runs before the counted repetitions; stored, never counted (they "
-            "absorb page-cache and clock ramp-up effects)."
+            "absorb page-cache and clock ramp-up effects). As llama-bench's own warm-up, "
+            "each runs the whole prompt but generates only 2 tokens."
         ),
     )
     devices: DeviceSelector = Field(
