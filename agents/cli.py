@@ -171,6 +171,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write("edgefarm-agent: refusing to run a corrupt agent: %s\n" % corrupt)
         return _exit_now(EXIT_AGENT_CORRUPT)
     use_unpacked_copy()
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["routing"]:  # its own parser: agents/routing_share.py
+        from agents.routing_share import main as routing_main
+
+        return routing_main(args_in[1:])
     parser = argparse.ArgumentParser(prog="edgefarm-agent",
                                      description="edgefarm device agent (standard library only)")
     parser.add_argument("--version", action="version", version=__version__)
@@ -209,6 +214,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                   "stdin/stdout; started by the runner)")
     sub.add_parser("prepare", help="unpack this zipapp next to itself and compile it "
                                    "(later starts skip compiling the agent)")
+    sub.add_parser("routing", add_help=False,
+                               help="measure a MoE model's routing share of MoE-block time "
+                                    "(agents/routing_share.py; `routing --help` for its options)")
     p_synth = sub.add_parser("synth", help="write a random-weight GGUF with a preset's shapes")
     p_synth.add_argument("preset")
     p_synth.add_argument("--quant", default="Q4_0")

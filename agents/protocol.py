@@ -60,7 +60,11 @@ EV_REPETITION = "repetition"
 EV_HEARTBEAT = "heartbeat"
 EV_ERROR = "error"
 EV_RESULT = "result"
-EVENT_KINDS = (EV_HELLO, EV_PHASE, EV_SAMPLE, EV_REPETITION, EV_RESULT, EV_ERROR, EV_HEARTBEAT)
+#: A MoE model's routing share, from the profiling pass after the counted
+#: repetitions (agents/routing_share.py).
+EV_ROUTING = "routing"
+EVENT_KINDS = (EV_HELLO, EV_PHASE, EV_SAMPLE, EV_REPETITION, EV_RESULT, EV_ERROR, EV_HEARTBEAT,
+               EV_ROUTING)
 #: How the agent writes a result event's kind field (compact JSON, see events.py):
 #: ``follow`` looks for these bytes to stop without parsing every line.
 RESULT_MARKER = b'"kind":"result"'
@@ -145,6 +149,7 @@ class JobParamsSpec(TypedDict):
     keep_loaded: bool  # paired jobs: keep models loaded across rounds (else fresh loads)
     cpu_repack: bool  # llama.cpp's CPU weight repacking (its default: on)
     repetitions_per_round: int  # counted repetitions of each model per round (median counts)
+    routing_profile: bool  # after the repetitions, a profiling pass per MoE model (routing share)
 
 
 class DeviceRef(TypedDict):

@@ -5,7 +5,7 @@ agent runs, ``agent.pid`` and ``events.jsonl``. The event log always opens
 with ``hello`` and, unless the process is killed, ends with ``result``::
 
     hello -> phase(model) -> phase(load) -> [phase(cooldown)] [phase(idle), sample]
-          -> [phase, repetition, [phase(cooldown)]]* -> result
+          -> [phase, repetition, [phase(cooldown)]]* -> [phase(profile), routing]* -> result
                                   \\-> error -> result(status=failed)
 
 with ``sample`` events (telemetry, at most one a second) anywhere between
@@ -44,6 +44,7 @@ from agents.protocol import (
 )
 from agents.round_runner import RoundRunner
 from agents.rounds import RoundPlan
+from agents.routing_share import profile_job_models
 from agents.telemetry.job import JobTelemetry, TelemetryConfigError
 
 
@@ -117,7 +118,7 @@ def run_job(job_dir: str, echo: bool = False) -> int:
     writer = EventWriter(os.path.join(job_dir, EVENTS_FILE), spec["job_key"],
                          int(spec.get("attempt", 1)), echo=sys.stdout if echo else None)
     device = spec.get("device", {})
-    writer.emit("hello", {"facts": probe.facts(device.get("llama_bench"))})
+    writer.emit("hello", {"facts": probe.job_facts(device.get("llama_bench"))})
 
     telemetry: Optional[JobTelemetry] = None
 
@@ -168,12 +169,19 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                                  int(p.get("repetitions_per_round", 1)), open_session,
                                  keep_loaded=bool(p.get("keep_loaded", False)))
             summary = rounds.run()
+            routing: Dict[str, Dict[str, object]] = {}
+            if bool(p.get("routing_profile", True)):
+                routing = profile_job_models(models, paths, params, backend.name,
+                                             device.get("llama_bench"),
+                                             float(spec.get("timeout_s", 600)), emit)
             per_model: Dict[str, object] = {}
             for model_id, path in zip(rounds.ids, paths):
                 one = dict(rounds.infos.get(model_id, {}))
                 one["model_path"] = path
                 one["model_size_bytes"] = os.path.getsize(path)
                 one.update(model_facts(path))
+                if model_id in routing:
+                    one["routing"] = routing[model_id]
                 per_model[model_id] = one
             # Single-model jobs keep the model's facts at the top level too.
             first = per_model[rounds.ids[0]]

@@ -160,7 +160,8 @@ LIVE_METRICS = ("edgefarm_job_attempts_total", "edgefarm_device_up", "edgefarm_d
 STORE_METRICS = tuple(name for name in METRICS if name not in LIVE_METRICS)
 #: Phases ``edgefarm_device_phase`` reports; anything else an agent sends is
 #: ignored so that the label set stays the one the contract lists.
-PHASES = ("model", "synth", "load", "warmup", "prefill", "decode", "bench", "cooldown", "idle")
+PHASES = ("model", "synth", "load", "warmup", "prefill", "decode", "bench", "cooldown", "profile",
+          "idle")
 #: Outcomes ``edgefarm_job_attempts_total`` counts.
 ATTEMPT_OUTCOMES = tuple(str(s) for s in ATTEMPT_STATES if s != AttemptState.RUNNING)
 #: At most this many rails (and, separately, sensors) per device: a rail or

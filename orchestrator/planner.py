@@ -29,7 +29,7 @@ AGENT_SPEC_SCHEMA = JOB_SPEC_SCHEMA
 #: at the scale of a benchmark farm, and the key stays readable in tables).
 KEY_LENGTH = 16
 #: Job fields that are deliberately left out of the key.
-KEY_EXCLUDED_FIELDS = frozenset({"timeout_s", "retries"})
+KEY_EXCLUDED_FIELDS = frozenset({"timeout_s", "retries", "routing_profile"})
 #: Column headers matching ``plan_table_rows``.
 PLAN_TABLE_COLUMNS: tuple[str, ...] = (
     "device",
@@ -94,6 +94,9 @@ class Job(BaseModel):
                                        "each model per round (their median counts).")
     cpu_repack: bool = Field(default=True, description="llama.cpp repacks CPU weights into "
                              "its faster layouts (its default).")
+    routing_profile: bool = Field(default=True, description="After the counted repetitions, "
+                                  "a profiling pass per MoE model measures its routing share; "
+                                  "not part of the key (no counted repetition changes).")
     backend: str = Field(description="Backend name the agent is asked to use.")
     timeout_s: float = Field(description="Wall-clock limit per attempt; not part of the key.")
     retries: int = Field(description="Extra attempts after a failure; not part of the key.")
@@ -135,7 +138,7 @@ class Job(BaseModel):
         """First 16 hex digits of the sha256 of the canonical JSON of the measured fields.
 
         The hashed object is ``{field: value}`` for every field above except
-        ``timeout_s`` and ``retries``, serialized by ``canonical_json``.
+        ``timeout_s``, ``retries`` and ``routing_profile``, serialized by ``canonical_json``.
         """
         fields = self.model_dump(mode="json", include=set(type(self).model_fields)
                                  - KEY_EXCLUDED_FIELDS)
@@ -162,6 +165,7 @@ class Job(BaseModel):
                 "keep_loaded": self.keep_loaded,
                 "cpu_repack": self.cpu_repack,
                 "repetitions_per_round": self.repetitions_per_round,
+                "routing_profile": self.routing_profile,
             },
             "backend": self.backend,
             "timeout_s": self.timeout_s,
@@ -238,6 +242,7 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
                         keep_loaded=sweep.keep_models_loaded,
                         cpu_repack=sweep.cpu_repack,
                         repetitions_per_round=sweep.repetitions_per_round,
+                        routing_profile=sweep.routing_profile,
                         backend=sweep.backend,
                         timeout_s=sweep.timeout_s,
                         retries=sweep.retries,

@@ -44,7 +44,14 @@ from typing import Any
 
 from agents.decode_traffic import KV_ELEMENT_BYTES
 from orchestrator import stats
-from orchestrator.roofline import GB, decode_roofline, device_chip, mean_decode_context
+from orchestrator.roofline import (
+    GB,
+    decode_roofline,
+    device_chip,
+    device_gpu_chip,
+    mean_decode_context,
+    measured_bandwidth,
+)
 from orchestrator.store import Store
 
 CONFIG_KEYS = ("prompt_tokens", "gen_tokens", "threads", "gpu_layers")
@@ -89,6 +96,10 @@ class ModelStats:
     #: What one decode step reads (agents/decode_traffic.py), from the job's result.
     weight_bytes_per_token: float | None = None
     kv_bytes_per_position_f16: float | None = None
+    #: ``routing_summary`` of the job's profiling pass (MoE models only).
+    routing: dict[str, Any] | None = None
+    #: ``memory_summary``: weights, KV cache and runtime against the peak and the device.
+    memory: dict[str, Any] | None = None
 
 
 @dataclass
@@ -313,40 +324,81 @@ def _count(value: Any) -> float | None:
     return found[0] if found else None
 
 
+def _kv_scale(side: ModelStats) -> float:
+    """KV bytes per position relative to f16, from the provenance's KV types (f16 if unknown)."""
+    prov = side.provenance or {}
+    return (KV_ELEMENT_BYTES.get(str(prov.get("type_k")), 2.0)
+            + KV_ELEMENT_BYTES.get(str(prov.get("type_v")), 2.0)) / 4.0
+
+
 def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],
                      *sides: ModelStats) -> dict[str, Any]:
-    """Each side's decode bound (vendor peak bandwidth / bytes per token) and achieved share.
+    """Each side's decode bound (bandwidth / bytes per token) and the fraction achieved.
 
-    Bytes per token are the weights a step reads plus the KV cache at the
-    run's mean context (prompt + gen/2), at the KV types the provenance
-    names (f16 when unknown). Without a vendor figure for the device's chip
-    the summary says so instead; a GPU-offloaded run's bound would need the
-    GPU's bandwidth, which the device facts do not name yet.
+    Two bandwidths, kept apart: the vendor's peak for the device's chip (or,
+    with layers offloaded, its GPU) and the agent's measured copy bandwidth
+    (host memory, one thread; not used for an offloaded run). Bytes per token
+    are the weights a step reads plus the KV cache at the run's mean context
+    (prompt + gen/2), at the KV types the provenance names (f16 when unknown).
+    With neither bandwidth the summary says why instead.
     """
-    if config.get("gpu_layers"):
-        return {"reason": "GPU offload: the GPU's bandwidth is not in the device facts yet"}
-    chip = device_chip(facts)
-    if chip is None:
-        cpu = (facts or {}).get("cpu_model") or "this device"
-        return {"reason": f"no vendor bandwidth known for {cpu} (orchestrator/roofline.py); "
-                          "`agent probe --bandwidth` measures a copy rate"}
+    gpu = bool(config.get("gpu_layers"))
+    if gpu:
+        chip, gpu_name = device_gpu_chip(facts)
+        measured = None
+        if chip is None:
+            return {"reason": "GPU offload: no vendor bandwidth known for "
+                              f"{gpu_name or 'the GPU (no gpus in the device facts)'} "
+                              "(orchestrator/roofline.py)"}
+    else:
+        chip, measured = device_chip(facts), measured_bandwidth(facts)
+        if chip is None and measured is None:
+            cpu = (facts or {}).get("cpu_model") or "this device"
+            return {"reason": f"no vendor bandwidth known for {cpu} (orchestrator/roofline.py) "
+                              "and no measured bandwidth in the device facts"}
     context = mean_decode_context(config["prompt_tokens"], config["gen_tokens"])
-    out: dict[str, Any] = {"chip": chip.name, "bandwidth_gbps": chip.bandwidth_gbps,
-                           "source": chip.source, "context": context, "models": {}}
+    out: dict[str, Any] = {"chip": chip.name if chip else None,
+                           "bandwidth_gbps": chip.bandwidth_gbps if chip else None,
+                           "source": chip.source if chip else None, "context": context,
+                           "models": {}, "measured": None}
+    if chip is None:
+        out["no_vendor"] = (facts or {}).get("cpu_model") or "this device"
+    if measured is not None:
+        out["measured"] = {"bandwidth_gbps": measured[0] / GB, "method": measured[1],
+                           "models": {}}
     for side in sides:
         if side.weight_bytes_per_token is None or side.kv_bytes_per_position_f16 is None:
-            out["models"][side.model_id] = {"reason": "bytes per token not in the result "
-                                                      "(an agent from before they were)"}
+            why = {"reason": "bytes per token not in the result (an agent from before they were)"}
+            out["models"][side.model_id] = why
+            if out["measured"]:
+                out["measured"]["models"][side.model_id] = why
             continue
-        prov = side.provenance or {}
-        scale = (KV_ELEMENT_BYTES.get(str(prov.get("type_k")), 2.0)
-                 + KV_ELEMENT_BYTES.get(str(prov.get("type_v")), 2.0)) / 4.0
-        per_token = side.weight_bytes_per_token + side.kv_bytes_per_position_f16 * scale * context
-        line = decode_roofline(per_token, chip.bandwidth_gbps * GB, chip.source,
-                               side.decode_tps_median)
-        out["models"][side.model_id] = {"bytes_per_token": per_token,
-                                        "bound_tps": line.bound_tps, "fraction": line.fraction}
+        per_token = (side.weight_bytes_per_token
+                     + side.kv_bytes_per_position_f16 * _kv_scale(side) * context)
+        if chip is not None:
+            line = decode_roofline(per_token, chip.bandwidth_gbps * GB, chip.source,
+                                   side.decode_tps_median)
+            out["models"][side.model_id] = {"bytes_per_token": per_token,
+                                            "bound_tps": line.bound_tps,
+                                            "fraction": line.fraction}
+        if measured is not None:
+            line = decode_roofline(per_token, measured[0], measured[1], side.decode_tps_median)
+            out["measured"]["models"][side.model_id] = {"bytes_per_token": per_token,
+                                                        "bound_tps": line.bound_tps,
+                                                        "fraction": line.fraction}
     return out
+
+
+def _roofline_parts(models: dict[str, Any]) -> str:
+    parts = []
+    for model_id, m in models.items():
+        if "reason" in m:
+            parts.append(f"{model_id} {m['reason']}")
+        elif m["fraction"] is None:
+            parts.append(f"{model_id} bound {m['bound_tps']:.0f} tok/s")
+        else:
+            parts.append(f"{model_id} {100 * m['fraction']:.1f}% of {m['bound_tps']:.0f} tok/s")
+    return "; ".join(parts)
 
 
 def roofline_line(c: dict[str, Any]) -> str | None:
@@ -356,16 +408,95 @@ def roofline_line(c: dict[str, Any]) -> str | None:
         return None
     if "reason" in r:
         return f"roofline: {r['reason']}"
-    parts = []
-    for model_id, m in r["models"].items():
-        if "reason" in m:
-            parts.append(f"{model_id} {m['reason']}")
-        elif m["fraction"] is None:
-            parts.append(f"{model_id} bound {m['bound_tps']:.0f} tok/s")
-        else:
-            parts.append(f"{model_id} {100 * m['fraction']:.1f}% of {m['bound_tps']:.0f} tok/s")
-    return (f"roofline ({r['chip']}, {r['bandwidth_gbps']:g} GB/s vendor peak; KV at "
-            f"{r['context']:g} positions): " + "; ".join(parts))
+    measured = r.get("measured")
+    if r.get("chip"):
+        line = (f"roofline ({r['chip']}, {r['bandwidth_gbps']:g} GB/s vendor peak; KV at "
+                f"{r['context']:g} positions): " + _roofline_parts(r["models"]))
+        if measured:
+            line += (f"; against the measured copy bandwidth ({measured['bandwidth_gbps']:.1f} "
+                     "GB/s, one thread): " + _roofline_parts(measured["models"]))
+        return line
+    return (f"roofline (measured copy bandwidth {measured['bandwidth_gbps']:.1f} GB/s, one "
+            f"thread; no vendor figure for {r.get('no_vendor')}; KV at {r['context']:g} "
+            "positions): " + _roofline_parts(measured["models"]))
+
+
+#: A run whose peak memory is within this fraction of the device's is flagged
+#: (the study's OLMoE run sat at the Jetson's 8 GB ceiling).
+MEMORY_WARN_FRACTION = 0.9
+
+
+def memory_summary(side: ModelStats, facts: dict[str, Any] | None, config: Mapping[str, int],
+                   peak_system_bytes: int | None, peak_gpu_bytes: int | None) -> dict[str, Any]:
+    """Weights, KV cache and the rest against the measured peak and the device's memory.
+
+    * weights: the model file's size (what llama.cpp maps or copies);
+    * KV cache: bytes per position (agents/decode_traffic.py, at the run's KV
+      types) x the positions the run fills (prompt + gen; llama.cpp may pad
+      its allocation a little beyond that);
+    * runtime: the measured peak minus both (compute buffers, the process
+      itself); with mmap'd weights of which only part was touched it can come
+      out negative and is then reported as 0 with a note.
+
+    The peak is the process's RSS on a CPU run and the GPU's used memory on an
+    offloaded one; against the device's RAM the system-wide peak counts when
+    telemetry measured it (that is what meets the ceiling). A peak within 10%
+    of the device's memory gets a warning.
+    """
+    out: dict[str, Any] = {"weights_bytes": side.model_size_bytes, "kv_bytes": None,
+                           "runtime_bytes": None, "peak_bytes": None, "peak_scope": None,
+                           "device_bytes": None, "device_scope": None, "fraction": None,
+                           "warning": None, "note": None}
+    positions = config["prompt_tokens"] + config["gen_tokens"]
+    if side.kv_bytes_per_position_f16 is not None:
+        out["kv_bytes"] = side.kv_bytes_per_position_f16 * _kv_scale(side) * positions
+    gpus = (facts or {}).get("gpus")
+    against: int | None
+    if config.get("gpu_layers") and peak_gpu_bytes:
+        out["peak_bytes"], out["peak_scope"] = peak_gpu_bytes, "GPU memory used"
+        if isinstance(gpus, list) and gpus and isinstance(gpus[0], dict):
+            out["device_bytes"] = _count(gpus[0].get("memory_total_bytes"))
+            out["device_scope"] = f"{gpus[0].get('name', 'GPU')} memory"
+        against = peak_gpu_bytes
+    else:
+        out["peak_bytes"], out["peak_scope"] = side.peak_rss_bytes, "process RSS"
+        out["device_bytes"] = _count((facts or {}).get("ram_total_bytes"))
+        out["device_scope"] = "RAM"
+        against = peak_system_bytes or side.peak_rss_bytes
+    if out["peak_bytes"] and out["weights_bytes"] is not None and out["kv_bytes"] is not None:
+        rest = out["peak_bytes"] - out["weights_bytes"] - out["kv_bytes"]
+        out["runtime_bytes"] = max(0.0, rest)
+        if rest < 0:
+            out["note"] = ("the peak is below weights + KV: not every weight page was "
+                           "resident (mmap'd weights, experts never touched)")
+    if against and out["device_bytes"]:
+        out["fraction"] = against / out["device_bytes"]
+        if out["fraction"] >= MEMORY_WARN_FRACTION:
+            out["warning"] = (f"peak memory {against / 2**30:.2f} GiB is within "
+                              f"{(1 - MEMORY_WARN_FRACTION) * 100:.0f}% of the device's "
+                              f"{out['device_bytes'] / 2**30:.2f} GiB {out['device_scope']}")
+    return out
+
+
+def memory_line(side: dict[str, Any]) -> str | None:
+    """One model's memory breakdown on one line (None without a measured peak)."""
+    m = side.get("memory")
+    if not m or not m.get("peak_bytes"):
+        return None
+
+    def gib(v: float | None) -> str:
+        return "?" if v is None else f"{v / 2**30:.2f}"
+
+    line = (f"memory of {side['model_id']}: weights {gib(m['weights_bytes'])} + KV "
+            f"{gib(m['kv_bytes'])} + runtime {gib(m['runtime_bytes'])} GiB = peak "
+            f"{gib(m['peak_bytes'])} GiB ({m['peak_scope']})")
+    if m.get("fraction") is not None:
+        line += f"; {m['fraction'] * 100:.0f}% of the device's {gib(m['device_bytes'])} GiB"
+    if m.get("note"):
+        line += f" ({m['note']})"
+    if m.get("warning"):
+        line += f". WARNING: {m['warning']}"
+    return line
 
 
 def _rep(row: Any) -> dict[str, Any]:
@@ -402,6 +533,63 @@ def _job_models(record: dict[str, Any], model_id: str) -> list[str]:
     return [model_id]
 
 
+def routing_summary(profile: Any) -> dict[str, Any] | None:
+    """The routing share of a MoE model's profiling pass (``stats.routing_share``), or why none.
+
+    None when the job recorded no pass (a dense model, or ``routing_profile: false``).
+    """
+    if not isinstance(profile, dict):
+        return None
+    if profile.get("unmeasured"):
+        return {"unmeasured": str(profile["unmeasured"])}
+    samples = profile.get("samples")
+    try:
+        estimate = stats.routing_share(samples if isinstance(samples, list) else [])
+    except (ValueError, TypeError, IndexError) as exc:
+        return {"unmeasured": f"the profiling pass recorded unusable samples: {exc}"}
+    if estimate is None:
+        return {"unmeasured": "the profiling pass recorded no samples"}
+    out = asdict(estimate)
+    out["agent_method"] = profile.get("method")
+    out["routing_end"] = profile.get("routing_end")
+    out["callback_overhead_us"] = (profile["callback_overhead_s"] * 1e6
+                                   if isinstance(profile.get("callback_overhead_s"), int | float)
+                                   else None)
+    out["profiled_decode_tps"] = _count(profile.get("profiled_decode_tps"))
+    return out
+
+
+#: Below this fraction of the unprofiled decode rate, the cuts' own cost is
+#: large beside the segments (typically a GPU: every cut adds a kernel-launch
+#: and synchronise round trip, and CUDA graphs stop replaying).
+PERTURBED_BELOW = 0.8
+
+
+def routing_line(moe: dict[str, Any]) -> str | None:
+    """The MoE side's routing share on one line (None when no pass was recorded)."""
+    r = moe.get("routing")
+    if not r:
+        return None
+    if r.get("unmeasured"):
+        return f"routing share of {moe['model_id']}: not measured ({r['unmeasured']})"
+    pct = f"{r['share'] * 100:.1f}% of MoE-block time"
+    interval = f"{r['kind']} {r['low'] * 100:.1f}–{r['high'] * 100:.1f}%"
+    overhead = r.get("callback_overhead_us")
+    line = (f"routing share of {moe['model_id']}: {pct} ({interval}, {r['n']} tokens, one "
+            f"layer cut per token; median per layer: routing {r['routing_us']:.1f} µs, "
+            f"experts {r['experts_us']:.1f} µs"
+            + (f"; callback crossing {overhead:.1f} µs, included" if overhead else "")
+            + "; llama.cpp graph-evaluation callback)")
+    cut, plain = r.get("profiled_decode_tps"), moe.get("decode_tps_median")
+    if cut and plain:
+        line += (f"; the cut pass decoded at {cut:.3g} tok/s, {cut / plain * 100:.0f}% of the "
+                 f"counted {plain:.3g}")
+        if cut < PERTURBED_BELOW * plain and r["routing_us"] <= r["experts_us"]:
+            line += (": each segment carries the cut's own launch and synchronise cost, so "
+                     "this share is an upper bound")
+    return line
+
+
 def _model_result(result: dict[str, Any], model_id: str) -> dict[str, Any]:
     """One model's part of a job's result (a paired job keeps one per model)."""
     per_model = result.get("models")
@@ -425,6 +613,8 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
         for model_id in _job_models(spec, row["model_id"]):
             jobs[(row["device"], model_id, tuple(int(spec[k]) for k in CONFIG_KEYS))] = row
 
+    facts = store.device_facts(sweep_id)
+
     def model_stats(device: str, model: dict[str, Any], config: tuple[int, ...]) -> ModelStats:
         rows = reps.get((device, model["id"], config), [])
         job = jobs.get((device, model["id"], config))
@@ -441,7 +631,14 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
         notes = [b["energy_unmeasured_reason"] for b in bodies
                  if b.get("energy_unmeasured_reason")]
         provenance = result.get("provenance")
-        return ModelStats(
+
+        def peak(key: str, scope: str | None = None) -> int | None:
+            found = [int(b[key]) for b in bodies if isinstance(b.get(key), int | float)
+                     and (scope is None or b.get("peak_mem_scope") == scope)]
+            return max(found, default=None)
+
+        peak_gpu = peak("peak_gpu_mem_job_bytes") or peak("peak_mem_bytes", "gpu")
+        stats_ = ModelStats(
             model_id=model["id"], arch=model["arch"], n=len(rows),
             decode_tps_median=_median(decode), decode=_summary(decode),
             prefill_tps_median=_median(prefill),
@@ -454,10 +651,14 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
             energy_note=None if jpt else (notes[0] if notes else None),
             provenance=provenance if isinstance(provenance, dict) else None,
             weight_bytes_per_token=_count(result.get("weight_bytes_per_token")),
-            kv_bytes_per_position_f16=_count(result.get("kv_bytes_per_position_f16")))
+            kv_bytes_per_position_f16=_count(result.get("kv_bytes_per_position_f16")),
+            routing=routing_summary(result.get("routing")))
+        stats_.memory = memory_summary(stats_, facts.get(device),
+                                       dict(zip(CONFIG_KEYS, config, strict=True)),
+                                       peak("peak_mem_bytes", "system"), peak_gpu)
+        return stats_
 
     models = {m["id"]: m for m in sweep["models"]}
-    facts = store.device_facts(sweep_id)
     all_jobs = store.jobs(sweep_id)
     devices = sorted({key[0] for key in jobs}, key=lambda d: min(
         r["ordinal"] for r in all_jobs if r["device"] == d))
@@ -633,6 +834,13 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
     roofline = roofline_line(c)
     if roofline:
         lines.append(roofline)
+    routing = routing_line(c["moe"])
+    if routing:
+        lines.append(routing)
+    for side in (c["moe"], c["dense"]):
+        memory = memory_line(side)
+        if memory:
+            lines.append(memory)
     if c.get("unpaired"):
         lines.append(f"{c['unpaired']} repetition(s) without a partner on the other side")
     for side in (c["moe"], c["dense"]):

@@ -535,3 +535,60 @@ def mark_outliers(rounds: Sequence[PairedRound], *, k: float = OUTLIER_MADS,
     reason = f"outlier: log ratio more than {k:g} robust SDs (1.4826 MAD) from the median"
     return [replace(r, disturbed=reason) if i in logs and abs(logs[i] - med) > cut else r
             for i, r in enumerate(rounds)]
+
+
+# --------------------------------------------------------------------------- routing share
+
+
+@dataclass(frozen=True)
+class ShareEstimate:
+    """A MoE model's routing share of MoE-block time, from the profiling pass.
+
+    ``share`` is the mean over decoded tokens of ``routing / (routing +
+    experts)`` (one MoE layer cut per token, agents/routing_share.py), with a
+    Student t 95% interval over tokens (``kind == "95% CI"``, n >= 5), else
+    the min-max (``"range"``). ``routing_us``/``experts_us`` are the medians
+    of the two segments in microseconds.
+    """
+
+    n: int
+    share: float
+    low: float
+    high: float
+    kind: IntervalKind
+    routing_us: float
+    experts_us: float
+    method: str
+
+
+def routing_share(samples: Sequence[Sequence[float]], *,
+                  min_tokens: int = MIN_ROUNDS_FOR_CI) -> ShareEstimate | None:
+    """The routing share from ``[layer, routing_s, experts_s]`` samples, or None without any.
+
+    Each sample is one token's cut of one layer; per-token shares are averaged
+    (every layer gets the same number of tokens in rotation, so the mean
+    weighs the layers equally). A sample with a negative or non-finite time,
+    or with both times zero, raises ValueError naming it.
+    """
+    shares: list[float] = []
+    routing: list[float] = []
+    experts: list[float] = []
+    for i, sample in enumerate(samples):
+        r, e = float(sample[1]), float(sample[2])
+        if not (math.isfinite(r) and math.isfinite(e)) or r < 0 or e < 0 or r + e == 0:
+            raise ValueError(f"routing sample #{i} is {list(sample)!r}: its routing and "
+                             "experts seconds must be finite, non-negative and not both zero")
+        shares.append(r / (r + e))
+        routing.append(r)
+        experts.append(e)
+    n = len(shares)
+    if n == 0:
+        return None
+    mean = statistics.fmean(shares)
+    r_us, e_us = statistics.median(routing) * 1e6, statistics.median(experts) * 1e6
+    if n < min_tokens:
+        return ShareEstimate(n, mean, min(shares), max(shares), "range", r_us, e_us,
+                             f"mean and min-max of per-token shares, n={n}")
+    h = _t_quantile(n - 1) * statistics.stdev(shares) / math.sqrt(n)
+    return ShareEstimate(n, mean, mean - h, mean + h, "95% CI", r_us, e_us,
+                         f"t-interval on per-token shares, n={n}")

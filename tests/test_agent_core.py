@@ -82,7 +82,7 @@ def test_unknown_kind_raises_and_writes_nothing(tmp_path):
     writer.close()
     assert [e["kind"] for e in _lines(log)] == ["phase"]
     assert set(KINDS) == {"hello", "phase", "sample", "repetition", "result", "error",
-                          "heartbeat"}
+                          "heartbeat", "routing"}
 
 
 def test_emit_is_thread_safe(tmp_path):

@@ -152,6 +152,7 @@ def test_job_fields_come_from_sweep(tmp_path: Path) -> None:
         "keep_loaded": False,
         "cpu_repack": True,
         "repetitions_per_round": 1,
+        "routing_profile": True,
         "backend": "sleep",
         "timeout_s": 120,
         "retries": 2,
@@ -188,7 +189,8 @@ def test_key_is_sha256_of_canonical_json(tmp_path: Path) -> None:
     job = jobs_for(tmp_path)[0]
     # model_id and model_arch are computed from models, so only models counts.
     measured = job.model_dump(mode="json",
-                              exclude={"key", "model_id", "model_arch", "timeout_s", "retries"})
+                              exclude={"key", "model_id", "model_arch", "timeout_s", "retries",
+                                       "routing_profile"})
     text = json.dumps(measured, sort_keys=True, separators=(",", ":"))
     assert canonical_json(measured) == text
     assert job.key == hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -238,8 +240,10 @@ def test_changing_a_measured_field_changes_the_key(field: str, value: Any) -> No
     assert Job(**{**BASE, field: value}).key != Job(**BASE).key
 
 
-@pytest.mark.parametrize(("field", "value"), [("timeout_s", 9999), ("retries", 5)])
-def test_timeout_and_retries_do_not_change_the_key(field: str, value: Any) -> None:
+@pytest.mark.parametrize(("field", "value"), [("timeout_s", 9999), ("retries", 5),
+                                              ("routing_profile", False)])
+def test_timeout_retries_and_the_profiling_pass_do_not_change_the_key(field: str,
+                                                                      value: Any) -> None:
     assert Job(**{**BASE, field: value}).key == Job(**BASE).key
 
 
@@ -279,6 +283,7 @@ def test_agent_spec(tmp_path: Path) -> None:
             "keep_loaded": False,
             "cpu_repack": True,
             "repetitions_per_round": 1,
+            "routing_profile": True,
         },
         "backend": "sleep",
         "timeout_s": 120,

@@ -400,6 +400,15 @@ class Sweep(FileModel):
             "second, decodes slower. Recorded in every result's provenance; pairs must agree."
         ),
     )
+    routing_profile: bool = Field(
+        default=True,
+        description=(
+            "After a job's counted repetitions, run a profiling pass for each MoE model that "
+            "measures the share of MoE-block time spent routing (llama.cpp's graph-evaluation "
+            "callback, in a process of its own: agents/routing_share.py). Costs one more "
+            "model load and one generation per MoE model; never changes a counted repetition."
+        ),
+    )
     warmup: int = Field(
         default=1,
         ge=0,

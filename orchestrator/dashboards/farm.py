@@ -89,7 +89,7 @@ def dashboard() -> Dashboard:
                 ), w=24, h=7, mappings=(("1", "active", "blue"),),
                     thresholds=(("blue", None),),
                     description="When each device was in each phase (model, synth, load, "
-                                "warmup, prefill, decode, bench, cooldown, idle)."),
+                                "warmup, prefill, decode, bench, cooldown, profile, idle)."),
             ),
             Row("Power and thermals"),
             (
