@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from agents import EVENT_SCHEMA, __version__
 
@@ -45,6 +45,48 @@ def cpu_model() -> Optional[str]:
             if match:
                 return match.group(1).strip()
     return _sysctl("machdep.cpu.brand_string") or platform.processor() or None
+
+
+def nvidia_gpus() -> Optional[List[Dict[str, object]]]:
+    """Name and memory of each NVIDIA GPU, from ``nvidia-smi`` (None when it cannot tell).
+
+    The report's roofline divides by the GPU's bandwidth when layers are
+    offloaded (orchestrator/roofline.py matches the name) and sets peak GPU
+    memory against the card's.
+    """
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True,
+            timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    gpus: List[Dict[str, object]] = []
+    for line in out.stdout.splitlines():
+        name, _, mib = line.rpartition(",")
+        try:
+            gpus.append({"name": name.strip(), "memory_total_bytes": int(float(mib)) * 2**20})
+        except ValueError:
+            continue
+    return gpus or None
+
+
+def job_facts(llama_bench: Optional[str]) -> Dict[str, object]:
+    """``facts`` plus the device's measured memory bandwidth: what a job's ``hello`` carries.
+
+    The bandwidth is measured once per boot and cached (agents/bandwidth.py);
+    a device that cannot spare the copies' memory says why instead.
+    """
+    result = facts(llama_bench)
+    from agents.bandwidth import cached_measure
+
+    try:
+        result["memory_bandwidth"] = cached_measure()
+    except (MemoryError, OSError, ValueError) as exc:
+        result["memory_bandwidth_error"] = "%s: %s" % (type(exc).__name__, exc)
+    return result
 
 
 def ram_total_bytes() -> Optional[int]:
@@ -166,6 +208,9 @@ def facts(llama_bench: Optional[str] = None) -> Dict[str, object]:
         result["jetson"] = jetson
     if shutil.which("nvidia-smi"):
         result["nvidia_smi"] = shutil.which("nvidia-smi")
+        gpus = nvidia_gpus()
+        if gpus:
+            result["gpus"] = gpus
     result["telemetry"] = telemetry_sources()
     mode = power_mode()
     if mode:

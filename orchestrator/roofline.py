@@ -104,6 +104,31 @@ def device_chip(facts: dict[str, object] | None) -> Chip | None:
     return chip_for(*(n for n in names if isinstance(n, str)))
 
 
+def device_gpu_chip(facts: dict[str, object] | None) -> tuple[Chip | None, str | None]:
+    """The vendor entry of a device's first NVIDIA GPU (agent facts ``gpus``), and its name."""
+    gpus = (facts or {}).get("gpus")
+    if not isinstance(gpus, list) or not gpus or not isinstance(gpus[0], dict):
+        return None, None
+    name = gpus[0].get("name")
+    return (chip_for(name) if isinstance(name, str) else None), (
+        name if isinstance(name, str) else None)
+
+
+def measured_bandwidth(facts: dict[str, object] | None) -> tuple[float, str] | None:
+    """The device's measured copy traffic in bytes/s and how it was measured, if the facts hold it.
+
+    From the agent's copy probe (agents/bandwidth.py), carried in every job's
+    ``hello``: host memory, one thread.
+    """
+    found = (facts or {}).get("memory_bandwidth")
+    if not isinstance(found, dict):
+        return None
+    traffic = found.get("traffic_bytes_per_s")
+    if not isinstance(traffic, int | float) or isinstance(traffic, bool) or traffic <= 0:
+        return None
+    return float(traffic), str(found.get("method") or "copy probe")
+
+
 def mean_decode_context(prompt_tokens: int, gen_tokens: int) -> float:
     """Positions in the KV cache, averaged over a run's decode steps: prompt + gen/2."""
     return prompt_tokens + gen_tokens / 2

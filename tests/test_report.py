@@ -20,9 +20,11 @@ from orchestrator.report import (
     PAIRED_BY_INDEX,
     PAIRED_BY_ROUND,
     build_report,
+    memory_line,
     provenance_difference,
     render_json,
     render_markdown,
+    roofline_line,
 )
 from orchestrator.store import Store
 
@@ -308,7 +310,112 @@ def test_roofline_says_why_when_the_chip_is_unknown(tmp_path: Path) -> None:
                                    "facts": {"cpu_model": "Intel(R) Xeon(R) Gold 6338"}}])
     assert one(store)["roofline"] == {
         "reason": "no vendor bandwidth known for Intel(R) Xeon(R) Gold 6338 "
-                  "(orchestrator/roofline.py); `agent probe --bandwidth` measures a copy rate"}
+                  "(orchestrator/roofline.py) and no measured bandwidth in the device facts"}
+
+
+BYTES = {"moe": {"weight_bytes_per_token": 670_852_224, "kv_bytes_per_position_f16": 131_072.0,
+                 "provenance": PROVENANCE, "model_size_bytes": 3_900_752_544},
+         "dense": {"weight_bytes_per_token": 695_377_920, "kv_bytes_per_position_f16": 32_768.0,
+                   "provenance": PROVENANCE, "model_size_bytes": 773_025_952}}
+
+
+def _hello(store: Store, facts: dict[str, Any]) -> None:
+    store.add_events("s", "dev", [{"v": 1, "seq": 99, "kind": "hello", "job": "moe",
+                                   "attempt": 1, "t": 1.0, "facts": facts}])
+
+
+def test_roofline_against_the_measured_copy_bandwidth(tmp_path: Path) -> None:
+    """An x86 box with no vendor entry but a measured 20 GB/s (agents/bandwidth.py).
+
+    Same bytes as above: MoE 672,490,624 B/token -> bound 20e9 / that = 29.7401
+    tok/s, 10 tok/s = 33.6%; dense 695,787,520 -> 28.7444, 12 tok/s = 41.7%.
+    """
+    store = Store(tmp_path)
+    fill(store, {"moe": decode([10.0] * 5), "dense": decode([12.0] * 5)}, results=BYTES)
+    _hello(store, {"cpu_model": "Intel(R) Xeon(R) Gold 6338",
+                   "memory_bandwidth": {"traffic_bytes_per_s": 20e9, "threads": 1,
+                                        "method": "ctypes.memmove copy, best of 5 per size, "
+                                                  "one thread"}})
+    c = one(store)
+    r = c["roofline"]
+    assert r["chip"] is None and r["measured"]["bandwidth_gbps"] == pytest.approx(20.0)
+    assert r["measured"]["models"]["moe"]["bound_tps"] == pytest.approx(29.7401, abs=1e-4)
+    assert r["measured"]["models"]["dense"]["fraction"] == pytest.approx(12 / 28.74441, abs=1e-5)
+    assert roofline_line(c) == (
+        "roofline (measured copy bandwidth 20.0 GB/s, one thread; no vendor figure for "
+        "Intel(R) Xeon(R) Gold 6338; KV at 12.5 positions): moe 33.6% of 30 tok/s; dense "
+        "41.7% of 29 tok/s")
+
+
+def test_an_offloaded_run_divides_by_its_gpus_vendor_bandwidth(tmp_path: Path) -> None:
+    """H200, 4800 GB/s: MoE bound 4800e9 / 672,490,624 = 7137.65 tok/s; 854 tok/s = 12.0%."""
+    store = Store(tmp_path)
+    jobs = [dict(CONFIG, gpu_layers=99, key=m, device="dev", model_id=m, arch=m)
+            for m in ("moe", "dense")]
+    store.create_sweep("s", "t", SWEEP, {"devices": []}, jobs)
+    for key, tps in (("moe", 854.0), ("dense", 1023.0)):
+        store.start_attempt("s", key, 1)
+        store.add_events("s", "dev", [{"v": 1, "seq": i, "kind": "repetition", "job": key,
+                                       "attempt": 1, "t": 1.0, "index": i, "warmup": False,
+                                       "decode_tps": tps, "prefill_tps": 5e4,
+                                       "peak_gpu_mem_job_bytes": 5 * 2**30,
+                                       "peak_mem_bytes": 6 * 2**30, "peak_mem_scope": "gpu"}
+                                      for i in range(5)])
+        store.finish_job("s", key, "done", 1, result=BYTES[key])
+    _hello(store, {"cpu_model": "AMD EPYC", "gpus": [{"name": "NVIDIA H200",
+                                                      "memory_total_bytes": 143771 * 2**20}],
+                   "memory_bandwidth": {"traffic_bytes_per_s": 20e9}})
+    c = one(store)
+    r = c["roofline"]
+    assert r["chip"] == "NVIDIA H200" and r["measured"] is None  # host copies say nothing here
+    assert r["models"]["moe"]["bound_tps"] == pytest.approx(7137.65, abs=0.01)
+    assert r["models"]["moe"]["fraction"] == pytest.approx(854 / 7137.65, abs=1e-5)
+    mem = c["moe"]["memory"]
+    assert mem["peak_bytes"] == 5 * 2**30 and mem["peak_scope"] == "GPU memory used"
+    assert mem["device_scope"] == "NVIDIA H200 memory"
+    assert mem["fraction"] == pytest.approx(5 * 1024 / 143771)
+    assert mem["warning"] is None
+
+
+def test_memory_breakdown_and_the_ceiling_warning(tmp_path: Path) -> None:
+    """An 8 GB board: weights 3,900,752,544 B; KV 131,072 x (8 + 9) = 2,228,224 B.
+
+    Process peak 4.0 GiB -> runtime 4,294,967,296 - 3,900,752,544 - 2,228,224 =
+    391,986,528 B. The system-wide peak, 7.5 GiB of 7.9 GiB (94.9%), is within
+    10% of the device's RAM: warned. The dense side, 1.0 GiB of both, is not.
+    """
+    store = Store(tmp_path)
+    ram = int(7.9 * 2**30)
+    reps = {"moe": decode([10.0] * 5, peak_rss_bytes=4 * 2**30, peak_mem_bytes=int(7.5 * 2**30),
+                          peak_mem_scope="system"),
+            "dense": decode([12.0] * 5, peak_rss_bytes=2**30, peak_mem_bytes=2**30,
+                            peak_mem_scope="system")}
+    fill(store, reps, results=BYTES)
+    _hello(store, {"jetson": {"module": "Jetson Orin Nano 8GB"}, "ram_total_bytes": ram})
+    c = one(store)
+    mem = c["moe"]["memory"]
+    assert mem["weights_bytes"] == 3_900_752_544 and mem["kv_bytes"] == 2_228_224
+    assert mem["runtime_bytes"] == 391_986_528 and mem["note"] is None
+    assert mem["fraction"] == pytest.approx(7.5 / 7.9)
+    assert mem["warning"] == ("peak memory 7.50 GiB is within 10% of the device's 7.90 GiB RAM")
+    assert memory_line(c["moe"]) == (
+        "memory of moe: weights 3.63 + KV 0.00 + runtime 0.37 GiB = peak 4.00 GiB (process "
+        "RSS); 95% of the device's 7.90 GiB. WARNING: peak memory 7.50 GiB is within 10% of "
+        "the device's 7.90 GiB RAM")
+    dense = c["dense"]["memory"]
+    assert dense["warning"] is None
+    # 1 GiB peak < 773,025,952 + 32,768 x 17: never negative, and said why.
+    assert dense["runtime_bytes"] == 2**30 - 773_025_952 - 557_056
+    assert "WARNING" in render_markdown(build_report(store, "s"))
+
+
+def test_a_peak_below_the_weights_is_explained_not_negative(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    fill(store, {"moe": decode([10.0] * 5, peak_rss_bytes=2**30),
+                 "dense": decode([12.0] * 5, peak_rss_bytes=2**30)}, results=BYTES)
+    mem = one(store)["moe"]["memory"]
+    assert mem["runtime_bytes"] == 0.0 and "not every weight page was resident" in mem["note"]
+    assert mem["fraction"] is None  # no RAM in the facts: no share, no warning
 
 
 def test_a_missing_side_gives_no_verdict_with_the_reason(tmp_path: Path) -> None:
