@@ -336,21 +336,23 @@ def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],
     """Each side's decode bound (bandwidth / bytes per token) and the fraction achieved.
 
     Two bandwidths, kept apart: the vendor's peak for the device's chip (or,
-    with layers offloaded, its GPU) and the agent's measured copy bandwidth
-    (host memory, one thread; not used for an offloaded run). Bytes per token
+    with layers offloaded to a discrete NVIDIA GPU, that GPU's) and the
+    agent's measured copy bandwidth (host memory, one thread; not used for a
+    discrete GPU). A Mac's or Jetson's GPU shares the SoC's memory, so its
+    offloaded runs are held against the SoC's figures. Bytes per token
     are the weights a step reads plus the KV cache at the run's mean context
     (prompt + gen/2), at the KV types the provenance names (f16 when unknown).
     With neither bandwidth the summary says why instead.
     """
-    gpu = bool(config.get("gpu_layers"))
-    if gpu:
-        chip, gpu_name = device_gpu_chip(facts)
-        measured = None
+    gpu_chip, gpu_name = device_gpu_chip(facts)
+    if config.get("gpu_layers") and gpu_name is not None:  # a discrete GPU holds the layers
+        chip, measured = gpu_chip, None
         if chip is None:
-            return {"reason": "GPU offload: no vendor bandwidth known for "
-                              f"{gpu_name or 'the GPU (no gpus in the device facts)'} "
+            return {"reason": f"GPU offload: no vendor bandwidth known for {gpu_name} "
                               "(orchestrator/roofline.py)"}
     else:
+        # The CPU, or a unified-memory SoC (Apple, Jetson) whose GPU reads the
+        # same memory; with no GPU at all, gpu_layers had nothing to offload to.
         chip, measured = device_chip(facts), measured_bandwidth(facts)
         if chip is None and measured is None:
             cpu = (facts or {}).get("cpu_model") or "this device"

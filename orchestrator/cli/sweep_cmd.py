@@ -38,16 +38,21 @@ sweep_app = new_app(help="Plan, run, resume and inspect benchmark sweeps.")
 
 SweepFileArg = Annotated[Path, typer.Argument(help="Sweep file (YAML).")]
 ReportOpt = Annotated[bool, typer.Option(help="Print the comparison at the end.")]
+SyntheticOpt = Annotated[bool, typer.Option(
+    "--synthetic", help="Run every model's `synthetic` preset (same shapes, random weights) "
+                        "instead of its GGUF file: a study written for real files, on any "
+                        "machine.")]
 
 
 @sweep_app.command("plan")
-def sweep_plan(sweep_file: SweepFileArg, inventory: InventoryOpt = DEFAULT_INVENTORY) -> None:
+def sweep_plan(sweep_file: SweepFileArg, inventory: InventoryOpt = DEFAULT_INVENTORY,
+               synthetic: SyntheticOpt = False) -> None:
     """Expand a sweep into its jobs and print them; runs nothing."""
     from orchestrator.cli.render import print_jobs
     from orchestrator.planner import repetitions_label
     from orchestrator.sweeps import load_plan
 
-    planned = load_plan(sweep_file, inventory)
+    planned = load_plan(sweep_file, inventory, synthetic)
     jobs = planned.jobs
     rows = [{"device": j.device, "model": j.model_id, "arch": j.model_arch,
              "prompt": j.prompt_tokens, "gen": j.gen_tokens, "threads": j.threads,
@@ -93,6 +98,7 @@ def sweep_run(
     unreachable_after: UnreachableOpt = 120.0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1:9464",
     metrics_linger: MetricsLingerOpt = 0.0,
+    synthetic: SyntheticOpt = False,
 ) -> None:
     """Run a sweep across the selected devices, with live progress."""
     from orchestrator.store import Store
@@ -100,7 +106,7 @@ def sweep_run(
 
     options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
                            metrics_linger, inventory)
-    planned = load_plan(sweep_file, inventory)
+    planned = load_plan(sweep_file, inventory, synthetic)
     # A bad identity file is a config error (exit 2), checked before anything is written.
     planned.inventory.check_key_files(sorted({job.device for job in planned.jobs}))
     store = Store(results_dir)

@@ -176,15 +176,27 @@ class ModelSpec(ConfigModel):
     source: ModelSource = Field(
         description="Where the GGUF comes from: `{preset: ..., quant: ...}` or `{path: ...}`.",
     )
+    synthetic: ModelSource | None = Field(
+        default=None,
+        description=(
+            "A preset standing in for a real file: `edgefarm sweep run --synthetic` uses it "
+            "instead of `source` (same shapes, random weights), so a study written for "
+            "devices holding the real GGUF files runs on any machine."
+        ),
+    )
 
     @model_validator(mode="after")
     def _arch_matches_preset(self) -> ModelSpec:
-        preset = self.source.preset
-        if preset is not None and PRESET_ARCH.get(preset, self.arch) != self.arch:
-            raise LocatedValueError(
-                f"preset {preset!r} is a {PRESET_ARCH[preset]} model, but arch is {self.arch!r}",
-                at=("arch",),
-            )
+        for field_name in ("source", "synthetic"):
+            source = getattr(self, field_name)
+            preset = source.preset if source is not None else None
+            if preset is not None and PRESET_ARCH.get(preset, self.arch) != self.arch:
+                raise LocatedValueError(
+                    f"preset {preset!r} is a {PRESET_ARCH[preset]} model, but arch is "
+                    f"{self.arch!r}", at=("arch",))
+        if self.synthetic is not None and self.synthetic.preset is None:
+            raise LocatedValueError("synthetic must name a preset (it stands in for a file)",
+                                    at=("synthetic",))
         return self
 
 
@@ -509,6 +521,24 @@ class Sweep(FileModel):
         )
 
 
+def with_synthetic_sources(sweep: Sweep) -> Sweep:
+    """The sweep with every model's ``synthetic`` preset as its source (``--synthetic``).
+
+    A model without one is a ConfigError located at that model, so the switch
+    never runs half a study on real files and half on stand-ins.
+    """
+    problems = [problem_at(sweep.source, ("models", i),
+                           f"model {m.id!r} has no `synthetic` preset to stand in for "
+                           f"{m.source.path or m.source.preset!r} under --synthetic")
+                for i, m in enumerate(sweep.models)
+                if m.synthetic is None and m.source.path is not None]
+    if problems:
+        raise ConfigError(problems=problems)
+    models = [m.model_copy(update={"source": m.synthetic, "synthetic": None})
+              if m.synthetic is not None else m for m in sweep.models]
+    return sweep.model_copy(update={"models": models})
+
+
 def check_against_inventory(sweep: Sweep, inventory: Inventory) -> list[ConfigProblem]:
     """Problems that only show with the inventory at hand, located in the sweep file.
 
@@ -548,12 +578,14 @@ def check_against_inventory(sweep: Sweep, inventory: Inventory) -> list[ConfigPr
 
 
 def load_sweep_with_inventory(
-    sweep_path: str | os.PathLike[str], inventory_path: str | os.PathLike[str]
+    sweep_path: str | os.PathLike[str], inventory_path: str | os.PathLike[str],
+    synthetic: bool = False,
 ) -> tuple[Sweep, Inventory]:
     """Load both files and check the sweep against the inventory.
 
     Problems in both files are reported together (inventory first); the
-    cross-file checks run only once both files are valid on their own.
+    cross-file checks run only once both files are valid on their own. With
+    ``synthetic`` every model runs its ``synthetic`` preset (``with_synthetic_sources``).
     """
     problems: list[ConfigProblem] = []
     inventory: Inventory | None = None
@@ -569,6 +601,8 @@ def load_sweep_with_inventory(
     if problems:
         raise ConfigError(problems=problems)
     assert sweep is not None and inventory is not None
+    if synthetic:
+        sweep = with_synthetic_sources(sweep)
     cross = check_against_inventory(sweep, inventory)
     if cross:
         raise ConfigError(problems=cross)
