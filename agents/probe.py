@@ -63,14 +63,19 @@ def nvidia_gpus() -> Optional[List[Dict[str, object]]]:
         return None
     if out.returncode != 0:
         return None
+    return parse_nvidia_smi_gpus(out.stdout) or None
+
+
+def parse_nvidia_smi_gpus(text: str) -> List[Dict[str, object]]:
+    """``name, memory.total`` lines (``--format=csv,noheader,nounits``, MiB) as GPU facts."""
     gpus: List[Dict[str, object]] = []
-    for line in out.stdout.splitlines():
+    for line in text.splitlines():
         name, _, mib = line.rpartition(",")
         try:
             gpus.append({"name": name.strip(), "memory_total_bytes": int(float(mib)) * 2**20})
         except ValueError:
             continue
-    return gpus or None
+    return [g for g in gpus if g["name"]]
 
 
 def job_facts(llama_bench: Optional[str]) -> Dict[str, object]:

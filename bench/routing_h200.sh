@@ -8,7 +8,7 @@
 # Every step writes under $OUT; a step whose output exists is skipped (a warm
 # machine, second call).
 #
-#   bash bench/routing_h200.sh [build|synth|profile|job ...]
+#   bash bench/routing_h200.sh [build|synth|profile|job|probe|graphs|micro ...]
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 BUILD=/tmp/rs-build
@@ -115,5 +115,25 @@ for e in evs:
 print("result:", evs[-1]["status"])
 EOF
     ;;
+  probe)
+    # What the agent reports about this machine (gpus, bandwidth), and the raw
+    # nvidia-smi output its parser reads (kept as a test fixture).
+    python3 -m agents probe --bandwidth > $OUT/probe.json; echo "probe rc=$?"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader,nounits \
+      > $OUT/nvidia-smi-gpus.csv; cat $OUT/nvidia-smi-gpus.csv
+    python3 -c "import json; d=json.load(open('$OUT/probe.json')); print(d.get('gpus'), d['memory_bandwidth']['traffic_bytes_per_s'] / 1e9)"
+    ;;
+  graphs)
+    # Decode with and without CUDA graphs: how much of a token launch costs
+    # take once graphs stop replaying (as they do under the profiler's cuts).
+    wait
+    for g in 0 1; do
+      GGML_CUDA_DISABLE_GRAPHS=$g $BUILD/bin/llama-bench -m $MOE -p 0 -n 128 -ngl 99 -r 5 \
+        -o json > $OUT/decode-graphs-disabled-$g.json 2>/dev/null
+      python3 -c "import json; r=json.load(open('$OUT/decode-graphs-disabled-$g.json'))[0]; print('GGML_CUDA_DISABLE_GRAPHS=$g', round(r['avg_ts'], 1), 'tok/s')"
+    done
+    ;;
+  micro)
+    python3 bench/router_microbench.py --torch cuda | tee $OUT/router-microbench-cuda.txt ;;
   esac
 done

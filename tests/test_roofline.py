@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.roofline import CHIPS, chip_for, decode_roofline
@@ -65,3 +67,20 @@ def test_every_chip_names_its_source_and_a_positive_bandwidth() -> None:
 def test_nonsense_is_refused() -> None:
     with pytest.raises(ValueError):
         decode_roofline(0, 1e9, "")
+
+
+def test_gpu_facts_from_recorded_nvidia_smi_output() -> None:
+    """Recorded on the lent H200 machine (bench/routing_h200.sh probe): nvidia-smi is not here.
+
+    143,771 MiB is what ``nvidia-smi --query-gpu=name,memory.total`` printed there.
+    """
+    from agents.probe import parse_nvidia_smi_gpus
+    from orchestrator.roofline import device_gpu_chip
+
+    text = (Path(__file__).parent / "data" / "nvidia-smi"
+            / "h200-query-gpu-name-memory.csv").read_text()
+    gpus = parse_nvidia_smi_gpus(text)
+    assert gpus == [{"name": "NVIDIA H200", "memory_total_bytes": 143771 * 2**20}]
+    chip, name = device_gpu_chip({"gpus": gpus})
+    assert name == "NVIDIA H200" and chip is not None and chip.bandwidth_gbps == 4800
+    assert parse_nvidia_smi_gpus("garbage\n, 12\nNVIDIA L4, n/a\n") == []
