@@ -364,8 +364,9 @@ def profile_routing(model_path: str, prompt_tokens: int, gen_tokens: int, thread
     finally:
         lib.llama_free(ctx)
         lib.llama_model_free(model)
-    routing_total = sum(s[1] for s in samples)
-    experts_total = sum(s[2] for s in samples)
+    # The mean of per-token shares: the report's statistic (orchestrator/stats.py
+    # routing_share), so the agent's own line and the report agree.
+    shares = [s[1] / (s[1] + s[2]) for s in samples if s[1] + s[2] > 0]
     return {
         "method": METHOD,
         "layout": LAYOUT,
@@ -379,8 +380,7 @@ def profile_routing(model_path: str, prompt_tokens: int, gen_tokens: int, thread
         "gpu_layers": gpu_layers,
         "cpu_repack": cpu_repack,
         "samples": samples,
-        "share": routing_total / (routing_total + experts_total)
-        if routing_total + experts_total > 0 else None,
+        "share": sum(shares) / len(shares) if shares else None,
         "profiled_decode_tps": gen_tokens / wall if wall > 0 else None,
         "callback_overhead_s": callback_overhead_s(),
     }
