@@ -94,6 +94,11 @@ def model_facts(path: str) -> Dict[str, object]:
     if weights["reason"]:
         facts["weight_bytes_note"] = weights["reason"]
     facts["kv_bytes_per_position_f16"] = kv_bytes_per_position(meta, "f16", "f16")
+    arch = gguf["architecture"]
+    for key in ("expert_count", "expert_used_count"):  # prefill reads the experts it touches
+        value = meta.get("%s.%s" % (arch, key))
+        if isinstance(value, int) and value > 0:
+            facts[key] = value
     return facts
 
 

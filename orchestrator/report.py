@@ -51,6 +51,8 @@ from orchestrator.roofline import (
     device_gpu_chip,
     mean_decode_context,
     measured_bandwidth,
+    prefill_bytes,
+    prefill_roofline,
 )
 from orchestrator.store import Store
 
@@ -96,6 +98,9 @@ class ModelStats:
     #: What one decode step reads (agents/decode_traffic.py), from the job's result.
     weight_bytes_per_token: float | None = None
     kv_bytes_per_position_f16: float | None = None
+    expert_bytes_per_token: float | None = None
+    expert_count: int | None = None
+    expert_used_count: int | None = None
     #: ``routing_summary`` of the job's profiling pass (MoE models only).
     routing: dict[str, Any] | None = None
     #: ``memory_summary``: weights, KV cache and runtime against the peak and the device.
@@ -388,6 +393,42 @@ def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],
             out["measured"]["models"][side.model_id] = {"bytes_per_token": per_token,
                                                         "bound_tps": line.bound_tps,
                                                         "fraction": line.fraction}
+    out["prefill"] = _prefill_summary(chip, measured, config, sides)
+    return out
+
+
+def _prefill_summary(chip: Any, measured: tuple[float, str] | None, config: Mapping[str, int],
+                     sides: Sequence[ModelStats]) -> dict[str, Any]:
+    """Prefill's arithmetic intensity and bound per model (``roofline.prefill_roofline``).
+
+    Bandwidth: the vendor's where known, else the measured copy rate. The
+    compute roof only where the layers ran on a GPU whose peak is known (the
+    CPUs have no entry). Tokens: the prompt up to the micro-batch (n_ubatch).
+    """
+    if chip is not None:
+        bandwidth, which = chip.bandwidth_gbps * GB, "vendor peak"
+    elif measured is not None:
+        bandwidth, which = measured[0], "measured copy bandwidth"
+    else:
+        return {"reason": "no bandwidth"}
+    compute = (chip.compute_tflops * 1e12 if chip is not None and chip.compute_tflops
+               and config.get("gpu_layers") else None)
+    out: dict[str, Any] = {"bandwidth": which, "compute_tflops": compute / 1e12 if compute
+                           else None, "compute_source": chip.compute_source if compute else None,
+                           "ridge": compute / bandwidth if compute else None, "models": {}}
+    for side in sides:
+        ubatch = (side.provenance or {}).get("n_ubatch")
+        tokens = min(config["prompt_tokens"], ubatch if isinstance(ubatch, int) and ubatch > 0
+                     else 512)
+        if not side.params_active or side.weight_bytes_per_token is None:
+            out["models"][side.model_id] = {"reason": "parameters or bytes per token not "
+                                                      "recorded"}
+            continue
+        read = prefill_bytes(side.weight_bytes_per_token, side.expert_bytes_per_token or 0.0,
+                             side.expert_count or 0, side.expert_used_count or 0, tokens)
+        roof = prefill_roofline(side.params_active, read, tokens, bandwidth, compute,
+                                side.prefill_tps_median)
+        out["models"][side.model_id] = asdict(roof) | {"tokens": tokens, "bytes_read": read}
     return out
 
 
@@ -401,6 +442,28 @@ def _roofline_parts(models: dict[str, Any]) -> str:
         else:
             parts.append(f"{model_id} {100 * m['fraction']:.1f}% of {m['bound_tps']:.0f} tok/s")
     return "; ".join(parts)
+
+
+def prefill_roofline_line(c: dict[str, Any]) -> str | None:
+    """Prefill's arithmetic intensity and the achieved share of its roof, on one line."""
+    p = (c.get("roofline") or {}).get("prefill")
+    if not p or "reason" in p:
+        return None
+    parts = []
+    for model_id, m in p["models"].items():
+        if "reason" in m:
+            parts.append(f"{model_id} {m['reason']}")
+            continue
+        limit = "compute" if m["compute_bound_tps"] is not None and \
+            m["compute_bound_tps"] <= m["memory_bound_tps"] else "memory"
+        share = f"{100 * m['fraction']:.1f}% of " if m["fraction"] is not None else ""
+        parts.append(f"{model_id} {m['intensity']:.0f} FLOP/B over {m['tokens']} tokens, "
+                     f"{share}{m['bound_tps']:.0f} tok/s ({limit}-bound)")
+    roof = (f"compute roof {p['compute_tflops']:g} TFLOP/s, ridge at {p['ridge']:.0f} FLOP/B"
+            if p.get("compute_tflops") else "no compute roof known for this chip")
+    return (f"prefill roofline ({p['bandwidth']}; {roof}; weights read once per micro-batch, "
+            "experts as uniform routing touches them, attention FLOPs left out): "
+            + "; ".join(parts))
 
 
 def roofline_line(c: dict[str, Any]) -> str | None:
@@ -654,6 +717,11 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
             provenance=provenance if isinstance(provenance, dict) else None,
             weight_bytes_per_token=_count(result.get("weight_bytes_per_token")),
             kv_bytes_per_position_f16=_count(result.get("kv_bytes_per_position_f16")),
+            expert_bytes_per_token=_count(result.get("expert_bytes_per_token")),
+            expert_count=result.get("expert_count") if isinstance(
+                result.get("expert_count"), int) else None,
+            expert_used_count=result.get("expert_used_count") if isinstance(
+                result.get("expert_used_count"), int) else None,
             routing=routing_summary(result.get("routing")))
         stats_.memory = memory_summary(stats_, facts.get(device),
                                        dict(zip(CONFIG_KEYS, config, strict=True)),
@@ -836,6 +904,9 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
     roofline = roofline_line(c)
     if roofline:
         lines.append(roofline)
+    prefill_roof = prefill_roofline_line(c)
+    if prefill_roof:
+        lines.append(prefill_roof)
     routing = routing_line(c["moe"])
     if routing:
         lines.append(routing)

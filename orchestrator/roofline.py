@@ -27,22 +27,29 @@ class Chip:
     pattern: str  # regular expression matched against the device's chip / board / GPU name
     bandwidth_gbps: float  # GB/s (10^9 bytes per second), the vendor's peak
     source: str
+    #: The vendor's peak compute in TFLOP/s for prefill's roof, where one is
+    #: published for the precision named in ``compute_source``; None elsewhere.
+    compute_tflops: float | None = None
+    compute_source: str | None = None
 
 
 _APPLE = "Apple's announcement of the chip (newsroom), unified memory bandwidth"
 _JETSON = "NVIDIA Jetson module data sheet / Jetson modules comparison, memory bandwidth"
+_APPLE_GPU = "Apple's announcement of the chip: GPU FP32 teraflops (the Metal backend's roof)"
+_NV_BF16 = "NVIDIA data sheet: dense BF16/FP16 tensor-core TFLOP/s (without sparsity)"
 
 #: Vendor peak bandwidths. Patterns are tried in order, most specific first
 #: ("M2 Pro" before "M2"), against the names the agent's probe reports.
 CHIPS: tuple[Chip, ...] = (
     Chip("Apple M1 Ultra", r"\bM1 Ultra\b", 800, _APPLE),
-    Chip("Apple M1 Max", r"\bM1 Max\b", 400, _APPLE),
-    Chip("Apple M1 Pro", r"\bM1 Pro\b", 200, _APPLE),
-    Chip("Apple M1", r"\bM1\b", 68.25, "LPDDR4X-4266 on a 128-bit bus (Apple M1 memory spec)"),
+    Chip("Apple M1 Max", r"\bM1 Max\b", 400, _APPLE, 10.4, _APPLE_GPU),
+    Chip("Apple M1 Pro", r"\bM1 Pro\b", 200, _APPLE, 5.2, _APPLE_GPU),
+    Chip("Apple M1", r"\bM1\b", 68.25, "LPDDR4X-4266 on a 128-bit bus (Apple M1 memory spec)",
+         2.6, _APPLE_GPU),
     Chip("Apple M2 Ultra", r"\bM2 Ultra\b", 800, _APPLE),
-    Chip("Apple M2 Max", r"\bM2 Max\b", 400, _APPLE),
-    Chip("Apple M2 Pro", r"\bM2 Pro\b", 200, _APPLE),
-    Chip("Apple M2", r"\bM2\b", 100, _APPLE),
+    Chip("Apple M2 Max", r"\bM2 Max\b", 400, _APPLE, 13.6, _APPLE_GPU),
+    Chip("Apple M2 Pro", r"\bM2 Pro\b", 200, _APPLE, 6.8, _APPLE_GPU),
+    Chip("Apple M2", r"\bM2\b", 100, _APPLE, 3.6, _APPLE_GPU),
     Chip("Apple M3 Ultra", r"\bM3 Ultra\b", 819, _APPLE),
     Chip("Apple M3 Max", r"\bM3 Max\b", 400, _APPLE + " (up to; 300 on the 14-core CPU)"),
     Chip("Apple M3 Pro", r"\bM3 Pro\b", 150, _APPLE),
@@ -58,11 +65,15 @@ CHIPS: tuple[Chip, ...] = (
     Chip("Jetson Orin Nano 8GB", r"\bOrin Nano\b", 68, _JETSON + " (8 GB module)"),
     Chip("Jetson AGX Xavier", r"\bAGX Xavier\b", 136.5, _JETSON),
     Chip("Jetson Xavier NX", r"\bXavier NX\b", 59.7, _JETSON),
-    Chip("NVIDIA H200", r"\bH200\b", 4800, "NVIDIA H200 data sheet (SXM, HBM3e)"),
-    Chip("NVIDIA H100 SXM", r"\bH100\b.*\b(SXM|HBM3)\b", 3350, "NVIDIA H100 data sheet"),
+    Chip("NVIDIA H200", r"\bH200\b", 4800, "NVIDIA H200 data sheet (SXM, HBM3e)", 989,
+         _NV_BF16),
+    Chip("NVIDIA H100 SXM", r"\bH100\b.*\b(SXM|HBM3)\b", 3350, "NVIDIA H100 data sheet", 989,
+         _NV_BF16),
     Chip("NVIDIA H100 PCIe", r"\bH100\b", 2000, "NVIDIA H100 data sheet (PCIe)"),
-    Chip("NVIDIA A100 80GB", r"\bA100\b.*\b80GB\b", 2039, "NVIDIA A100 data sheet (SXM)"),
-    Chip("NVIDIA A100 40GB", r"\bA100\b", 1555, "NVIDIA A100 data sheet (40 GB PCIe)"),
+    Chip("NVIDIA A100 80GB", r"\bA100\b.*\b80GB\b", 2039, "NVIDIA A100 data sheet (SXM)", 312,
+         _NV_BF16),
+    Chip("NVIDIA A100 40GB", r"\bA100\b", 1555, "NVIDIA A100 data sheet (40 GB PCIe)", 312,
+         _NV_BF16),
     Chip("NVIDIA L40S", r"\bL40S\b", 864, "NVIDIA L40S data sheet"),
     Chip("NVIDIA L4", r"\bL4\b", 300, "NVIDIA L4 data sheet"),
     Chip("NVIDIA RTX 4090", r"\bRTX 4090\b", 1008, "NVIDIA GeForce RTX 4090 specifications"),
@@ -127,6 +138,60 @@ def measured_bandwidth(facts: dict[str, object] | None) -> tuple[float, str] | N
     if not isinstance(traffic, int | float) or isinstance(traffic, bool) or traffic <= 0:
         return None
     return float(traffic), str(found.get("method") or "copy probe")
+
+
+@dataclass(frozen=True)
+class PrefillRoofline:
+    """One model's prefill bound: weights streamed once per micro-batch, or compute.
+
+    ``intensity`` is FLOP per byte of weights read: ``2 x active params x
+    tokens / bytes``, with ``tokens`` the micro-batch (a prompt up to
+    ``n_ubatch`` tokens is one) and ``bytes`` what that micro-batch reads
+    (``prefill_bytes``). Attention's own FLOPs are left out.
+    """
+
+    intensity: float
+    memory_bound_tps: float
+    compute_bound_tps: float | None  # None: no compute roof known for the chip
+    ridge: float | None  # FLOP/byte where the two roofs meet
+    bound_tps: float
+    fraction: float | None
+
+
+def prefill_bytes(weight_bytes_per_token: float, expert_bytes_per_token: float,
+                  n_expert: int, n_expert_used: int, tokens: int) -> float:
+    """Weight bytes one micro-batch of ``tokens`` reads, experts counted as touched.
+
+    Everything but the experts is read once; of each MoE layer's experts, a
+    batch touches ``n_expert x (1 - (1 - k/n_expert)^tokens)`` on average when
+    each token picks ``k`` of them at random (uniform routing, as random
+    weights give; real routers favour some experts, so fewer are touched). One
+    token reads exactly the top-k (``expert_bytes_per_token``); a long prompt
+    reads every expert.
+    """
+    if expert_bytes_per_token <= 0 or n_expert <= 0 or n_expert_used <= 0:
+        return weight_bytes_per_token
+    share = n_expert_used / n_expert
+    all_experts = expert_bytes_per_token / share
+    touched = 1.0 - (1.0 - share) ** tokens
+    return weight_bytes_per_token - expert_bytes_per_token + all_experts * touched
+
+
+def prefill_roofline(params_active: float, weight_bytes: float, tokens: int,
+                     bandwidth_bytes_per_s: float, compute_flops: float | None,
+                     measured_tps: float | None = None) -> PrefillRoofline:
+    """Tokens/s that bandwidth (and compute, where known) allow a prefill of ``tokens``."""
+    if params_active <= 0 or weight_bytes <= 0 or tokens <= 0 or bandwidth_bytes_per_s <= 0:
+        raise ValueError("parameters, bytes, tokens and bandwidth must be positive")
+    flops_per_token = 2.0 * params_active
+    intensity = flops_per_token * tokens / weight_bytes
+    memory = bandwidth_bytes_per_s * intensity / flops_per_token
+    compute = compute_flops / flops_per_token if compute_flops else None
+    bound = min(memory, compute) if compute is not None else memory
+    return PrefillRoofline(
+        intensity, memory, compute,
+        compute_flops / bandwidth_bytes_per_s if compute_flops else None, bound,
+        measured_tps / bound if measured_tps is not None else None)
 
 
 def mean_decode_context(prompt_tokens: int, gen_tokens: int) -> float:

@@ -314,7 +314,9 @@ def test_roofline_says_why_when_the_chip_is_unknown(tmp_path: Path) -> None:
 
 
 BYTES = {"moe": {"weight_bytes_per_token": 670_852_224, "kv_bytes_per_position_f16": 131_072.0,
-                 "provenance": PROVENANCE, "model_size_bytes": 3_900_752_544},
+                 "provenance": PROVENANCE, "model_size_bytes": 3_900_752_544,
+                 "params_active": 1_282_017_280, "expert_bytes_per_token": 452_984_832,
+                 "expert_count": 64, "expert_used_count": 8},
          "dense": {"weight_bytes_per_token": 695_377_920, "kv_bytes_per_position_f16": 32_768.0,
                    "provenance": PROVENANCE, "model_size_bytes": 773_025_952}}
 
@@ -370,6 +372,20 @@ def test_an_offloaded_run_divides_by_its_gpus_vendor_bandwidth(tmp_path: Path) -
     assert r["chip"] == "NVIDIA H200" and r["measured"] is None  # host copies say nothing here
     assert r["models"]["moe"]["bound_tps"] == pytest.approx(7137.65, abs=0.01)
     assert r["models"]["moe"]["fraction"] == pytest.approx(854 / 7137.65, abs=1e-5)
+    # Prefill of 8 tokens (the prompt): 2,596,549,032 B read (tests/test_roofline.py),
+    # intensity 2 x 1,282,017,280 x 8 / that = 7.8998 FLOP/B, memory roof 4.8e12 x 8 /
+    # that = 14,788.86 tok/s, far below the compute roof (989e12 / 2,564,034,560 =
+    # 385,720 tok/s). The made-up 50,000 tok/s here would be 338% of it: a fraction
+    # above 1 is printed as it comes out, never clipped.
+    p = r["prefill"]
+    assert p["compute_tflops"] == 989 and p["ridge"] == pytest.approx(206.0417, abs=1e-3)
+    moe = p["models"]["moe"]
+    assert moe["tokens"] == 8 and moe["bytes_read"] == pytest.approx(2_596_549_032, abs=1)
+    assert moe["intensity"] == pytest.approx(7.89982, abs=1e-5)
+    assert moe["bound_tps"] == pytest.approx(14_788.86, abs=0.01)
+    assert p["models"]["dense"] == {"reason": "parameters or bytes per token not recorded"}
+    assert "prefill roofline (vendor peak; compute roof 989 TFLOP/s, ridge at 206 FLOP/B" \
+        in render_markdown(build_report(store, "s"))
     mem = c["moe"]["memory"]
     assert mem["peak_bytes"] == 5 * 2**30 and mem["peak_scope"] == "GPU memory used"
     assert mem["device_scope"] == "NVIDIA H200 memory"

@@ -84,3 +84,50 @@ def test_gpu_facts_from_recorded_nvidia_smi_output() -> None:
     chip, name = device_gpu_chip({"gpus": gpus})
     assert name == "NVIDIA H200" and chip is not None and chip.bandwidth_gbps == 4800
     assert parse_nvidia_smi_gpus("garbage\n, 12\nNVIDIA L4, n/a\n") == []
+
+
+def test_prefill_roofline_by_hand() -> None:
+    """OLMoE-1B-7B Q4_0 (1,282,017,280 active params, 3,900,752,544 B file) on an H200.
+
+    128 tokens: intensity 2 x 1,282,017,280 x 128 / 3,900,752,544 = 84.137 FLOP/B;
+    memory roof 4.8e12 x 128 / 3,900,752,544 = 157,508.07 tok/s; compute roof
+    989e12 / 2,564,034,560 = 385,720.23 tok/s; ridge 989e12 / 4.8e12 = 206.04 FLOP/B,
+    so 128 tokens are memory-bound and 30,000 tok/s is 19.05% of the roof.
+    """
+    from orchestrator.roofline import prefill_roofline
+
+    roof = prefill_roofline(1_282_017_280, 3_900_752_544, 128, 4.8e12, 989e12, 30_000)
+    assert roof.intensity == pytest.approx(84.1367, abs=1e-3)
+    assert roof.memory_bound_tps == pytest.approx(157_508.07, abs=0.01)
+    assert roof.compute_bound_tps == pytest.approx(385_720.23, abs=0.01)
+    assert roof.ridge == pytest.approx(206.0417, abs=1e-3)
+    assert roof.bound_tps == roof.memory_bound_tps
+    assert roof.fraction == pytest.approx(0.190466, abs=1e-6)
+    # 512 tokens: intensity 336.5 FLOP/B, past the ridge: compute-bound.
+    big = prefill_roofline(1_282_017_280, 3_900_752_544, 512, 4.8e12, 989e12)
+    assert big.bound_tps == big.compute_bound_tps and big.fraction is None
+    # No compute roof known (a CPU): the memory roof alone.
+    cpu = prefill_roofline(1_282_017_280, 3_900_752_544, 64, 20e9, None, 36.8)
+    assert cpu.compute_bound_tps is None and cpu.ridge is None
+    assert cpu.bound_tps == pytest.approx(20e9 * 64 / 3_900_752_544)
+    with pytest.raises(ValueError):
+        prefill_roofline(0, 1, 1, 1, None)
+
+
+def test_prefill_reads_the_experts_a_batch_touches() -> None:
+    """OLMoE-1B-7B Q4_0: 670,852,224 B per token, of which 452,984,832 B are the top-8 experts.
+
+    All experts: 452,984,832 x 64 / 8 = 3,623,878,656 B; the rest: 217,867,392 B.
+    One token reads exactly its top-8 (670,852,224 B). Eight tokens touch
+    1 - (7/8)^8 = 0.656391 of the experts: 217,867,392 + 0.656391 x 3,623,878,656 =
+    2,596,549,032 B. 128 tokens touch all but 4e-8 of them. A dense model reads
+    its weights whatever the batch.
+    """
+    from orchestrator.roofline import prefill_bytes
+
+    w, e = 670_852_224, 452_984_832
+    assert prefill_bytes(w, e, 64, 8, 1) == pytest.approx(w)
+    assert prefill_bytes(w, e, 64, 8, 8) == pytest.approx(2_596_549_032, abs=1)
+    assert prefill_bytes(w, e, 64, 8, 128) == pytest.approx(217_867_392 + 3_623_878_656,
+                                                            rel=1e-7)
+    assert prefill_bytes(695_377_920, 0, 0, 0, 512) == 695_377_920
