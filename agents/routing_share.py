@@ -237,7 +237,8 @@ def callback_overhead_s(repeats: int = 2000) -> float:
 class _Cuts(object):
     """The eval callback's state: which layer is cut now, and the segment times."""
 
-    def __init__(self) -> None:
+    def __init__(self, get_name: Any) -> None:
+        self.get_name = get_name  # ggml_get_name of the library being profiled
         self.layer = -1          # -1: cut nothing (prompt, warm-up)
         self.routing_end: Dict[int, str] = {}  # MoE layer -> its last routing node
         self.discover = False    # True: record the routing nodes, cut nothing
@@ -250,7 +251,7 @@ class _Cuts(object):
             name == self.routing_end.get(L)
 
     def callback(self, tensor: int, ask: bool, _data: int) -> bool:
-        name = (_GGML_GET_NAME(tensor) or b"").decode("utf-8", "replace")
+        name = (self.get_name(tensor) or b"").decode("utf-8", "replace")
         if self.discover:
             match = _ROUTING_END.match(name)
             if ask and match:
@@ -267,9 +268,6 @@ class _Cuts(object):
         return True
 
 
-_GGML_GET_NAME: Any = None
-
-
 def profile_routing(model_path: str, prompt_tokens: int, gen_tokens: int, threads: int,
                     gpu_layers: int = 0, cpu_repack: bool = True, flash_attn: str = "auto",
                     kv_type: str = "f16", seed: int = 0,
@@ -281,7 +279,6 @@ def profile_routing(model_path: str, prompt_tokens: int, gen_tokens: int, thread
     ``RoutingError`` when the model has no MoE layers or the library cannot be
     profiled.
     """
-    global _GGML_GET_NAME
     info = read_gguf_info(model_path)
     meta = info.get("metadata")
     arch = str(info.get("architecture") or "")
@@ -295,7 +292,6 @@ def profile_routing(model_path: str, prompt_tokens: int, gen_tokens: int, thread
     except OSError as exc:
         raise RoutingError("cannot load llama.cpp library %s: %s" % (path, exc)) from exc
     _bind(lib)
-    _GGML_GET_NAME = lib.ggml_get_name
     quiet = _LOG_CB(lambda level, text, data: None)
     lib.llama_log_set(quiet, None)
     lib.llama_backend_init()
@@ -307,7 +303,7 @@ def profile_routing(model_path: str, prompt_tokens: int, gen_tokens: int, thread
     model = lib.llama_model_load_from_file(model_path.encode(), mparams)
     if not model:
         raise RoutingError("llama.cpp could not load %s" % model_path)
-    cuts = _Cuts()
+    cuts = _Cuts(lib.ggml_get_name)
     callback = _EVAL_CB(cuts.callback)  # kept referenced until the context is freed
     cparams.n_ctx = max(512, prompt_tokens + gen_tokens + 16)
     cparams.n_batch = max(prompt_tokens, 512)
