@@ -16,25 +16,7 @@ BIN=$BUILD/bin/llama-bench
 STEPS=${*:-build synth tests progress bench}
 export PYTHONUNBUFFERED=1
 
-cublas_dir() {  # the folder holding libcublas.so(.N): system CUDA, else the Python wheels
-  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-    [ -e "$d/libcublas.so" ] && { echo "$d"; return; }
-  done
-  lib=$(python3 - <<'EOF'
-import glob, site
-for base in site.getsitepackages():
-    for pat in ("nvidia/cu13/lib/libcublas.so*", "nvidia/cublas/lib/libcublas.so*"):
-        hits = sorted(glob.glob(f"{base}/{pat}"))
-        if hits:
-            print(hits[0]); raise SystemExit
-EOF
-)
-  [ -n "$lib" ] || return 1
-  mkdir -p /tmp/cublas
-  ln -sf "$lib" /tmp/cublas/libcublas.so
-  ln -sf "$(ls "$(dirname "$lib")"/libcublasLt.so* | head -1)" /tmp/cublas/libcublasLt.so
-  echo "$(dirname "$lib")"
-}
+. "$(dirname "$0")/h200_cuda.sh"  # cublas_dir, find_nvcc
 
 synth() {
   mkdir -p $MODELS
@@ -53,8 +35,7 @@ for step in $STEPS; do
   build)
     synth  # in the background, beside the build
     nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
-    NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)
-    [ -n "$NVCC" ] || NVCC=$(python3 -c "import glob,site;print((sorted(g for b in site.getsitepackages() for g in glob.glob(b+'/nvidia/*/bin/nvcc'))+[''])[0])")
+    NVCC=$(find_nvcc)
     echo "nvcc: $NVCC"; "$NVCC" --version | tail -2
     EXTRA=()
     if [ -e /tmp/cublas/libcublas.so ]; then
