@@ -2,9 +2,10 @@
 
 Runs ``sweeps/verdict-stability.yaml`` (the seed shapes of
 ``sweeps/seed-shapes-local.yaml``: OLMoE-1B-7B against Llama-3.2-1B and
-OLMo-1B, Q4_0, CPU; with adaptive paired rounds) through the real CLI on this
-machine, ``--runs`` times. During the run numbered ``--loaded-run`` the bench
-itself starts a bounded background CPU load: one busy process switched on and
+OLMo-1B, Q4_0, CPU, llama.cpp's defaults; with adaptive paired rounds) through
+the real CLI on this machine, ``--runs`` times (``--sweep
+sweeps/verdict-stability-norepack.yaml`` is the CPU-repacking-off variant of
+benches 3-5). During the run numbered ``--loaded-run`` the bench itself starts a bounded background CPU load: one busy process switched on and
 off in bursts (``--burst ON:OFF`` seconds), stopped when the run ends or after
 ``--load-cap`` seconds, whichever comes first.
 
@@ -17,12 +18,12 @@ the targets of issue 9:
 * every half-width is at most ``--max-half-width`` percent (3);
 * the loaded run reports excluded rounds.
 
-    .venv/bin/python bench/verdict_stability.py            # ~60-80 min on 2 cores
+    .venv/bin/python bench/verdict_stability.py            # ~60-90 min on 2 cores
     .venv/bin/python bench/verdict_stability.py --runs 3 --loaded-run 2 --burst 8:90
 
-The bursts are spaced for rounds of about 35 s (three fresh model loads, a
-short warm-up and a counted repetition each): one burst every ~3 rounds, so
-clean rounds remain between them.
+The bursts are spaced so that clean rounds remain between them: a round is
+three fresh model loads, a short warm-up and a counted repetition each (about
+two minutes with repacking on, ~40 s with it off).
 
 The models are synthesized once into the local device's models dir (~5 GB).
 Not part of ``make test``.

@@ -649,7 +649,8 @@ def local_inventory(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("sweep", ["quickstart.yaml", "seed-shapes-local.yaml",
-                                   "verdict-stability.yaml"])
+                                   "verdict-stability.yaml",
+                                   "verdict-stability-norepack.yaml"])
 @pytest.mark.parametrize("inventory", ["local.yaml", "devices.example.yaml"])
 def test_shipped_sweeps_validate(sweep: str, inventory: str) -> None:
     loaded, _ = load_sweep_with_inventory(
