@@ -18,7 +18,7 @@ jobs there) and ``agent/agent-<sha256>.pyz`` (the agent itself).
 """
 
 
-from typing import Dict, FrozenSet, List, Optional, Tuple, TypedDict, Union
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, TypedDict, Union
 
 #: Version of the JSON-lines event schema (the ``v`` field of every event).
 PROTOCOL_VERSION = 1
@@ -193,6 +193,9 @@ class JobSpec(_JobSpecRequired, total=False):
     cooldown: CooldownSpec
     #: Test-only telemetry source (``agents/telemetry/sources/fake.py``).
     telemetry_test_source: str
+    #: Rounds an earlier attempt completed: ``{"attempt": n, "rounds": [[repetition, ...],
+    #: ...]}``, replayed before new rounds run (``agents/round_runner.py``).
+    carried: Dict[str, Any]
 
 
 class EventEnvelope(TypedDict):

@@ -27,6 +27,14 @@ Where the models stay loaded:
   per model per round (``repetitions_per_round`` counted repetitions each,
   after llama-bench's own warm-up); a single-model job is one invocation of all
   its repetitions, as before.
+
+Retries and resume keep the rounds already measured: a new attempt of a job
+whose earlier attempt completed some rounds receives them in its spec
+(``carried``, gathered by the controller from its store) and replays them
+first, re-emitting each repetition with ``carried_from`` (the attempt and the
+time it was measured), then runs only the rounds still missing. At most
+``max - 1`` rounds are carried, so every attempt measures at least one round
+and reports its own backend's provenance.
 """
 
 import itertools
@@ -88,7 +96,8 @@ class RoundRunner(object):
     def __init__(self, backend: Backend, models: List[Dict[str, object]], paths: List[str],
                  params: JobParams, plan: RoundPlan, emit: Emit,
                  repetitions_per_round: int = 1,
-                 open_session: Optional[OpenSession] = None, keep_loaded: bool = True) -> None:
+                 open_session: Optional[OpenSession] = None, keep_loaded: bool = True,
+                 carried: Optional[Dict[str, object]] = None) -> None:
         self.backend = backend
         self.open_session: OpenSession = open_session or backend.open
         self.keep_loaded = keep_loaded
@@ -109,6 +118,8 @@ class RoundRunner(object):
         self.cpu_inference = backend.cpu_in_process and params.gpu_layers == 0
         self.infos: Dict[str, Dict[str, object]] = {}
         self.workers: Tuple[int, ...] = ()  # pids of model workers (their CPU is ours)
+        self.carried = carried or {}
+        self.carried_rounds = 0
 
     # -- events ---------------------------------------------------------------------
     def _repetition(self, i: int, round_index: Optional[int], position: Optional[int],
@@ -160,14 +171,57 @@ class RoundRunner(object):
             if rates.get(a, 0) > 0 and rates.get(b, 0) > 0:
                 self.kept[(a, b)].append(rates[a] / rates[b])
 
+    # -- rounds of an earlier attempt ---------------------------------------------------
+    def _replay_carried(self) -> int:
+        """Re-emit the complete rounds an earlier attempt measured; how many there were.
+
+        A carried round counts exactly as it did (kept or excluded by the same
+        rule); only whole rounds with every model's repetitions are taken, in
+        order from round 0, and at most ``max - 1`` of them.
+        """
+        raw = self.carried.get("rounds")
+        if not isinstance(raw, list) or (len(self.ids) == 1 and
+                                         not self.backend.supports_sessions):
+            return 0
+        attempt = self.carried.get("attempt")
+        for round_index, group in enumerate(raw[:self.plan.maximum - 1]):
+            if not isinstance(group, list):
+                break
+            by_model: Dict[int, List[Dict[str, object]]] = {}
+            for body in group:
+                model = body.get("model") if isinstance(body, dict) else None
+                if model in self.ids and body.get("round") == round_index:
+                    by_model.setdefault(self.ids.index(str(model)), []).append(body)
+            if len(by_model) != len(self.ids) or any(
+                    len(v) != self.per_round for v in by_model.values()):
+                break  # an incomplete round ends what can be carried
+            order = sorted(by_model, key=lambda i: str(by_model[i][0].get("position")))
+            self.emit(EV_PHASE, {"phase": "round", "round": round_index,
+                                 "order": [self.ids[i] for i in order],
+                                 "carried_from": attempt})
+            bodies: Dict[int, List[Dict[str, object]]] = {}
+            for i, group_i in sorted(by_model.items()):
+                for old in group_i:
+                    fields = {k: v for k, v in old.items()
+                              if k not in ("v", "seq", "kind", "job", "attempt", "t", "mono",
+                                           "index", "carried_from")}
+                    fields["carried_from"] = {"attempt": attempt, "t": old.get("t")}
+                    fields["index"] = next(self.indices[False])
+                    written = self.emit(EV_REPETITION, fields)
+                    bodies.setdefault(i, []).append(written if written is not None else fields)
+            self._keep_or_exclude(bodies)
+            self.carried_rounds = round_index + 1
+        return self.carried_rounds
+
     # -- the two shapes ---------------------------------------------------------------
     def run(self) -> Dict[str, object]:
+        start = self._replay_carried()
         if self.backend.supports_sessions:
             resident, why = resident_plan(self.paths, self.keep_loaded)
-            rounds, stop = self._run_sessions(resident)
+            rounds, stop = self._run_sessions(resident, start)
         else:
             resident, why = "per-invocation", "a process per invocation (llama-bench)"
-            rounds, stop = self._run_batches()
+            rounds, stop = self._run_batches(start)
         summary: Dict[str, object] = {
             "models": self.ids, "rounds_run": rounds, "stop_reason": stop,
             "order_seed": self.plan.seed, "resident": resident, "resident_reason": why,
@@ -176,6 +230,9 @@ class RoundRunner(object):
             "repetitions_per_round": self.per_round,
             "model_processes": "one per model" if self.workers else "the agent's",
         }
+        if self.carried_rounds:
+            summary["carried_rounds"] = self.carried_rounds
+            summary["carried_from_attempt"] = self.carried.get("attempt")
         if self.plan.adaptive:
             summary["adaptive"] = {"min": self.plan.minimum, "max": self.plan.maximum,
                                    "target_ci_pct": self.plan.target_ci_pct}
@@ -185,7 +242,7 @@ class RoundRunner(object):
         for w in range(self.params.warmup):
             self._repetition(i, None, None, session.repetition(w, True, self.emit), None)
 
-    def _run_sessions(self, resident: str) -> Tuple[int, str]:
+    def _run_sessions(self, resident: str, start: int = 0) -> Tuple[int, str]:
         sessions: Dict[int, Session] = {}
         try:
             if resident == "all":
@@ -194,7 +251,7 @@ class RoundRunner(object):
                     self._warm(i, sessions[i])
                 self.workers = tuple(p for p in (getattr(s, "pid", None)
                                                  for s in sessions.values()) if p)
-            round_index = 0
+            round_index = start
             while True:
                 bodies: Dict[int, List[Dict[str, object]]] = {}
                 for position, i in enumerate(self._begin_round(round_index)):
@@ -224,7 +281,7 @@ class RoundRunner(object):
         if self.ids[i] not in self.infos:
             self.infos[self.ids[i]] = session.info()
 
-    def _run_batches(self) -> Tuple[int, str]:
+    def _run_batches(self, start: int = 0) -> Tuple[int, str]:
         if len(self.ids) == 1:
             # One invocation of all the repetitions: llama-bench's own way, one load.
             count = self.plan.maximum if not self.plan.adaptive else self.plan.minimum
@@ -236,7 +293,7 @@ class RoundRunner(object):
                            if not self.plan.adaptive else
                            "single model: min %d repetitions in one invocation" % count)
         params = self.params.with_repetitions(self.per_round)
-        round_index = 0
+        round_index = start
         while True:
             bodies: Dict[int, List[Dict[str, object]]] = {}
             for position, i in enumerate(self._begin_round(round_index)):

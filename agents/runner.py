@@ -172,7 +172,8 @@ def run_job(job_dir: str, echo: bool = False) -> int:
 
             rounds = RoundRunner(backend, models, paths, params, plan, emit,
                                  int(p.get("repetitions_per_round", 1)), open_session,
-                                 keep_loaded=bool(p.get("keep_loaded", False)))
+                                 keep_loaded=bool(p.get("keep_loaded", False)),
+                                 carried=spec.get("carried"))
             summary = rounds.run()
             routing: Dict[str, Dict[str, object]] = {}
             if bool(p.get("routing_profile", True)):

@@ -900,7 +900,10 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
         lines.append(f"rounds: {schedule.get('rounds_run')} run, {schedule.get('kept_rounds')} "
                      f"kept; {schedule.get('stop_reason')}; models loaded: "
                      f"{schedule.get('resident')}"
-                     + (", each in its own process" if apart else ""))
+                     + (", each in its own process" if apart else "")
+                     + (f"; rounds 1-{schedule['carried_rounds']} carried from attempt "
+                        f"{schedule.get('carried_from_attempt')}"
+                        if schedule.get("carried_rounds") else ""))
     roofline = roofline_line(c)
     if roofline:
         lines.append(roofline)

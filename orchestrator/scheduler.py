@@ -249,10 +249,15 @@ class SweepRun:
 
         job, attempt, attach = self.queues[device].popleft()
         self.store.start_attempt(self.sweep_id, job["key"], attempt)
+        spec = agent_spec(job, self.devices[device])
+        if not attach and attempt > 1:
+            # A retry or a resumed job keeps the whole rounds measured before.
+            carried = self.store.carried_rounds(self.sweep_id, job["key"], attempt)
+            if carried is not None:
+                spec["carried"] = carried
         payload: StartJob = {
             "device": device, "sweep_id": self.sweep_id, "job": job["key"], "attempt": attempt,
-            "spec": agent_spec(job, self.devices[device]), "timeout_s": float(job["timeout_s"]),
-            "attach": attach}
+            "spec": spec, "timeout_s": float(job["timeout_s"]), "attach": attach}
         ray.get(self.gateways[self.devices[device].site].start.remote(payload))
         self.running[device] = (job, attempt)
         self.progress.job_started(job, attempt)

@@ -635,6 +635,36 @@ class Store:
             " WHERE r.sweep_id = ? AND j.state = ? AND r.attempt = j.ok_attempt"
             " AND r.warmup = 0 ORDER BY j.ordinal, r.idx", (sweep_id, JobState.DONE.value)))
 
+    def carried_rounds(self, sweep_id: str, key: str, attempt: int) -> dict[str, Any] | None:
+        """Whole rounds an earlier attempt measured, for attempt ``attempt`` to carry on from.
+
+        ``{"attempt": n, "rounds": [[repetition event, ...], ...]}`` holding
+        rounds 0, 1, ... up to the first one missing a model's repetitions; None
+        when no earlier attempt has a paired round. The agent replays them
+        (agents/round_runner.py), so a retry or a resume loses no whole round.
+        """
+        row = self.db.execute(
+            "SELECT MAX(attempt) AS a FROM repetitions WHERE sweep_id = ? AND job_key = ?"
+            " AND attempt < ? AND warmup = 0 AND round IS NOT NULL",
+            (sweep_id, key, attempt)).fetchone()
+        if row is None or row["a"] is None:
+            return None
+        earlier = int(row["a"])
+        by_round: dict[int, list[dict]] = {}
+        for r in self.db.execute(
+                "SELECT round, body FROM repetitions WHERE sweep_id = ? AND job_key = ?"
+                " AND attempt = ? AND warmup = 0 AND round IS NOT NULL ORDER BY idx",
+                (sweep_id, key, earlier)):
+            by_round.setdefault(int(r["round"]), []).append(json.loads(r["body"]))
+        models = {str(m.get("id")) for m in json.loads(self.db.execute(
+            "SELECT spec_json FROM jobs WHERE sweep_id = ? AND key = ?", (sweep_id, key)
+        ).fetchone()["spec_json"]).get("agent_spec", {}).get("models") or []}
+        rounds: list[list[dict]] = []
+        while len(rounds) in by_round and \
+                {str(b.get("model")) for b in by_round[len(rounds)]} >= models:
+            rounds.append(by_round[len(rounds)])
+        return {"attempt": earlier, "rounds": rounds} if rounds else None
+
     def add_probe(self, device: str, reachable: bool, facts: dict | None,
                   error: str | None) -> None:
         """Record one ``inventory probe`` answer (kept as history, newest wins)."""

@@ -232,6 +232,67 @@ def test_adaptive_rounds_stop_once_the_interval_is_tight(tmp_path: Path) -> None
     assert summary["stop_reason"].startswith("target reached")
 
 
+def _carried_rep(model: str, round_: int, position: int, tps: float,
+                disturbed: str | None = None) -> dict[str, Any]:
+    """A counted repetition as an earlier attempt's events hold it."""
+    body: dict[str, Any] = {"v": 1, "seq": 40 + round_, "kind": "repetition", "job": "group",
+                            "attempt": 1, "t": 1000.0 + round_, "mono": 5.0, "index": 7,
+                            "warmup": False, "model": model,
+                            "model_arch": "moe" if model == "moe" else "dense",
+                            "round": round_, "position": position, "decode_tps": tps,
+                            "synthetic": True}
+    if disturbed:
+        body["disturbed"] = disturbed
+    return body
+
+
+def test_carried_rounds_are_replayed_then_only_the_missing_ones_run(tmp_path: Path) -> None:
+    """Round 0 kept, round 1 disturbed (left out again), round 2 incomplete (run afresh)."""
+    models = [_stand_in(tmp_path, "moe", 1.5), _stand_in(tmp_path, "dense", 1.0)]
+    job = _group_job(tmp_path / "job", models, "sleep", repetitions=4, warmup=0)
+    spec = json.loads((job / "job.json").read_text())
+    spec["attempt"] = 2
+    spec["carried"] = {"attempt": 1, "rounds": [
+        [_carried_rep("dense", 0, 0, 40.0), _carried_rep("moe", 0, 1, 20.0)],
+        [_carried_rep("moe", 1, 0, 21.0, "other load: 30% of the CPUs busy with other work"),
+         _carried_rep("dense", 1, 1, 41.0)],
+        [_carried_rep("moe", 2, 0, 22.0)]]}  # dense missing: not a whole round
+    (job / "job.json").write_text(json.dumps(spec))
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    counted = [e for e in events if e["kind"] == "repetition" and not e["warmup"]]
+    carried = [e for e in counted if e.get("carried_from")]
+    assert [(e["model"], e["round"], e["decode_tps"]) for e in carried] == [
+        ("moe", 0, 20.0), ("dense", 0, 40.0), ("moe", 1, 21.0), ("dense", 1, 41.0)]
+    assert all(e["attempt"] == 2 and e["carried_from"] == {"attempt": 1, "t": 1000.0 + e["round"]}
+               for e in carried)
+    assert carried[2]["disturbed"].startswith("other load")
+    assert [e["index"] for e in counted] == list(range(8)), "indices stay unique in the attempt"
+    fresh = [e for e in counted if not e.get("carried_from")]
+    assert sorted({e["round"] for e in fresh}) == [2, 3]
+    summary = events[-1]["info"]["rounds"]
+    assert summary["carried_rounds"] == 2 and summary["carried_from_attempt"] == 1
+    assert summary["rounds_run"] == 4 and summary["kept_rounds"] == 3
+    assert summary["excluded_rounds"] == {"other load": 1}
+    assert set(events[-1]["info"]["models"]) == {"moe", "dense"}
+
+
+def test_at_most_max_minus_one_rounds_are_carried(tmp_path: Path) -> None:
+    """Every attempt measures a round of its own (and so records its own provenance)."""
+    models = [_stand_in(tmp_path, "moe", 1.5), _stand_in(tmp_path, "dense", 1.0)]
+    job = _group_job(tmp_path / "job", models, "sleep", repetitions=2, warmup=0)
+    spec = json.loads((job / "job.json").read_text())
+    spec["carried"] = {"attempt": 1, "rounds": [
+        [_carried_rep("moe", r, 0, 20.0), _carried_rep("dense", r, 1, 40.0)] for r in range(2)]}
+    (job / "job.json").write_text(json.dumps(spec))
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    counted = [e for e in events if e["kind"] == "repetition" and not e["warmup"]]
+    assert [e["round"] for e in counted if e.get("carried_from")] == [0, 0]
+    assert [e["round"] for e in counted if not e.get("carried_from")] == [1, 1]
+    assert events[-1]["info"]["models"]["moe"]["backend"] == "sleep"
+
+
 def test_xllamacpp_group_keeps_both_models_loaded_and_records_disturbance(
         tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     models = [{"id": "tiny-moe", "arch": "moe", "source": {"path": str(tiny_models["tiny-moe"])}},

@@ -166,6 +166,71 @@ def test_killed_agent_is_recorded_with_its_reason_and_retried(tmp_path: Path,
     assert len(counted) == 3 and {r["attempt"] for r in counted} == {2}
 
 
+def test_a_retry_keeps_the_paired_rounds_the_killed_attempt_completed(
+        tmp_path: Path, ray_cluster: Any) -> None:
+    """Round granularity: the agent is killed in round 2; the retry carries rounds 0-1 (or 0-2).
+
+    The carried repetitions are the first attempt's measurements (same values),
+    re-emitted with where they came from; only the missing rounds run again, and
+    the job still has exactly its 5 rounds.
+    """
+    inv = write_inventory(tmp_path, ["dev-a"])
+    sweep = write_sweep(tmp_path, devices=["dev-a"], models=sleep_models(tmp_path, 2),
+                        backend="sleep", retries=1, warmup=0, repetitions=5,
+                        matrix={"prompt_tokens": 1, "gen_tokens": 300, "threads": 1,
+                                "gpu_layers": 0})
+    store = start(tmp_path, sweep, inv)
+    (row,) = store.jobs("s1")
+    first_dir = tmp_path / "devices" / "dev-a" / "jobs" / "s1" / f"{row['key']}-a1"
+
+    def kill_in_round_2() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                lines = (first_dir / "events.jsonl").read_text().splitlines()
+            except OSError:
+                lines = []
+            if any('"round":2' in line and '"kind":"repetition"' in line for line in lines):
+                os.kill(int((first_dir / "agent.pid").read_text()), signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_in_round_2, daemon=True)
+    killer.start()
+    summary = run_sweep(store, "s1", poll_s=0.1)
+    killer.join()
+    assert not summary.failed
+    (row,) = store.jobs("s1")
+    assert row["state"] == "done" and row["ok_attempt"] == 2
+    first, second = store.attempts("s1", row["key"])
+    assert first["error_kind"] == "agent-crashed"
+
+    def by_round(attempt: int) -> dict[int, dict[str, float]]:
+        rounds: dict[int, dict[str, float]] = {}
+        for ev in store.events("s1", row["key"]):
+            if ev["attempt"] == attempt and ev["kind"] == "repetition" and not ev["warmup"]:
+                rounds.setdefault(ev["round"], {})[ev["model"]] = ev["decode_tps"]
+        return rounds
+
+    killed = by_round(1)
+    complete = [r for r, models in sorted(killed.items()) if len(models) == 2]
+    assert complete[:2] == [0, 1] and len(complete) in (2, 3)
+    retried = by_round(2)
+    assert sorted(retried) == [0, 1, 2, 3, 4]
+    for r in complete:  # the same measurements, not new ones
+        assert retried[r] == killed[r]
+    carried = [ev for ev in store.events("s1", row["key"])
+               if ev["attempt"] == 2 and ev["kind"] == "repetition" and ev.get("carried_from")]
+    assert len(carried) == 2 * len(complete)
+    assert {ev["carried_from"]["attempt"] for ev in carried} == {1}
+    result = json.loads(row["result_json"])
+    assert result["rounds"]["carried_rounds"] == len(complete)
+    assert result["rounds"]["carried_from_attempt"] == 1
+    assert result["rounds"]["rounds_run"] == 5
+    counted = store.counted_repetitions("s1")
+    assert len(counted) == 10 and {r["attempt"] for r in counted} == {2}
+
+
 def test_report_pairs_moe_with_each_dense_baseline(tmp_path: Path, ray_cluster: Any) -> None:
     from orchestrator.report import build_report
 
