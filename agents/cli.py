@@ -184,6 +184,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p_probe.add_argument("--llama-bench", default=None, help="path of a llama-bench binary")
     p_probe.add_argument("--bandwidth", action="store_true",
                          help="also measure memory bandwidth (copies 2 x 256 MiB; ~1-3 s)")
+    p_health = sub.add_parser("health", help="sample this device's telemetry for a moment and "
+                                            "print the newest reading as JSON (farm service)")
+    p_health.add_argument("--work-dir", default="~/.cache/edgefarm",
+                          help="the agent's work dir (where the device lease lives)")
+    p_health.add_argument("--seconds", type=float, default=2.0)
+    p_health.add_argument("--platform", default=None, help="the inventory's platform hint")
     p_run = sub.add_parser("run", help="run the job in JOB_DIR (reads JOB_DIR/job.json)")
     p_run.add_argument("job_dir")
     p_run.add_argument("--quiet", action="store_true",
@@ -234,6 +240,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             found["memory_bandwidth"] = measure()
         json.dump(found, sys.stdout, sort_keys=True)
         sys.stdout.write("\n")
+        return 0
+    if args.command == "health":
+        from agents.health import health
+
+        _print(health(args.work_dir, args.seconds, args.platform))
         return 0
     if args.command == "run":
         from agents.runner import run_job

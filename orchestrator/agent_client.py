@@ -223,6 +223,12 @@ class AgentClient:
         args = ["probe"] + (["--llama-bench", llama_bench] if llama_bench else [])
         return dict(self.call(*args))
 
+    def health(self, platform: str | None = None, seconds: float = 2.0) -> dict[str, Any]:
+        """One idle reading of the device's telemetry and lease (``agent health``)."""
+        args = ["health", "--work-dir", self.work_dir, "--seconds", f"{seconds:g}"]
+        return dict(self.call(*args + (["--platform", platform] if platform else []),
+                              timeout=seconds + 60))
+
     def lease(self, action: str, work_dir: str, owner: str, ttl: float) -> dict[str, Any]:
         """Acquire, refresh, release or take over the device lease (``agents/jobctl.py``)."""
         return dict(self.call("lease", action, "--work-dir", work_dir, "--owner", owner,

@@ -100,9 +100,10 @@ def _defs(*defs: MetricDef) -> dict[str, MetricDef]:
 
 #: The contract of docs/metrics.md, in its order.
 METRICS: dict[str, MetricDef] = _defs(
-    MetricDef("edgefarm_sweep_info", "gauge", ("sweep", "name", "state"),
-              "Sweeps exported (the running one and the last finished one) and their state; "
-              "always 1."),
+    MetricDef("edgefarm_sweep_info", "gauge", ("sweep", "name"),
+              "Sweeps exported (the running one and the last finished one); always 1."),
+    MetricDef("edgefarm_sweep_state", "gauge", ("sweep", "state"),
+              "A sweep's state as a state set: the current state's series is 1, the others 0."),
     MetricDef("edgefarm_sweep_jobs", "gauge", ("sweep", "state"),
               "Jobs of a sweep by state (pending, running, done, failed, cancelled)."),
     MetricDef("edgefarm_job_attempts_total", "counter", ("device", "outcome"),
@@ -114,7 +115,8 @@ METRICS: dict[str, MetricDef] = _defs(
     MetricDef("edgefarm_device_busy", "gauge", ("device",),
               "1 while a job runs on the device, else 0."),
     MetricDef("edgefarm_device_phase", "gauge", ("device", "phase"),
-              "Current phase of the device's job; the series of the current phase is 1."),
+              "Phase of the device's job as a state set: every phase is exported, the current "
+              "one 1 and the others 0 ('idle' between jobs)."),
     MetricDef("edgefarm_device_power_watts", "gauge", ("device", "rail"),
               "Live power per rail in watts; rail 'total' is the designated total.", "watts"),
     MetricDef("edgefarm_device_memory_used_bytes", "gauge", ("device",),
@@ -149,6 +151,22 @@ METRICS: dict[str, MetricDef] = _defs(
               "not measured).", "ratio"),
     MetricDef("edgefarm_telemetry_samples_total", "counter", ("device",),
               "Telemetry samples received."),
+    MetricDef("edgefarm_device_throttled", "gauge", ("device",),
+              "1 when the device's telemetry raised a throttle flag in its last health reading "
+              "(farm service; absent until one)."),
+    MetricDef("edgefarm_device_power_measurable", "gauge", ("device",),
+              "1 when the device has a power or energy source edgefarm reads, 0 when not "
+              "(farm service health reading)."),
+    MetricDef("edgefarm_device_leased", "gauge", ("device",),
+              "1 while a controller holds a fresh lease on the device (farm service)."),
+    MetricDef("edgefarm_device_quarantined", "gauge", ("device",),
+              "1 while the device is quarantined in the running or last finished sweep."),
+    MetricDef("edgefarm_device_last_seen_timestamp_seconds", "gauge", ("device",),
+              "Unix time the device last answered: a sweep event or a health reading.",
+              "seconds"),
+    MetricDef("edgefarm_sweep_last_event_timestamp_seconds", "gauge", ("sweep",),
+              "Unix time the farm service last saw an event of the sweep (running sweeps).",
+              "seconds"),
 )
 
 #: What LiveMetrics exports (the controller's live view) ...
@@ -156,8 +174,14 @@ LIVE_METRICS = ("edgefarm_job_attempts_total", "edgefarm_device_up", "edgefarm_d
                 "edgefarm_device_phase", "edgefarm_device_power_watts",
                 "edgefarm_device_memory_used_bytes", "edgefarm_device_memory_total_bytes",
                 "edgefarm_device_temperature_celsius", "edgefarm_telemetry_samples_total")
+#: ... what only the farm service's device view adds (``orchestrator/farm/collector.py``) ...
+FARM_ONLY_METRICS = ("edgefarm_device_throttled", "edgefarm_device_power_measurable",
+                     "edgefarm_device_leased", "edgefarm_device_quarantined",
+                     "edgefarm_device_last_seen_timestamp_seconds",
+                     "edgefarm_sweep_last_event_timestamp_seconds")
 #: ... and what StoreCollector exports (read from the results store): together, all.
-STORE_METRICS = tuple(name for name in METRICS if name not in LIVE_METRICS)
+STORE_METRICS = tuple(name for name in METRICS
+                      if name not in LIVE_METRICS and name not in FARM_ONLY_METRICS)
 #: Phases ``edgefarm_device_phase`` reports; anything else an agent sends is
 #: ignored so that the label set stays the one the contract lists.
 PHASES = ("model", "synth", "load", "warmup", "prefill", "decode", "bench", "cooldown", "profile",
@@ -320,8 +344,10 @@ class LiveMetrics:
                     fams["edgefarm_device_up"].add_metric(
                         [name, self._platforms.get(name, "unknown")], s.up)
                 fams["edgefarm_device_busy"].add_metric([name], s.busy)
-                if s.phase is not None:
-                    fams["edgefarm_device_phase"].add_metric([name, s.phase], 1)
+                if s.phase is not None:  # a state set: every phase, the current one 1
+                    for phase in PHASES:
+                        fams["edgefarm_device_phase"].add_metric([name, phase],
+                                                                 1 if phase == s.phase else 0)
                 for rail, (watts, at) in sorted(s.power.items()):
                     if at >= fresh_after:
                         fams["edgefarm_device_power_watts"].add_metric([name, rail], watts)
@@ -481,7 +507,9 @@ class StoreCollector:
             for sweep in exported:
                 sid = sweep["id"]
                 counts = store.job_counts(sid)
-                out.append(("edgefarm_sweep_info", (sid, sweep["name"], sweep["state"]), 1.0))
+                out.append(("edgefarm_sweep_info", (sid, sweep["name"]), 1.0))
+                out += [("edgefarm_sweep_state", (sid, str(state)),
+                         1.0 if sweep["state"] == state else 0.0) for state in SweepState]
                 out += [("edgefarm_sweep_jobs", (sid, state), float(counts.get(state, 0)))
                         for state in map(str, JOB_STATES)]
                 # Counted repetitions too, so a result shows up at the next

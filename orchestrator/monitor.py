@@ -4,10 +4,12 @@
 ``prometheus``, Homebrew ``prometheus``) detached, with a config generated
 here and its data under ``<results-dir>/prometheus/``:
 
-* job ``edgefarm`` scrapes the controller: the sweep exporter
-  (``127.0.0.1:9464``, up while a sweep runs) and the store exporter
-  (``edgefarm serve``, ``127.0.0.1:9465``, which ``up`` starts too unless
-  told not to);
+* job ``edgefarm`` scrapes the farm service (``edgefarm serve``,
+  ``127.0.0.1:9465``, which ``up`` starts too unless told not to): devices,
+  running and finished sweeps, one target; a sweep's own exporter
+  (``--sweep-exporter``) only when asked or without the farm service;
+* the alert rules of ``orchestrator/alerts.py`` are written beside the
+  config and loaded (``rule_files``);
 * job ``devices`` scrapes each ssh device's own exporter, listed in a
   file_sd targets file written from the inventory: ``macmon serve`` on Macs
   (its default port, 9090), node_exporter (9100) elsewhere. Each target
@@ -39,7 +41,7 @@ import yaml
 from agents.pids import pid_alive
 from orchestrator.deadline import Deadline
 from orchestrator.errors import EdgefarmError
-from orchestrator.exporter import DEFAULT_ADDR, SERVE_ADDR, parse_addr
+from orchestrator.exporter import SERVE_ADDR, parse_addr
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -99,6 +101,10 @@ class MonitorPaths:
         return self.root / "targets" / "devices.json"
 
     @property
+    def rules(self) -> Path:
+        return self.root / "edgefarm.rules.yml"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 
@@ -130,12 +136,13 @@ class MonitorSettings:
     results_dir: Path
     listen: str = DEFAULT_LISTEN
     scrape_interval_s: float = 5.0
-    controller_targets: tuple[str, ...] = (DEFAULT_ADDR, SERVE_ADDR)
+    controller_targets: tuple[str, ...] = (SERVE_ADDR,)
     inventory: Path | None = None
     macmon_port: int = MACMON_PORT
     node_exporter_port: int = NODE_EXPORTER_PORT
     serve: bool = True
     serve_addr: str = SERVE_ADDR
+    health_interval_s: float = 60.0
     prometheus: str | None = None
     ready_timeout_s: float = 30.0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
@@ -182,11 +189,12 @@ def _duration(seconds: float) -> str:
 
 
 def render_config(*, scrape_interval_s: float, controller_targets: Sequence[str],
-                  targets_file: Path) -> str:
+                  targets_file: Path, rules_file: Path | None = None) -> str:
     """The prometheus.yml ``monitor up`` writes."""
     interval = _duration(scrape_interval_s)
-    config = {
+    config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        **({"rule_files": [str(rules_file)]} if rules_file is not None else {}),
         "scrape_configs": [
             {"job_name": "edgefarm",
              "static_configs": [{"targets": list(controller_targets)}]},
@@ -315,9 +323,13 @@ def up(settings: MonitorSettings) -> dict[str, Any]:
     tmp = paths.targets.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(targets, indent=2) + "\n")
     tmp.replace(paths.targets)  # file_sd may read at any moment: never half a file
+    from orchestrator.alerts import render_rules
+
+    paths.rules.write_text(render_rules())
     paths.config.write_text(render_config(
         scrape_interval_s=settings.scrape_interval_s,
-        controller_targets=settings.controller_targets, targets_file=paths.targets))
+        controller_targets=settings.controller_targets, targets_file=paths.targets,
+        rules_file=paths.rules))
 
     url = f"http://{settings.listen}"
     if _read_pid(paths.pid, "prometheus") is None:
@@ -341,16 +353,21 @@ def up(settings: MonitorSettings) -> dict[str, Any]:
             os.kill(pid, signal.SIGHUP)
 
     if settings.serve and _read_pid(paths.serve_pid, "orchestrator.serve") is None:
-        start_serve(settings.results_dir, settings.serve_addr, settings.ready_timeout_s)
+        start_serve(settings.results_dir, settings.serve_addr, settings.ready_timeout_s,
+                    inventory=settings.inventory, health_interval_s=settings.health_interval_s)
     return status(settings.results_dir)
 
 
-def start_serve(results_dir: Path, addr: str, deadline_s: float = 30.0) -> int:
-    """Start ``edgefarm serve`` detached (for ``monitor up``); return its pid."""
+def start_serve(results_dir: Path, addr: str, deadline_s: float = 30.0, *,
+                inventory: Path | None = None, health_interval_s: float = 60.0) -> int:
+    """Start the farm service (``edgefarm serve``) detached, for ``monitor up``; return its pid."""
     paths = MonitorPaths.under(results_dir)
     _refuse_taken(addr, "edgefarm serve (--serve-addr)")
     argv = [sys.executable, "-m", "orchestrator.serve",
-            "--results-dir", str(Path(results_dir).resolve()), "--addr", addr]
+            "--results-dir", str(Path(results_dir).resolve()), "--addr", addr,
+            "--health-interval", f"{health_interval_s:g}"]
+    if inventory is not None:
+        argv += ["--inventory", str(Path(inventory).resolve())]
     proc = _spawn(argv, paths.serve_log, paths.serve_pid)
     try:
         wait_ready(f"http://{addr}/metrics", deadline_s, process=proc, log_path=paths.serve_log,

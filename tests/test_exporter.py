@@ -146,7 +146,7 @@ def test_a_real_sweep_reaches_prometheus(tmp_path: Path, ray_cluster: Any) -> No
                                                        TelemetryStandIn(exporter.live)))
             # One paired job (the MoE and both baselines) per device.
             assert summary.counts["done"] == 2 and not summary.failed
-            prom.wait_for('edgefarm_sweep_info{sweep="s1", state="finished"} == 1')
+            prom.wait_for('edgefarm_sweep_state{sweep="s1", state="finished"} == 1')
             for device in ("dev-a", "dev-b"):  # both idle in a scrape before checking ranges
                 prom.wait_for(f'edgefarm_device_busy{{device="{device}"}} == 0')
             check_sweep_series(prom, store, began)
@@ -236,7 +236,7 @@ def test_panel_queries_on_a_real_llama_cpp_sweep(tmp_path: Path, ray_cluster: An
                                 progress=MultiProgress(exporter.live,
                                                        TelemetryStandIn(exporter.live)))
             assert summary.counts["done"] == 1, summary  # the pair is one job
-            prom.wait_for('edgefarm_sweep_info{sweep="s1", state="finished"} == 1')
+            prom.wait_for('edgefarm_sweep_state{sweep="s1", state="finished"} == 1')
             prom.wait_for('edgefarm_prefill_tokens_per_second{sweep="s1"}')
             check_panel_queries(prom, skip=())
     finally:

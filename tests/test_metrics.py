@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from orchestrator.config.sweep import load_sweep_with_inventory
 from orchestrator.metrics import (
     METRICS,
+    PHASES,
     LiveMetrics,
     MultiProgress,
     StoreCollector,
@@ -45,7 +46,7 @@ def contract_rows() -> list[tuple[str, str, tuple[str, ...]]]:
 
 def test_definitions_match_docs_metrics_md_exactly() -> None:
     rows = contract_rows()
-    assert len(rows) == 20
+    assert len(rows) == 27
     assert [(d.name, d.kind, d.labels) for d in METRICS.values()] == rows
     for d in METRICS.values():
         assert d.name.startswith("edgefarm_")
@@ -105,8 +106,10 @@ def test_busy_and_phase_follow_the_job() -> None:
     for phase in ("model", "load", "warmup", "decode"):
         lm.job_event(JOB, {"kind": "phase", "phase": phase})
     assert value(reg, "edgefarm_device_phase", device="orin", phase="decode") == 1
-    # Only the current phase has a series.
-    assert value(reg, "edgefarm_device_phase", device="orin", phase="warmup") is None
+    # A state set: every phase has a series, only the current one is 1.
+    assert value(reg, "edgefarm_device_phase", device="orin", phase="warmup") == 0
+    assert sum(value(reg, "edgefarm_device_phase", device="orin", phase=p) or 0
+               for p in PHASES) == 1
     lm.job_event(JOB, {"kind": "phase", "phase": "something-new"})  # not in the contract
     assert value(reg, "edgefarm_device_phase", device="orin", phase="decode") == 1
     lm.job_finished(JOB, "done", None, False)
@@ -200,10 +203,19 @@ edgefarm_device_up{device="orin",platform="jetson"} 1.0
 # HELP edgefarm_device_busy 1 while a job runs on the device, else 0.
 # TYPE edgefarm_device_busy gauge
 edgefarm_device_busy{device="orin"} 1.0
-# HELP edgefarm_device_phase Current phase of the device's job; the series of the current \
-phase is 1.
+# HELP edgefarm_device_phase Phase of the device's job as a state set: every phase is \
+exported, the current one 1 and the others 0 ('idle' between jobs).
 # TYPE edgefarm_device_phase gauge
+edgefarm_device_phase{device="orin",phase="model"} 0.0
+edgefarm_device_phase{device="orin",phase="synth"} 0.0
+edgefarm_device_phase{device="orin",phase="load"} 0.0
+edgefarm_device_phase{device="orin",phase="warmup"} 0.0
+edgefarm_device_phase{device="orin",phase="prefill"} 0.0
 edgefarm_device_phase{device="orin",phase="decode"} 1.0
+edgefarm_device_phase{device="orin",phase="bench"} 0.0
+edgefarm_device_phase{device="orin",phase="cooldown"} 0.0
+edgefarm_device_phase{device="orin",phase="profile"} 0.0
+edgefarm_device_phase{device="orin",phase="idle"} 0.0
 # HELP edgefarm_device_power_watts Live power per rail in watts; rail 'total' is the \
 designated total.
 # TYPE edgefarm_device_power_watts gauge
@@ -341,7 +353,9 @@ def test_store_collector_exports_what_build_report_computes(tmp_path: Path) -> N
     store.set_sweep_state("s1", "finished")
     reg = store_registry(tmp_path)
 
-    assert value(reg, "edgefarm_sweep_info", sweep="s1", name="study-s1", state="finished") == 1
+    assert value(reg, "edgefarm_sweep_info", sweep="s1", name="study-s1") == 1
+    assert value(reg, "edgefarm_sweep_state", sweep="s1", state="finished") == 1
+    assert value(reg, "edgefarm_sweep_state", sweep="s1", state="running") == 0
     assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="done") == 3
     assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="failed") == 1
     assert value(reg, "edgefarm_sweep_jobs", sweep="s1", state="pending") == 0
@@ -422,8 +436,8 @@ def test_only_the_running_and_the_last_finished_sweep_are_exported(tmp_path: Pat
     StoreCollector(results, registry=registry, rebuild_s=0)
     text = generate_latest(registry).decode()
     assert set(re.findall(r'sweep="([^"]+)"', text)) == {"newer", "now"}
-    assert value(registry, "edgefarm_sweep_info", sweep="now", name="study-now",
-                 state="running") == 1
+    assert value(registry, "edgefarm_sweep_info", sweep="now", name="study-now") == 1
+    assert value(registry, "edgefarm_sweep_state", sweep="now", state="running") == 1
 
     finished_only = CollectorRegistry()
     StoreCollector(results, registry=finished_only, include_running=False)
@@ -520,9 +534,12 @@ def test_malformed_telemetry_is_skipped_not_raised() -> None:
 
 
 def test_a_registry_refuses_the_same_collector_twice(tmp_path: Path) -> None:
-    from orchestrator.metrics import LIVE_METRICS, STORE_METRICS
+    from orchestrator.farm.collector import FARM_METRICS
+    from orchestrator.metrics import FARM_ONLY_METRICS, LIVE_METRICS, STORE_METRICS
 
-    assert sorted(LIVE_METRICS + STORE_METRICS) == sorted(METRICS)
+    assert sorted(LIVE_METRICS + FARM_ONLY_METRICS + STORE_METRICS) == sorted(METRICS)
+    # The farm service's two collectors share a registry: together every metric, once.
+    assert sorted(FARM_METRICS + STORE_METRICS) == sorted(METRICS)
     registry = CollectorRegistry()
     LiveMetrics(registry)
     StoreCollector(tmp_path, registry=registry)

@@ -55,13 +55,16 @@ def test_missing_binary_fails_with_the_install_command(tmp_path: Path) -> None:
 
 
 def test_config_scrapes_the_controller_and_the_devices(tmp_path: Path) -> None:
-    text = render_config(scrape_interval_s=5, controller_targets=["127.0.0.1:9464",
-                                                                  "127.0.0.1:9465"],
-                         targets_file=tmp_path / "devices.json")
+    assert MonitorSettings(results_dir=tmp_path).controller_targets == ("127.0.0.1:9465",), \
+        "by default the farm service is the one controller target"
+    text = render_config(scrape_interval_s=5, controller_targets=["127.0.0.1:9465"],
+                         targets_file=tmp_path / "devices.json",
+                         rules_file=tmp_path / "edgefarm.rules.yml")
     config = yaml.safe_load(text)
     assert config["global"]["scrape_interval"] == "5s"
+    assert config["rule_files"] == [str(tmp_path / "edgefarm.rules.yml")]
     edgefarm, devices = config["scrape_configs"]
-    assert edgefarm["static_configs"][0]["targets"] == ["127.0.0.1:9464", "127.0.0.1:9465"]
+    assert edgefarm["static_configs"][0]["targets"] == ["127.0.0.1:9465"]
     assert devices["file_sd_configs"][0]["files"] == [str(tmp_path / "devices.json")]
     assert yaml.safe_load(render_config(scrape_interval_s=0.5, controller_targets=[],
                                         targets_file=tmp_path))["global"][
@@ -89,12 +92,14 @@ def test_up_status_down_with_the_real_binary(tmp_path: Path) -> None:
         results_dir=results, listen=f"127.0.0.1:{listen}", scrape_interval_s=1,
         controller_targets=(f"127.0.0.1:{sweep_port}", f"127.0.0.1:{serve_port}"),
         inventory=write_farm(tmp_path), macmon_port=mac_port, node_exporter_port=node_port,
-        serve_addr=f"127.0.0.1:{serve_port}")
+        serve_addr=f"127.0.0.1:{serve_port}",
+        health_interval_s=0)  # health readings: tests/test_farm_service.py
     paths = MonitorPaths.under(results)
     try:
         info = up(settings)
         assert info["running"] and info["url"] == f"http://127.0.0.1:{listen}"
         assert info["serve"]["running"]
+        assert paths.rules.read_text().startswith("# Written by `python -m orchestrator.alerts")
         assert paths.data.is_dir() and paths.pid.exists()
         device_targets = json.loads(paths.targets.read_text())
         assert device_targets == [

@@ -1,6 +1,6 @@
 """``edgefarm monitor up|down|status`` and ``edgefarm serve``: thin typer commands.
 
-The work is in ``orchestrator.monitor`` and ``orchestrator.serve``; this
+The work is in ``orchestrator.monitor`` and ``orchestrator.farm``; this
 module only parses options and prints. Errors go through the CLI's one
 boundary (``orchestrator.cli.app``): a missing Prometheus exits 2, other
 monitor trouble 1.
@@ -17,6 +17,7 @@ from rich.table import Table
 from orchestrator.cli.app import console, err_console, new_app
 from orchestrator.cli.options import DEFAULT_RESULTS, ResultsOpt
 from orchestrator.exporter import DEFAULT_ADDR, SERVE_ADDR
+from orchestrator.farm.health import DEFAULT_INTERVAL_S
 from orchestrator.monitor import (
     DEFAULT_LISTEN,
     MACMON_PORT,
@@ -59,18 +60,27 @@ def monitor_up(
     results_dir: ResultsOpt = DEFAULT_RESULTS,
     inventory: Annotated[Path | None, typer.Option(
         "--inventory", "-i", envvar="EDGEFARM_INVENTORY",
-        help="Inventory whose ssh devices Prometheus scrapes (macmon on Macs, node_exporter "
-             "elsewhere).")] = None,
+        help="Inventory of the farm: the farm service reads each device's health, and "
+             "Prometheus scrapes the devices' own exporters (macmon on Macs, node_exporter "
+             "elsewhere). Without it: the devices of the newest stored sweep, no device "
+             "exporters.")] = None,
     listen: Annotated[str, typer.Option(
         help="Address Prometheus serves its UI and API on.")] = DEFAULT_LISTEN,
     scrape_interval: Annotated[float, typer.Option(
         help="Seconds between scrapes.", min=0.1)] = 5.0,
-    sweep_exporter: Annotated[str, typer.Option(
-        help="Address of the exporter `sweep run --metrics-addr` serves.")] = DEFAULT_ADDR,
+    sweep_exporter: Annotated[str | None, typer.Option(
+        help="Also scrape a sweep's own exporter at this address (`sweep run "
+             "--metrics-addr`). Not needed with the farm service, which exports running "
+             "sweeps too; without the farm service (--no-serve) the default is "
+             f"{DEFAULT_ADDR}.")] = None,
     serve: Annotated[bool, typer.Option(
-        help="Also start `edgefarm serve` (the last finished sweep, between sweeps).")] = True,
+        help="Also start the farm service, `edgefarm serve` (the only scrape target a "
+             "farm needs: devices, running and finished sweeps).")] = True,
     serve_addr: Annotated[str, typer.Option(
         help="Address of `edgefarm serve`.")] = SERVE_ADDR,
+    health_interval: Annotated[float, typer.Option(
+        help="Seconds between two health readings of each device by the farm service "
+             "(0: none).", min=0)] = DEFAULT_INTERVAL_S,
     macmon_port: Annotated[int, typer.Option(
         help="Port of `macmon serve` on Apple-silicon devices.")] = MACMON_PORT,
     node_exporter_port: Annotated[int, typer.Option(
@@ -78,22 +88,23 @@ def monitor_up(
     prometheus: Annotated[str | None, typer.Option(
         help="Path of the prometheus binary (default: found on PATH).")] = None,
 ) -> None:
-    """Start a local Prometheus (and `edgefarm serve`) and print its URL."""
+    """Start a local Prometheus and the farm service (`edgefarm serve`); print their URLs."""
     from orchestrator.monitor import up
 
+    targets = ((serve_addr,) if serve else ()) + \
+        ((sweep_exporter,) if sweep_exporter else () if serve else (DEFAULT_ADDR,))
     info = up(MonitorSettings(
         results_dir=results_dir, listen=listen, scrape_interval_s=scrape_interval,
-        controller_targets=(sweep_exporter, serve_addr), inventory=inventory,
+        controller_targets=targets, inventory=inventory,
         macmon_port=macmon_port, node_exporter_port=node_exporter_port, serve=serve,
-        serve_addr=serve_addr, prometheus=prometheus))
+        serve_addr=serve_addr, prometheus=prometheus, health_interval_s=health_interval))
     console.print(f"prometheus: {info['url']}", highlight=False)
     console.print(f"data and config: {Path(results_dir).resolve() / 'prometheus'}",
                   highlight=False)
     if info["serve"]["running"]:
-        console.print(f"edgefarm serve: http://{info['serve']['addr']}/metrics",
+        console.print(f"farm service (edgefarm serve): http://{info['serve']['addr']}/metrics",
                       highlight=False)
-    console.print(f"sweeps serve live metrics on {sweep_exporter} while they run "
-                  "(their --metrics-addr default)", highlight=False)
+    console.print("scrape targets: " + ", ".join(targets), highlight=False)
 
 
 @monitor_app.command("down")
@@ -121,11 +132,18 @@ def serve_cmd(
     addr: Annotated[str, typer.Option(
         help="Address to serve /metrics on (host:port; loopback unless you say otherwise).")]
         = SERVE_ADDR,
+    inventory: Annotated[Path | None, typer.Option(
+        "--inventory", "-i", envvar="EDGEFARM_INVENTORY",
+        help="Devices to read health from (default: those of the newest stored sweep).")]
+        = None,
+    health_interval: Annotated[float, typer.Option(
+        help="Seconds between two health readings of each device (0: none).", min=0)]
+        = DEFAULT_INTERVAL_S,
 ) -> None:
-    """Serve the last finished sweep's metrics from the results store until Ctrl-C."""
-    from orchestrator.serve import serve
+    """Run the farm service: devices, running and finished sweeps on one /metrics, until Ctrl-C."""
+    from orchestrator.farm.service import serve
 
-    serve(results_dir, addr,
+    serve(results_dir, addr, inventory=inventory, health_interval_s=health_interval,
           on_ready=lambda url: console.print(f"serving {results_dir} at {url} (Ctrl-C stops)",
                                              highlight=False),
           on_warning=lambda text: err_console.print(f"[yellow]warning:[/] {text}"))

@@ -1,0 +1,130 @@
+"""Device health between sweeps: one ``edgefarm-agent health`` reading per device per interval.
+
+The poller connects to every inventory device in turn (at most ``workers`` at
+once), makes sure the agent is there, and runs ``agent health``: a couple of
+seconds of the device's own telemetry sources, the lease holder and the load.
+A device that is busy with a sweep's job is skipped (``skip``): the sweep's
+own samples describe it, and a health reading would disturb the benchmark.
+
+The readings stay in memory; nothing is written to the results store, so the
+service can run beside sweeps without contending for it. Connections are
+opened from this process, as ``inventory probe`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.agent_client import AgentClient
+from orchestrator.bundle import build
+from orchestrator.errors import EdgefarmError
+from orchestrator.transport import TransportSettings, make_transport
+
+__all__ = ["HealthPoller", "Reading", "read_health"]
+
+log = logging.getLogger("edgefarm.farm.health")
+
+#: Default seconds between two readings of one device.
+DEFAULT_INTERVAL_S = 60.0
+
+
+@dataclass
+class Reading:
+    """One health reading: when (``clock()``), whether the agent answered, and what it said."""
+
+    at: float
+    reachable: bool
+    health: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_health(device: Any, bundle_path: str, sha256: str, settings: TransportSettings,
+                seconds: float, clock: Callable[[], float] = time.time) -> Reading:
+    """Connect to ``device``, run ``agent health``; a failure becomes a reading with its reason."""
+    transport = None
+    try:
+        transport = make_transport(device, settings)
+        transport.connect()
+        client = AgentClient(transport, device.work_dir, bundle_path, sha256)
+        return Reading(clock(), True, health=client.health(device.platform, seconds))
+    except Exception as exc:  # one device's trouble must not stop the others' readings
+        error = str(exc) if isinstance(exc, EdgefarmError) else f"{type(exc).__name__}: {exc}"
+        return Reading(clock(), False, error=error)
+    finally:
+        if transport is not None and transport.state == "connected":
+            transport.close()
+
+
+class HealthPoller:
+    """Reads every device's health every ``interval_s`` seconds on a background thread.
+
+    ``devices()`` is asked for the device list at every round (inventory
+    ``Device`` models), so devices registered later are read too.
+    """
+
+    def __init__(self, devices: Callable[[], Sequence[Any]], cache_dir: Path,
+                 settings: TransportSettings,
+                 *, interval_s: float = DEFAULT_INTERVAL_S, seconds: float = 2.0,
+                 workers: int = 16, skip: Callable[[str], bool] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.devices = devices  # called every round: the inventory may change
+        self.cache_dir = Path(cache_dir)
+        self.settings = settings
+        self.interval_s = interval_s
+        self.seconds = seconds
+        self.workers = max(1, workers)
+        self.skip = skip or (lambda name: False)
+        self.clock = clock
+        self.readings: dict[str, Reading] = {}
+        self.rounds = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def snapshot(self) -> dict[str, Reading]:
+        with self._lock:
+            return dict(self.readings)
+
+    def poll_once(self) -> None:
+        """One reading of every device not skipped (blocks until all have answered)."""
+        wanted = [d for d in self.devices() if not self.skip(d.name)]
+        if not wanted:
+            return
+        bundle = build(self.cache_dir)
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(wanted)),
+                                thread_name_prefix="farm-health") as pool:
+            futures = {pool.submit(read_health, d, str(bundle.path), bundle.sha256,
+                                   self.settings, self.seconds, self.clock): d.name
+                       for d in wanted}
+            for future, name in futures.items():
+                reading = future.result()
+                with self._lock:
+                    self.readings[name] = reading
+        self.rounds += 1
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="farm-health", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll_once()
+            except Exception:  # a bug in one round must not end the service's health view
+                log.exception("device health round failed")
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
