@@ -4,8 +4,8 @@ A push is idempotent and converges: it reads what the server has and writes
 only what differs, so pushing twice in a row sends no write request the second
 time and reports every item "unchanged". The steps:
 
-1. ``GET /api/health`` (no auth): the server answers and is Grafana 10 or newer,
-   old enough servers cannot read the dashboards' schemaVersion 39.
+1. ``GET /api/health`` (no auth): the server answers and is Grafana 11 or newer;
+   older servers cannot read the dashboards' schemaVersion 42.
 2. Datasource by uid (``GET /api/datasources/uid/edgefarm-prometheus``): create
    it (``POST /api/datasources``) or update it (``PUT /api/datasources/uid/..``)
    when its url, name, type or settings differ. A provisioned (read-only) one
@@ -14,6 +14,12 @@ time and reports every item "unchanged". The steps:
 4. Each dashboard by uid (``GET /api/dashboards/uid/:uid``); uploaded with
    ``POST /api/dashboards/db`` and ``overwrite: true`` only when its content
    (less ``id`` and ``version``, which Grafana assigns) or its folder differs.
+5. With a results store (``sweeps``): each sweep's start and end as an
+   organisation annotation tagged ``edgefarm``, ``sweep`` and the sweep id,
+   which every dashboard shows (its "Sweeps" annotation query). Existing ones
+   are found with ``GET /api/annotations?tags=...`` and patched
+   (``PATCH /api/annotations/:id``) only when their span or text changed; new
+   ones are created with ``POST /api/annotations``.
 
 Errors come out as ``GrafanaPushError`` with a one-line message and an exit
 status: 2 for bad input (URL, token variable, token, folder name), 1 for server
@@ -36,6 +42,7 @@ import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +50,7 @@ from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaTimeoutError
 
 from orchestrator.dashboards import DATASOURCE_TYPE, DATASOURCE_UID, render_all
+from orchestrator.dashboards.model import SWEEP_ANNOTATION_TAGS
 from orchestrator.errors import EdgefarmError
 
 __all__ = [
@@ -63,9 +71,10 @@ __all__ = [
 DEFAULT_FOLDER = "edgefarm"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 
-#: The dashboards are written for schemaVersion 39 (Grafana 10/11) and the push
-#: uses the uid-based datasource and folder APIs; older servers are refused.
-MIN_GRAFANA_VERSION = (10, 0)
+#: The dashboards are written for schemaVersion 42 (Grafana 12 saves it; 11
+#: migrates it on load) and the push uses the uid-based datasource and folder
+#: APIs; older servers are refused.
+MIN_GRAFANA_VERSION = (11, 0)
 
 #: The datasource as both provisioning (dashboards/provisioning/datasources/
 #: edgefarm.yaml) and the push create it; only ``url`` differs between the two.
@@ -380,6 +389,57 @@ def _push_dashboard(session: _Session, model: dict[str, Any], folder: str) -> Pu
     return PushResult("dashboard", uid, title, action)
 
 
+@dataclass(frozen=True)
+class SweepSpan:
+    """One sweep as an annotation shows it: id, name, state and its span in Unix seconds."""
+
+    sweep_id: str
+    name: str
+    state: str
+    start: float
+    end: float | None
+
+
+def sweep_spans(results_dir: Any) -> list[SweepSpan]:
+    """Every sweep of the results store: created at, and its last job's end once it ended."""
+    from orchestrator.states import SweepState
+    from orchestrator.store import Store
+
+    store = Store(results_dir, read_only=True)
+    try:
+        rows = store.db.execute(
+            "SELECT s.id, s.name, s.state, s.created_at,"
+            " COALESCE(s.finished_at, MAX(j.finished_at)) AS ended"
+            " FROM sweeps s LEFT JOIN jobs j ON j.sweep_id = s.id GROUP BY s.id"
+            " ORDER BY s.created_at").fetchall()
+    finally:
+        store.close()
+    return [SweepSpan(r["id"], r["name"], r["state"], float(r["created_at"]),
+                      float(r["ended"]) if r["ended"] is not None
+                      and r["state"] != SweepState.RUNNING else None) for r in rows]
+
+
+def _push_annotation(session: _Session, span: SweepSpan,
+                     stored: list[dict[str, Any]]) -> PushResult:
+    tags = [*SWEEP_ANNOTATION_TAGS, span.sweep_id]
+    start = int(span.start * 1000)
+    end = int(span.end * 1000) if span.end is not None else start
+    text = f"sweep {span.sweep_id} ({span.name}): {span.state}"
+    mine = [a for a in stored if span.sweep_id in (a.get("tags") or [])]
+    api = session.api.annotations
+    if not mine:
+        session.call("add annotation " + span.sweep_id, partial(
+            api.add_annotation, time_from=start, time_to=end, tags=tags, text=text))
+        return PushResult("annotation", span.sweep_id, text, "created")
+    current = mine[0]
+    if (current.get("time"), current.get("timeEnd"), current.get("text")) == (start, end, text):
+        return PushResult("annotation", span.sweep_id, text, "unchanged")
+    session.call("patch annotation " + span.sweep_id, partial(
+        api.partial_update_annotation, current["id"], time_from=start, time_to=end, tags=tags,
+        text=text))
+    return PushResult("annotation", span.sweep_id, text, "updated")
+
+
 def push(
     url: str,
     token: str,
@@ -387,13 +447,15 @@ def push(
     folder: str = DEFAULT_FOLDER,
     prometheus_url: str = DEFAULT_PROMETHEUS_URL,
     dashboards: Mapping[str, dict[str, Any]] | None = None,
+    sweeps: list[SweepSpan] | None = None,
     timeout: float = 10.0,
     on_result: Callable[[PushResult], None] | None = None,
 ) -> list[PushResult]:
-    """Make Grafana at ``url`` hold edgefarm's datasource, folder and dashboards.
+    """Make Grafana at ``url`` hold edgefarm's datasource, folder, dashboards and sweep spans.
 
     ``dashboards`` defaults to everything ``orchestrator.dashboards`` renders;
-    ``on_result`` sees each item as it is done, so a caller can show progress.
+    ``sweeps`` (``sweep_spans(results_dir)``) become annotations; ``on_result``
+    sees each item as it is done, so a caller can show progress.
     """
     url = check_url(url)
     prometheus_url = check_url(prometheus_url, "Prometheus URL")
@@ -417,4 +479,10 @@ def push(
     done(_push_folder(session, folder))
     for model in models.values():
         done(_push_dashboard(session, model, folder))
+    if sweeps:
+        stored = session.call("find sweep annotations", partial(
+            session.api.annotations.find_annotations, tags=list(SWEEP_ANNOTATION_TAGS),
+            ann_type="annotation", limit=10000)) or []
+        for span in sweeps:
+            done(_push_annotation(session, span, list(stored)))
     return results

@@ -94,7 +94,7 @@ def test_dashboards_identity() -> None:
         "sweep-progress": ("edgefarm-sweep-progress", "edgefarm · Sweep progress"),
     }
     for model in MODELS.values():
-        assert model["schemaVersion"] == SCHEMA_VERSION == 39
+        assert model["schemaVersion"] == SCHEMA_VERSION == 42
         assert model["id"] is None
         assert len(model["uid"]) <= 40
         assert "edgefarm" in model["tags"]
@@ -118,8 +118,9 @@ def test_panel_ids_unique_and_grid_fits_without_overlap() -> None:
                 assert not overlap, f"{stem}: {ta!r} overlaps {tb!r}"
 
 
-def test_every_panel_target_and_variable_uses_the_provisioned_datasource() -> None:
-    assert DATASOURCE == {"type": "prometheus", "uid": "edgefarm-prometheus"}
+def test_every_panel_target_and_variable_uses_the_datasource_variable() -> None:
+    """Any Prometheus datasource works: nothing is tied to the uid edgefarm provisions."""
+    assert DATASOURCE == {"type": "prometheus", "uid": "${datasource}"}
     for stem, panel, target in targets():
         assert target["datasource"] == DATASOURCE, (stem, panel["title"])
         assert panel["datasource"] == DATASOURCE
@@ -127,15 +128,29 @@ def test_every_panel_target_and_variable_uses_the_provisioned_datasource() -> No
     for model in MODELS.values():
         for panel in all_panels(model):
             assert panel["type"] == "row" or panel["targets"], panel["title"]
-        for var in model["templating"]["list"]:
+        first, *queries = model["templating"]["list"]
+        assert (first["name"], first["type"], first["query"]) == (
+            "datasource", "datasource", "prometheus")
+        assert "edgefarm-prometheus" not in json.dumps(model).replace(
+            json.dumps(first), ""), "only the variable's default names the provisioned uid"
+        for var in queries:
             assert var["datasource"] == DATASOURCE
+
+
+def test_sweep_variables_open_on_the_newest_sweep() -> None:
+    """Sweep ids start with the date and time: sorted descending, the first is the newest."""
+    for stem in ("moe-vs-dense", "sweep-progress"):
+        (sweep,) = [v for v in MODELS[stem]["templating"]["list"] if v["name"] == "sweep"]
+        assert sweep["sort"] == 2 and sweep["current"] == {}, stem
+    ids = ["20261201-233008-4542", "20261202-003747-080d", "20261130-120000-ffff"]
+    assert sorted(ids, reverse=True)[0] == "20261202-003747-080d"
 
 
 def test_template_variables_used_are_defined() -> None:
     for stem, model in MODELS.items():
         defined = {v["name"] for v in model["templating"]["list"]}
         texts = [t["expr"] for t in (t for s, _, t in targets() if s == stem)]
-        texts += [v["definition"] for v in model["templating"]["list"]]
+        texts += [v["definition"] for v in model["templating"]["list"] if v["type"] == "query"]
         for text in texts:
             for name in re.findall(r"\$\{?(\w+)", text):
                 assert name in defined or name.startswith("__") or name.isdigit(), (stem, name)
@@ -172,8 +187,8 @@ def test_moe_dashboard_shows_the_deficit_clearly() -> None:
     exprs = [t["expr"] for p in deficit for t in p["targets"]]
     assert any(e.startswith("(1 - edgefarm_moe_dense_decode_ratio{") and e.endswith(") * 100")
                for e in exprs)
-    assert [v["name"] for v in moe["templating"]["list"]] == ["sweep", "device", "pair",
-                                                               "config"]
+    assert [v["name"] for v in moe["templating"]["list"]] == ["datasource", "sweep", "device",
+                                                               "pair", "config"]
 
 
 # -- the metric contract -------------------------------------------------------------
@@ -200,7 +215,8 @@ def test_every_metric_and_label_used_is_in_the_contract() -> None:
 def test_panel_queries_are_plain_promql_with_expected_labels() -> None:
     queries = panel_queries()
     panel_count = sum(len(p.get("targets", [])) for m in MODELS.values() for p in all_panels(m))
-    variable_count = sum(len(m["templating"]["list"]) for m in MODELS.values())
+    variable_count = sum(len([v for v in m["templating"]["list"] if v["type"] == "query"])
+                         for m in MODELS.values())
     assert len(queries) == panel_count + variable_count
     for q in queries:
         leftover = re.findall(r"\$\{?(\w+)", q.expr)

@@ -67,18 +67,27 @@ def test_dashboard_provider_points_at_the_mounted_json() -> None:
 
 @pytest.mark.parametrize(("name", "host"), [("prometheus.yml", "127.0.0.1"),
                                             ("prometheus-compose.yml", "host.docker.internal")])
-def test_prometheus_configs(name: str, host: str) -> None:
+def test_prometheus_configs(name: str, host: str, tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is not installed (Debian package 'prometheus')")
     path = STACK / name
-    checked = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
-                             text=True, timeout=60)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
     doc = load(path)
+    # promtool reads the rule files too: lay them out as Prometheus sees them (the
+    # compose container mounts the rules at /etc/prometheus/).
+    (tmp_path / "prometheus").mkdir()
+    rules = (STACK / "prometheus" / "edgefarm.rules.yml").read_text()
+    (tmp_path / "prometheus" / "edgefarm.rules.yml").write_text(rules)
+    checked_path = tmp_path / name
+    checked_path.write_text(path.read_text().replace(
+        "/etc/prometheus/edgefarm.rules.yml", "prometheus/edgefarm.rules.yml"))
+    checked = subprocess.run([promtool, "check", "config", str(checked_path)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 5 rules found" in checked.stdout + checked.stderr
     (job,) = doc["scrape_configs"]
-    # The running sweep's exporter and `edgefarm serve` (the last finished sweep).
-    assert job["static_configs"] == [{"targets": [f"{host}:9464", f"{host}:9465"]}]
+    # The farm service alone: devices, the running sweep and the last finished one.
+    assert job["static_configs"] == [{"targets": [f"{host}:9465"]}]
     # $__rate_interval is computed from the datasource's timeInterval: keep them equal.
     assert doc["global"]["scrape_interval"] == DATASOURCE_FIELDS["jsonData"]["timeInterval"]
 
@@ -103,6 +112,10 @@ def test_compose_file_structure() -> None:
     prom = services["prometheus"]
     assert "host.docker.internal:host-gateway" in prom["extra_hosts"]
     assert "./prometheus-compose.yml:/etc/prometheus/prometheus.yml:ro" in prom["volumes"]
+    assert "./prometheus/edgefarm.rules.yml:/etc/prometheus/edgefarm.rules.yml:ro" in \
+        prom["volumes"]
+    assert prom["image"] == "prom/prometheus:v3.14.0"
+    assert services["grafana"]["image"] == "grafana/grafana:13.2.0"
     assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
 
 

@@ -3,7 +3,7 @@
 No Grafana server can be installed where these tests run, so ``FakeGrafana``
 implements the endpoints the push calls, as Grafana's HTTP API documentation
 describes them (docs/sources/developers/http_api/: other.md for /api/health,
-data_source.md, folder.md, dashboard.md): same paths, methods, status codes,
+data_source.md, folder.md, dashboard.md, annotations.md): same paths, methods, status codes,
 and request and response bodies. It checks every request it gets (path,
 method, ``Authorization: Bearer <token>``, JSON content type, payload shape),
 answers a malformed one the way Grafana would (400, 401, 404, 409, 412), and
@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from typer.testing import CliRunner
@@ -55,7 +55,7 @@ DASHBOARD_SAVE_KEYS = {"dashboard", "folderUid", "folderId", "overwrite", "messa
 class FakeGrafana:
     """A Grafana stand-in on 127.0.0.1 (port 0), serving the API subset the push uses."""
 
-    def __init__(self, token: str = TOKEN, version: str = "11.3.1", prefix: str = "") -> None:
+    def __init__(self, token: str = TOKEN, version: str = "12.3.0", prefix: str = "") -> None:
         self.token = token
         self.version = version
         self.prefix = prefix.rstrip("/")
@@ -64,6 +64,8 @@ class FakeGrafana:
         self.datasources: dict[str, dict[str, Any]] = {}
         self.folders: dict[str, dict[str, Any]] = {}
         self.dashboards: dict[str, dict[str, Any]] = {}
+        self.annotations: dict[int, dict[str, Any]] = {}
+        self._query: dict[str, list[str]] = {}
         self.requests: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self._next_id = 1
@@ -109,6 +111,7 @@ class FakeGrafana:
                raw: bytes) -> tuple[int, Any]:
         with self._lock:
             path = urlsplit(raw_path).path
+            self._query = parse_qs(urlsplit(raw_path).query)
             self.requests.append({"method": method, "path": path,
                                   "auth": headers.get("Authorization")})
             if self.prefix:
@@ -173,6 +176,12 @@ class FakeGrafana:
                     "version": stored["dashboard"]["version"]}}
             case ("POST", ["dashboards", "db"]):
                 return self._save_dashboard(body)
+            case ("GET", ["annotations"]):
+                return self._find_annotations()
+            case ("POST", ["annotations"]):
+                return self._add_annotation(body)
+            case ("PATCH", ["annotations", ann_id]):
+                return self._patch_annotation(ann_id, body)
         return self._reject(404, f"{method} /api/{'/'.join(parts)}: not part of the API subset")
 
     # -- datasources -------------------------------------------------------
@@ -275,6 +284,54 @@ class FakeGrafana:
                                 "provisioned": False}
         return 200, {"id": dash_id, "uid": uid, "url": f"/d/{uid}/x", "status": "success",
                      "version": version, "slug": "x"}
+
+
+    # -- annotations (annotations.md) ---------------------------------------
+    def _check_annotation(self, body: Any, create: bool) -> str | None:
+        if not isinstance(body, dict):
+            return "annotation body is not an object"
+        unknown = set(body) - {"dashboardUID", "dashboardId", "panelId", "time", "timeEnd",
+                               "tags", "text"}
+        if unknown:
+            return f"annotation has undocumented fields {sorted(unknown)}"
+        if create and not isinstance(body.get("text"), str):
+            return "annotation needs a text"
+        for key in ("time", "timeEnd"):
+            if body.get(key) is not None and not isinstance(body[key], int):
+                return f"annotation {key} is not epoch milliseconds"
+        if not isinstance(body.get("tags", []), list):
+            return "annotation tags is not a list"
+        return None
+
+    def _find_annotations(self) -> tuple[int, Any]:
+        tags = self._query.get("tags", [])
+        found = [a for a in self.annotations.values() if set(tags) <= set(a["tags"])]
+        if self._query.get("type") not in (None, ["annotation"], ["alert"]):
+            return self._reject(400, f"annotation type {self._query['type']}")
+        limit = int(self._query.get("limit", ["100"])[0])
+        return 200, [copy.deepcopy(a) for a in sorted(found, key=lambda a: -a["time"])][:limit]
+
+    def _add_annotation(self, body: Any) -> tuple[int, Any]:
+        problem = self._check_annotation(body, create=True)
+        if problem:
+            return self._reject(400, problem)
+        ann_id = self._id()
+        time_ms = body.get("time") or 0
+        self.annotations[ann_id] = {
+            "id": ann_id, "dashboardUID": body.get("dashboardUID"), "panelId": 0,
+            "time": time_ms, "timeEnd": body.get("timeEnd") or time_ms,
+            "tags": list(body.get("tags") or []), "text": body["text"]}
+        return 200, {"message": "Annotation added", "id": ann_id}
+
+    def _patch_annotation(self, ann_id: str, body: Any) -> tuple[int, Any]:
+        problem = self._check_annotation(body, create=False)
+        if problem:
+            return self._reject(400, problem)
+        if not ann_id.isdigit() or int(ann_id) not in self.annotations:
+            return 404, {"message": "Could not find annotation to update"}
+        stored = self.annotations[int(ann_id)]
+        stored.update({k: v for k, v in body.items() if v is not None})
+        return 200, {"message": "Annotation patched"}
 
 
 @pytest.fixture
@@ -439,7 +496,7 @@ def test_old_grafana_is_refused_before_any_write() -> None:
         result = run_push(fake.url)
         assert result.exit_code == 1
         line = one_line_error(result)
-        assert "8.5.27" in line and "10.0 or newer" in line
+        assert "8.5.27" in line and "11.0 or newer" in line
         assert [r["path"] for r in fake.requests] == ["/api/health"]
     finally:
         fake.server.shutdown()
@@ -594,3 +651,48 @@ def test_bad_timeouts_are_usage_errors(value: str) -> None:
 def test_library_rejects_bad_timeouts(value: float) -> None:
     with pytest.raises(GrafanaInputError, match="timeout"):
         push("http://127.0.0.1:1", TOKEN, timeout=value)
+
+
+def test_sweeps_become_annotations_created_once_and_patched_when_they_end(
+        grafana: FakeGrafana, tmp_path: Any) -> None:
+    from orchestrator.grafana_push import sweep_spans
+    from orchestrator.store import Store
+
+    store = Store(tmp_path)
+    store.create_sweep("20261202-010000-aaaa", "first", {}, {"devices": []}, [])
+    store.set_sweep_state("20261202-010000-aaaa", "finished")
+    store.create_sweep("20261202-020000-bbbb", "second", {}, {"devices": []}, [])
+    store.close()
+    results = push(grafana.url, TOKEN, sweeps=sweep_spans(tmp_path))
+    notes = {r.uid: r.action for r in results if r.kind == "annotation"}
+    assert notes == {"20261202-010000-aaaa": "created", "20261202-020000-bbbb": "created"}
+    stored = {a["tags"][-1]: a for a in grafana.annotations.values()}
+    assert stored["20261202-010000-aaaa"]["tags"] == ["edgefarm", "sweep", "20261202-010000-aaaa"]
+    assert stored["20261202-020000-bbbb"]["text"] == "sweep 20261202-020000-bbbb (second): running"
+    assert stored["20261202-020000-bbbb"]["time"] == stored["20261202-020000-bbbb"]["timeEnd"]
+
+    before = len(grafana.requests)
+    again = push(grafana.url, TOKEN, sweeps=sweep_spans(tmp_path))
+    assert {r.action for r in again if r.kind == "annotation"} == {"unchanged"}
+    assert grafana.writes(since=before) == []
+
+    store = Store(tmp_path)
+    store.set_sweep_state("20261202-020000-bbbb", "finished")
+    store.close()
+    before = len(grafana.requests)
+    third = push(grafana.url, TOKEN, sweeps=sweep_spans(tmp_path))
+    assert {r.uid: r.action for r in third if r.kind == "annotation"}["20261202-020000-bbbb"] \
+        == "updated"
+    writes = grafana.writes(since=before)
+    assert len(writes) == 1 and writes[0].startswith("PATCH /api/annotations/")
+    assert stored["20261202-020000-bbbb"]["text"] == \
+        "sweep 20261202-020000-bbbb (second): finished"
+
+
+def test_dashboards_open_on_the_edgefarm_datasource_and_show_sweep_annotations() -> None:
+    for model in render_all().values():
+        datasource = model["templating"]["list"][0]
+        assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
+        assert datasource["current"]["value"] == DATASOURCE_UID
+        sweeps = [a for a in model["annotations"]["list"] if a["name"] == "Sweeps"]
+        assert sweeps and sweeps[0]["target"]["tags"] == ["edgefarm", "sweep"]

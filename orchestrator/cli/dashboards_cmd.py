@@ -65,14 +65,26 @@ def push_cmd(
         callback=_timeout_option,
         help="Seconds each request may take in all, from sending it to the last byte "
              "of the answer (more than 0).")] = 10.0,
+    results_dir: Annotated[Path | None, typer.Option(
+        "--results-dir", "-r",
+        help="Results store whose sweeps become start/end annotations on every dashboard "
+             "(default: none).")] = None,
 ) -> None:
     """Create or update the Prometheus datasource, the folder and every dashboard.
 
+    With --results-dir also each sweep's start and end as an annotation.
     Idempotent: items already as wanted are reported "unchanged" and not written.
     """
     token = token_from_env(token_env)
+    spans = None
+    if results_dir is not None:
+        from orchestrator.grafana_push import sweep_spans
+        from orchestrator.store import open_to_read
+
+        open_to_read(results_dir).close()  # a missing store: one clear message, exit 2
+        spans = sweep_spans(results_dir)
     results = push(url, token, folder=folder, prometheus_url=prometheus_url,
-                   timeout=timeout, on_result=_print_result)
+                   sweeps=spans, timeout=timeout, on_result=_print_result)
     counts: dict[str, int] = {}
     for result in results:
         key = result.action.split(" ")[0]

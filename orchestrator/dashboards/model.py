@@ -25,6 +25,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCRAPE_COLUMNS",
     "STATE_COLOURS",
+    "SWEEP_ANNOTATION_TAGS",
     "Dashboard",
     "Panel",
     "Query",
@@ -33,17 +34,22 @@ __all__ = [
     "render_dashboard",
 ]
 
-#: The classic dashboard JSON model of Grafana 10.x and 11.x. Newer Grafana
-#: migrates it forward on load; older Grafana may not understand it, which is
-#: why ``grafana_push`` refuses servers older than 10.
-SCHEMA_VERSION = 39
+#: The classic dashboard JSON model as current Grafana (12.x) saves it. Older
+#: Grafana migrates only forward and may not read it, which is why
+#: ``grafana_push`` refuses servers older than 11.
+SCHEMA_VERSION = 42
 
-#: The dashboards reference one fixed datasource uid. Compose provisioning and
-#: ``edgefarm dashboards push`` both create the datasource under this uid, so
-#: the JSON needs no import-time datasource variable.
+#: The datasource compose provisioning and ``edgefarm dashboards push`` create.
+#: The dashboards do not hard-wire it: every panel and variable uses the
+#: ``$datasource`` variable (any Prometheus datasource), which opens on this
+#: uid where it exists.
 DATASOURCE_UID = "edgefarm-prometheus"
 DATASOURCE_TYPE = "prometheus"
-DATASOURCE: dict[str, str] = {"type": DATASOURCE_TYPE, "uid": DATASOURCE_UID}
+#: What panels, targets and query variables reference: the datasource variable.
+DATASOURCE: dict[str, str] = {"type": DATASOURCE_TYPE, "uid": "${datasource}"}
+#: Tags of the sweep annotations ``grafana_push.push_annotations`` writes; every
+#: dashboard shows annotations carrying them.
+SWEEP_ANNOTATION_TAGS = ("edgefarm", "sweep")
 
 GRID_COLUMNS = 24
 
@@ -124,6 +130,10 @@ class Variable:
     label_name: str
     multi: bool = True
     description: str = ""
+    #: Grafana's option order: 1 alphabetical, 2 alphabetical descending. With
+    #: no saved value a variable opens on its first option, so 2 makes a sweep
+    #: variable (ids start with the date and time) open on the newest sweep.
+    sort: int = 1
 
     @property
     def definition(self) -> str:
@@ -324,12 +334,45 @@ def _render_variable(var: Variable) -> dict[str, Any]:
         "refresh": 2,
         "regex": "",
         "skipUrlSync": False,
-        "sort": 1,
+        "sort": var.sort,
         "type": "query",
     }
     if var.multi:
         out["allValue"] = ".*"
     return out
+
+
+def _datasource_variable() -> dict[str, Any]:
+    """``$datasource``: any Prometheus datasource, opening on edgefarm's own where it exists."""
+    return {
+        "current": {"text": "edgefarm Prometheus", "value": DATASOURCE_UID},
+        "description": "The Prometheus that scrapes the edgefarm farm service.",
+        "hide": 0,
+        "includeAll": False,
+        "label": "Data source",
+        "multi": False,
+        "name": "datasource",
+        "options": [],
+        "query": DATASOURCE_TYPE,
+        "refresh": 1,
+        "regex": "",
+        "skipUrlSync": False,
+        "type": "datasource",
+    }
+
+
+def _annotations() -> dict[str, Any]:
+    """Grafana's own annotations, and the sweeps' start and end pushed with their tags."""
+    grafana = {"type": "grafana", "uid": "-- Grafana --"}
+    return {"list": [
+        {"builtIn": 1, "datasource": grafana, "enable": True, "hide": True,
+         "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+         "type": "dashboard"},
+        {"datasource": grafana, "enable": True, "hide": False, "iconColor": "purple",
+         "name": "Sweeps",
+         "target": {"limit": 100, "matchAny": False, "tags": list(SWEEP_ANNOTATION_TAGS),
+                    "type": "tags"}},
+    ]}
 
 
 def render_dashboard(dash: Dashboard, links: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
@@ -354,7 +397,7 @@ def render_dashboard(dash: Dashboard, links: Sequence[dict[str, Any]] = ()) -> d
             x += panel.w
         y += max(p.h for p in item)
     return {
-        "annotations": {"list": []},
+        "annotations": _annotations(),
         "description": dash.description,
         "editable": True,
         "fiscalYearStartMonth": 0,
@@ -366,7 +409,8 @@ def render_dashboard(dash: Dashboard, links: Sequence[dict[str, Any]] = ()) -> d
         "refresh": dash.refresh,
         "schemaVersion": SCHEMA_VERSION,
         "tags": list(dash.tags),
-        "templating": {"list": [_render_variable(v) for v in dash.variables]},
+        "templating": {"list": [_datasource_variable(),
+                                *(_render_variable(v) for v in dash.variables)]},
         "time": {"from": dash.time_from, "to": "now"},
         "timepicker": {},
         "timezone": "browser",

@@ -48,7 +48,7 @@ def dashboard() -> Dashboard:
         description="Each MoE model against its dense baselines on the same device and "
                     "configuration: medians of counted repetitions, as the sweep produces them.",
         variables=(
-            Variable("sweep", "Sweep", "edgefarm_sweep_info", "sweep", multi=False,
+            Variable("sweep", "Sweep", "edgefarm_sweep_info", "sweep", sort=2, multi=False,
                      description="The running sweep or the last finished one."),
             Variable("device", "Device", sel(_RATIO, "sweep"), "device",
                      description="Devices with at least one MoE/dense result in the sweep."),

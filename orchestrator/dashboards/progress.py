@@ -32,15 +32,16 @@ def dashboard() -> Dashboard:
         description="The running sweep and the last finished one: jobs by state, attempt "
                     "outcomes over time, and how many devices are busy.",
         variables=(
-            Variable("sweep", "Sweep", "edgefarm_sweep_info", "sweep",
+            Variable("sweep", "Sweep", "edgefarm_sweep_info", "sweep", sort=2,
                      description="Only the running sweep and the last finished one are "
                                  "exported."),
         ),
         layout=(
             (
                 Panel("Sweeps", "table", (
-                    Query(f"{info} == 1", "", ("sweep", "name", "state"), instant=True,
-                          table=True),
+                    Query(f"{info}\n  * on (sweep) group_left (state)\n  "
+                          f"({sel('edgefarm_sweep_state', 'sweep')} == 1)", "",
+                          ("sweep", "name", "state"), instant=True, table=True),
                 ), w=10, h=6, hide_columns=SCRAPE_COLUMNS,
                     description="Exported sweeps with their name and state (running, "
                                 "finished, interrupted)."),
