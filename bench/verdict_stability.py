@@ -5,9 +5,10 @@ Runs ``sweeps/verdict-stability.yaml`` (the seed shapes of
 OLMo-1B, Q4_0, CPU, llama.cpp's defaults; with adaptive paired rounds) through
 the real CLI on this machine, ``--runs`` times (``--sweep
 sweeps/verdict-stability-norepack.yaml`` is the CPU-repacking-off variant of
-benches 3-5). During the run numbered ``--loaded-run`` the bench itself starts a bounded background CPU load: one busy process switched on and
-off in bursts (``--burst ON:OFF`` seconds), stopped when the run ends or after
-``--load-cap`` seconds, whichever comes first.
+benches 3-5). During the run numbered ``--loaded-run`` the bench itself starts
+a bounded background CPU load: one busy process switched on and off in bursts
+(``--burst ON:OFF`` seconds), stopped when the run ends or after ``--load-cap``
+seconds, whichever comes first.
 
 Per run and pair it prints the decode ratio, its 95% interval and half-width,
 the verdict, and how many rounds were run, kept and excluded (and why). Then
