@@ -73,11 +73,34 @@ def build_bytes() -> bytes:
     return buf.getvalue()
 
 
+#: Where a site's gateway keeps the bundles it receives (on its own Ray node).
+NODE_CACHE = Path("~/.cache/edgefarm/bundles")
+
+
+class BundleMismatch(ValueError):
+    """Bundle bytes that do not hash to the sha256 they came with."""
+
+
+def materialize(data: bytes, sha256: str, cache_dir: str | Path = NODE_CACHE) -> AgentBundle:
+    """Write bundle bytes received over Ray to this node's cache, checked by ``sha256``.
+
+    A gateway on a site's node cannot read the controller's files: the bundle
+    reaches it as content, and the file its transports upload is this one.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise BundleMismatch(f"agent bundle bytes hash to {digest[:16]}, not the "
+                             f"{sha256[:16]} they were sent with")
+    return _store(data, digest, Path(cache_dir).expanduser())
+
+
 def build(cache_dir: str | Path) -> AgentBundle:
     """Build the bundle into ``cache_dir`` once per content hash; return it."""
     data = build_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    cache = Path(cache_dir)
+    return _store(data, hashlib.sha256(data).hexdigest(), Path(cache_dir))
+
+
+def _store(data: bytes, digest: str, cache: Path) -> AgentBundle:
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / agent_filename(digest)
     # A cached file is trusted only if its bytes still hash to its name: a changed

@@ -33,6 +33,7 @@ from typing import Any
 from agents.pids import pid_alive
 from agents.protocol import ERR_CONTROLLER
 from orchestrator.agent_client import AgentClient, LeaseRefused, LeaseRequest
+from orchestrator.bundle import materialize
 from orchestrator.errors import LeaseError, TransportError
 from orchestrator.jobrunner import Outcome, run_attempt
 from orchestrator.messages import Event, GatewayMessage, StartJob
@@ -64,13 +65,17 @@ def same_sweep(holder: str, owner: str) -> bool:
 class Gateway:
     """Runs jobs on the devices of one site. Plain class; ``remote_gateway`` wraps it for Ray."""
 
-    def __init__(self, site: str, devices: list[dict[str, Any]], bundle_path: str,
+    def __init__(self, site: str, devices: list[dict[str, Any]], bundle: bytes | str,
                  bundle_sha256: str, settings: GatewaySettings | None = None) -> None:
         from orchestrator.config.inventory import Device
 
         self.site = site
         self.devices = {d["name"]: Device.model_validate(d) for d in devices}
-        self.bundle_path = bundle_path
+        # Bytes when the gateway may run on another Ray node (the controller's
+        # files are not there): written to this node's cache, checked by hash.
+        if isinstance(bundle, bytes):
+            bundle = str(materialize(bundle, bundle_sha256).path)
+        self.bundle_path = bundle
         self.bundle_sha256 = bundle_sha256
         self.settings = settings or GatewaySettings()
         self.owner = self.settings.owner or f"{socket.gethostname()}:{os.getpid()}"

@@ -32,7 +32,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast
 
 from agents.protocol import (
@@ -46,7 +46,7 @@ from agents.protocol import (
 from orchestrator.bundle import build as build_bundle
 from orchestrator.config.inventory import Device, Inventory
 from orchestrator.deadline import Deadline
-from orchestrator.errors import DEVICE_FAILURE_KINDS, StoreError, StoreFullError
+from orchestrator.errors import DEVICE_FAILURE_KINDS, EdgefarmError, StoreError, StoreFullError
 from orchestrator.gateway import remote_gateway
 from orchestrator.jobrunner import Outcome
 from orchestrator.messages import GatewayMessage, StartJob
@@ -153,6 +153,31 @@ def ensure_ray(sites: list[str], address: str | None) -> None:
                      _system_config=RAY_SYSTEM_CONFIG)
 
 
+class MissingSiteNode(EdgefarmError):
+    """A site of the sweep has no Ray node to run its gateway on (bad setup: exit 2)."""
+
+    exit_code = 2
+
+
+def check_site_nodes(sites: list[str]) -> None:
+    """Refuse, before any job starts, a sweep whose sites have no Ray node offering them.
+
+    Ray would otherwise keep the site's gateway pending forever, waiting for a
+    node with the site's resource.
+    """
+    import ray
+
+    offered = ray.cluster_resources()
+    missing = [s for s in sites if offered.get(site_resource(s), 0) <= 0]
+    if missing:
+        starts = "; ".join(
+            f"ray start --address ADDRESS --resources '{{\"{site_resource(s)}\": 1000}}'"
+            for s in missing)
+        raise MissingSiteNode(
+            f"no Ray node serves site(s) {', '.join(missing)}: start one on a machine that "
+            f"reaches the site's devices ({starts}), or change the devices' `site`")
+
+
 @contextlib.contextmanager
 def single_node_ray() -> Iterator[None]:
     """Make the Ray that edgefarm starts itself listen on loopback only.
@@ -234,15 +259,23 @@ class SweepRun:
         self.stopping = False
 
     def start_gateways(self, ray_address: str | None) -> None:
+        import ray
+
         sites = sorted({self.devices[d].site for d in self.queues})
         ensure_ray(sites, ray_address)
+        check_site_nodes(sites)
         bundle = build_bundle(self.store.dir / "agent")
+        # Everything a gateway needs crosses as content: it may run on a site's
+        # own node, where no controller path exists.
+        data = ray.put(bundle.path.read_bytes())
+        settings = replace(self.settings,
+                           transport=self.settings.transport.with_known_hosts_content())
         for site in sites:
             members = [self.devices[d].model_dump(mode="json", exclude_unset=True)
                        for d in self.queues if self.devices[d].site == site]
             actor_cls = remote_gateway(max_concurrency=len(members) + 4)
             self.gateways[site] = actor_cls.options(resources={site_resource(site): 1}).remote(
-                site, members, str(bundle.path), bundle.sha256, self.settings)
+                site, members, data, bundle.sha256, settings)
 
     def launch(self, device: str) -> None:
         import ray

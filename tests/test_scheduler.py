@@ -231,6 +231,26 @@ def test_a_retry_keeps_the_paired_rounds_the_killed_attempt_completed(
     assert len(counted) == 10 and {r["attempt"] for r in counted} == {2}
 
 
+def test_a_site_without_a_ray_node_is_refused_before_any_job(tmp_path: Path,
+                                                              ray_cluster: Any) -> None:
+    """The session's Ray declares sites 'local' and 'lab'; a device on 'mars' has no node."""
+    import pytest
+
+    from orchestrator.scheduler import MissingSiteNode
+
+    inv = write_inventory(tmp_path, ["rover"], site="mars")
+    sweep = write_sweep(tmp_path, devices=["rover"], models=sleep_models(tmp_path, 2),
+                        backend="sleep", repetitions=1, warmup=0,
+                        matrix={"prompt_tokens": 1, "gen_tokens": 10, "threads": 1,
+                                "gpu_layers": 0})
+    store = start(tmp_path, sweep, inv)
+    with pytest.raises(MissingSiteNode, match="no Ray node serves site\\(s\\) mars") as info:
+        run_sweep(store, "s1", poll_s=0.1)
+    assert "edgefarm-site:mars" in str(info.value) and info.value.exit_code == 2
+    assert not (tmp_path / "devices" / "rover" / "jobs").exists(), "nothing started"
+    assert [r["state"] for r in store.jobs("s1")] == ["pending"]
+
+
 def test_report_pairs_moe_with_each_dense_baseline(tmp_path: Path, ray_cluster: Any) -> None:
     from orchestrator.report import build_report
 

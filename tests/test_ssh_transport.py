@@ -306,3 +306,39 @@ def test_a_device_without_sftp_gets_the_agent_and_runs_a_job_over_exec(
         assert [r for r in caplog.records if "no SFTP subsystem" in r.getMessage()]
     finally:
         dev.stop()
+
+
+def test_known_hosts_travel_as_lines_to_a_node_without_the_file(tmp_path: Path,
+                                                               sshd_devices: Any) -> None:
+    """A gateway on a site's Ray node gets the controller's known_hosts as content.
+
+    The file is read on the controller (``with_known_hosts_content``) and then
+    removed: the transport must trust the device from the lines alone, and
+    still refuse a device whose key is not among them.
+    """
+    from orchestrator.transport import TransportSettings, make_transport
+
+    dev, stranger = sshd_devices("trusted", "untrusted")
+    inv, known = write_ssh_inventory(tmp_path, [dev])
+    settings = TransportSettings(known_hosts=str(known)).with_known_hosts_content()
+    assert settings.known_hosts_lines == (dev.known_hosts_line(),)
+    known.unlink()  # as on another node: no such file there
+    device = Inventory.load(inv).devices[0]
+    with make_transport(device, settings) as t:
+        assert t.run(["true"], timeout=20).exit_code == 0
+    inv2, _ = write_ssh_inventory(tmp_path / "other", [stranger], trust=False)
+    with pytest.raises(HostKeyError, match="edgefarm inventory trust untrusted"):
+        make_transport(Inventory.load(inv2).devices[0], settings).connect()
+
+
+def test_bundle_bytes_are_materialized_on_the_node_checked_by_hash(tmp_path: Path) -> None:
+    from orchestrator.bundle import BundleMismatch, build_bytes, materialize
+
+    data = build_bytes()
+    bundle = build(tmp_path / "controller")
+    placed = materialize(data, bundle.sha256, tmp_path / "node")
+    assert placed.path.read_bytes() == data and placed.path.parent == tmp_path / "node"
+    assert placed.path.name == bundle.path.name
+    with pytest.raises(BundleMismatch, match="hash to"):
+        materialize(data + b"x", bundle.sha256, tmp_path / "node2")
+    assert not (tmp_path / "node2").exists()

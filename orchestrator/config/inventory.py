@@ -329,8 +329,9 @@ class Device(ConfigModel):
     identity_file: DevicePath | None = Field(
         default=None,
         description=(
-            "ssh only: private key file on the controller (`~` expanded). When null, "
-            "keys offered by ssh-agent are used."
+            "ssh only: private key file on the machine that runs the device's site gateway "
+            "(the controller for site `local`; the site's Ray node otherwise), `~` expanded "
+            "there. When null, keys offered by ssh-agent are used."
         ),
     )
     proxy_jump: ProxyJump | None = Field(
@@ -343,8 +344,10 @@ class Device(ConfigModel):
     passphrase_env: EnvName | None = Field(
         default=None,
         description=(
-            "ssh only: name of an environment variable on the controller that holds the "
-            "passphrase of identity_file. The passphrase itself never goes in the file."
+            "ssh only: name of an environment variable that holds the passphrase of "
+            "identity_file, read where the site's gateway runs (the controller for site "
+            "`local`, the site's Ray node otherwise: set it in that node's `ray start` "
+            "environment). The passphrase itself never goes in the file."
         ),
     )
 

@@ -31,6 +31,7 @@ def make_transport(device: Any, settings: TransportSettings | None = None) -> Tr
         return SshTransport(device, known_hosts=settings.known_hosts,
                             connect_timeout=settings.connect_timeout_s,
                             unreachable_after_s=settings.unreachable_after_s,
-                            inventory_path=settings.inventory_path)
+                            inventory_path=settings.inventory_path,
+                            known_hosts_lines=settings.known_hosts_lines)
     raise ConfigError(f"device {device.name}: unknown transport {device.transport!r} "
                              f"(known: {', '.join(KNOWN)})")

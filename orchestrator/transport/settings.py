@@ -6,7 +6,7 @@ of plain values, not dictionaries whose keys each reader must guess.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,28 @@ class TransportSettings:
     #: The inventory file the user named, for the ``inventory trust`` command
     #: that host-key errors advise (None: the command's default).
     inventory_path: str | None = None
+    #: The content of the controller's known_hosts, for a gateway on another Ray
+    #: node: there ``known_hosts`` names a file on the controller that does not
+    #: exist, so the keys travel as lines (``with_known_hosts_content``). None:
+    #: read the ``known_hosts`` file where the transport runs.
+    known_hosts_lines: tuple[str, ...] | None = None
+
+    def with_known_hosts_content(self) -> TransportSettings:
+        """These settings with the controller's known_hosts read into ``known_hosts_lines``.
+
+        Called on the controller before settings cross to a site's node. A
+        missing file gives no lines (every ssh host then is unknown).
+        """
+        from orchestrator.transport.ssh import known_hosts_path
+
+        path = known_hosts_path(self.known_hosts)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        lines = tuple(line for line in text.splitlines()
+                      if line.strip() and not line.lstrip().startswith("#"))
+        return replace(self, known_hosts_lines=lines)
 
 
 @dataclass(frozen=True)

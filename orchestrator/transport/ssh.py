@@ -161,11 +161,15 @@ class SshTransport(Transport):
 
     def __init__(self, device: Any, known_hosts: str | None = None,
                  connect_timeout: float = 10.0, unreachable_after_s: float = 120.0,
-                 max_channels: int = 4, inventory_path: str | None = None) -> None:
+                 max_channels: int = 4, inventory_path: str | None = None,
+                 known_hosts_lines: tuple[str, ...] | None = None) -> None:
         super().__init__(device.name)
         self.device = device
         self.python = device.python
+        # The controller's file: read here, or named in messages when its lines
+        # came along instead (a gateway on a site's node).
         self.known_hosts = known_hosts_path(known_hosts)
+        self.known_hosts_lines = known_hosts_lines
         self.inventory_path = inventory_path
         self.connect_timeout = connect_timeout
         self.unreachable_after_s = unreachable_after_s
@@ -198,7 +202,14 @@ class SshTransport(Transport):
         # fabric trusts unknown hosts by default; edgefarm never does.
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
         conn.client.load_system_host_keys()
-        if self.known_hosts.exists():
+        if self.known_hosts_lines is not None:
+            keys = conn.client.get_host_keys()
+            for line in self.known_hosts_lines:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+                if entry is not None:
+                    for name in entry.hostnames:
+                        keys.add(name, entry.key.get_name(), entry.key)
+        elif self.known_hosts.exists():
             conn.client.get_host_keys().load(str(self.known_hosts))
         return conn
 
