@@ -28,7 +28,8 @@ from orchestrator.sweeps import own_sweep
 from orchestrator.transport import TransportSettings, make_transport
 
 
-def cancel_sweep(store: Store, sweep_id: str, settings: TransportSettings, wait: float) -> str:
+def cancel_sweep(store: Store, sweep_id: str, settings: TransportSettings, wait: float,
+                 ray_address: str | None = None) -> str:
     """Ask a live controller to cancel the sweep; do it here only when none owns it.
 
     ``cancelling`` in the store is the request a live controller acts on. The
@@ -46,7 +47,7 @@ def cancel_sweep(store: Store, sweep_id: str, settings: TransportSettings, wait:
     while True:
         try:
             with own_sweep(store.dir, sweep_id):
-                return _cancel_unowned(store, sweep_id, settings)
+                return _cancel_unowned(store, sweep_id, settings, ray_address)
         except SweepBusyError as busy:
             if store.sweep(sweep_id)["state"] == SweepState.CANCELLED:
                 return "cancelled by its controller"
@@ -56,11 +57,12 @@ def cancel_sweep(store: Store, sweep_id: str, settings: TransportSettings, wait:
             time.sleep(0.5)
 
 
-def _cancel_unowned(store: Store, sweep_id: str, settings: TransportSettings) -> str:
+def _cancel_unowned(store: Store, sweep_id: str, settings: TransportSettings,
+                    ray_address: str | None = None) -> str:
     """Cancel a sweep no controller runs (the caller holds its owner lock)."""
     if store.sweep(sweep_id)["state"] == SweepState.CANCELLED:
         return "cancelled by its controller"  # it ended just before the lock was free
-    stopped, problems = stop_on_devices(store, sweep_id, settings)
+    stopped, problems = stop_on_devices(store, sweep_id, settings, ray_address)
     for row in store.jobs(sweep_id, states=(JobState.PENDING, JobState.RUNNING)):
         try:
             store.finish_job(sweep_id, row["key"], JobState.CANCELLED, error_kind=ERR_CANCELLED,
@@ -74,16 +76,29 @@ def _cancel_unowned(store: Store, sweep_id: str, settings: TransportSettings) ->
     return text
 
 
-def stop_on_devices(store: Store, sweep_id: str,
-                    settings: TransportSettings) -> tuple[int, list[str]]:
-    """Kill the sweep's running jobs on their devices and release the leases."""
+def stop_on_devices(store: Store, sweep_id: str, settings: TransportSettings,
+                    ray_address: str | None = None) -> tuple[int, list[str]]:
+    """Kill the sweep's running jobs on their devices and release the leases.
+
+    With ``ray_address`` each device is reached from its site's node
+    (``site_ops``), as the sweep's own gateways reached it.
+    """
     inventory = Inventory.model_validate(json.loads(store.sweep(sweep_id)["inventory_json"]))
     devices = {d.name: d for d in inventory.devices}
     running: dict[str, list[Any]] = {}
     for row in store.jobs(sweep_id, states=(JobState.RUNNING,)):
         running.setdefault(row["device"], []).append(row)
-    bundle = build(store.dir / "agent")
     owner = f"{socket.gethostname()}:{os.getpid()}:cancel-{sweep_id}"
+    if ray_address and running:
+        from agents.protocol import JOBS_SUBDIR
+        from orchestrator.site_ops import cancel_via_gateways
+
+        dirs = {name: [f"{devices[name].work_dir}/{JOBS_SUBDIR}/{sweep_id}/"
+                       f"{row['key']}-a{row['attempts']}" for row in rows]
+                for name, rows in running.items()}
+        return cancel_via_gateways(devices, dirs, ray_address, settings, store.dir / "agent",
+                                   owner)
+    bundle = build(store.dir / "agent")
     stopped, problems = 0, []
     for name, rows in running.items():
         device = devices[name]

@@ -256,6 +256,40 @@ class Gateway:
     def ping(self) -> str:
         return self.site
 
+    # -- one-off device operations, run from this site's node ----------------------
+    # ``inventory probe``, ``inventory trust`` and ``sweep cancel`` go through the
+    # gateway when edgefarm runs on a cluster: a device may be reachable from its
+    # site's node only (docs/sites.md).
+    def probe(self, device: str) -> Any:
+        """``agent probe`` on ``device``: a ``fleet_probe.ProbeResult`` (never raises for it)."""
+        from orchestrator.fleet_probe import probe_device
+
+        return probe_device(self.devices[device], self.bundle_path, self.bundle_sha256,
+                            self.settings.transport)
+
+    def host_key(self, device: str) -> str:
+        """The device's ssh host key, fetched from this node, as a known_hosts line."""
+        from orchestrator.transport.hostkeys import fetch_server_key
+
+        transport = self.settings.transport
+        return fetch_server_key(self.devices[device], transport.known_hosts,
+                                known_hosts_lines=transport.known_hosts_lines
+                                ).known_hosts_line()
+
+    def cancel_jobs(self, device: str, job_dirs: list[str], owner: str) -> int:
+        """Stop the jobs in ``job_dirs`` on ``device`` and free its lease (a dead controller's)."""
+        client = self._client(device)
+        for job_dir in job_dirs:
+            client.cancel(job_dir)
+        work_dir = self.devices[device].work_dir
+        client.lease("takeover", work_dir, owner, 60)
+        client.lease("release", work_dir, owner, 60)
+        return len(job_dirs)
+
+    def fetch_log(self, device: str, job_dir: str) -> str:
+        """The agent's stderr log of one attempt on ``device``."""
+        return self._client(device).fetch_log(job_dir)
+
 
 def remote_gateway(max_concurrency: int) -> Any:
     """The Ray actor class for ``Gateway`` (threaded: poll and jobs run side by side)."""

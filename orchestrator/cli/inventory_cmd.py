@@ -6,6 +6,7 @@ the CLI starts for ``--help`` without loading pydantic, Ray or SQLite.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +19,7 @@ from orchestrator.cli.options import (
     DEFAULT_RESULTS,
     InventoryOpt,
     KnownHostsOpt,
+    RayAddressOpt,
     ResultsOpt,
     transport_settings,
 )
@@ -84,8 +86,12 @@ def inventory_probe(
     known_hosts: KnownHostsOpt = None,
     timeout: Annotated[float, typer.Option(
         min=0, help="Seconds an unreachable device gets before its row says so.")] = 10.0,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """Connect to devices in parallel and show what each one is; store the facts."""
+    """Connect to devices in parallel and show what each one is; store the facts.
+
+    With --ray-address each device is probed from its site's Ray node (docs/sites.md).
+    """
     from orchestrator.fleet_probe import probe_all
     from orchestrator.store import Store
 
@@ -93,9 +99,14 @@ def inventory_probe(
     devices = _select(inv, names)
     inv.check_key_files([d.name for d in devices])  # a bad key is a config error, not a dead host
     store = Store(results_dir)
+    settings = transport_settings(known_hosts, timeout, inventory)
     with console.status(f"probing {len(devices)} device(s)"):
-        results = probe_all(devices, store.dir / "agent",
-                            transport_settings(known_hosts, timeout, inventory))
+        if ray_address:
+            from orchestrator.site_ops import probe_via_gateways
+
+            results = probe_via_gateways(devices, ray_address, settings, store.dir / "agent")
+        else:
+            results = probe_all(devices, store.dir / "agent", settings)
     table = Table(title=f"{inventory}: {len(devices)} device(s)", title_justify="left")
     for col in ("device", "reachable", "OS", "chip / module", "RAM", "Python",
                 "llama.cpp backends", "telemetry", "power mode", "agent"):
@@ -119,8 +130,14 @@ def inventory_trust(
     known_hosts: KnownHostsOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y",
                                       help="Record the key without asking.")] = False,
+    ray_address: RayAddressOpt = None,
+    results_dir: ResultsOpt = DEFAULT_RESULTS,
 ) -> None:
-    """Show a device's ssh host-key fingerprint and, once confirmed, trust it."""
+    """Show a device's ssh host-key fingerprint and, once confirmed, trust it.
+
+    With --ray-address the key is fetched from the device's site node (docs/sites.md)
+    and recorded in this machine's known_hosts, which sweeps hand to the gateways.
+    """
     from orchestrator.transport.hostkeys import fetch_server_key, record
     from orchestrator.transport.ssh import known_hosts_path
 
@@ -129,7 +146,14 @@ def inventory_trust(
         raise ConfigError(f"device {name} uses transport {device.transport!r}; only ssh "
                           "devices have host keys", path=str(inventory), key_path=name)
     path = known_hosts_path(str(known_hosts) if known_hosts else None)
-    server = fetch_server_key(device, str(path))
+    if ray_address:
+        from orchestrator.site_ops import host_key_via_gateway
+
+        server = host_key_via_gateway(device, ray_address,
+                                      transport_settings(path, 10.0, inventory),
+                                      Path(results_dir) / "agent")
+    else:
+        server = fetch_server_key(device, str(path))
     console.print(f"{name} ({server.name}) presents a {server.key.get_name()} key\n"
                   f"  fingerprint {server.fingerprint}\n"
                   "Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` run on "

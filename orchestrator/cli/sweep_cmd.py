@@ -231,14 +231,20 @@ def sweep_cancel(
     known_hosts: KnownHostsOpt = None,
     wait: Annotated[float, typer.Option(
         min=0, help="Seconds to let a running controller stop the sweep itself.")] = 15.0,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """Stop a sweep: its running jobs' processes on the devices, and their leases."""
+    """Stop a sweep: its running jobs' processes on the devices, and their leases.
+
+    With --ray-address the devices are reached from their sites' Ray nodes, as the
+    sweep reached them (docs/sites.md).
+    """
     from orchestrator.cancel import cancel_sweep
     from orchestrator.store import Store
 
     store = Store(results_dir)
     outcome = cancel_sweep(store, sweep_id, transport_settings(
-        known_hosts, 30.0, store.sweep(sweep_id)["inventory_path"]), wait)
+        known_hosts, 30.0, store.sweep(sweep_id)["inventory_path"]), wait,
+        ray_address=ray_address)
     console.print(f"sweep {sweep_id}: {outcome}", highlight=False)
 
 

@@ -37,13 +37,19 @@ class ServerKey:
         return f"{self.name} {self.key.get_name()} {self.key.get_base64()}"
 
 
-def fetch_server_key(device: Any, known_hosts: str | None, timeout: float = 10.0) -> ServerKey:
-    """Ask the device's sshd for its host key (no login; through proxy_jump if set)."""
+def fetch_server_key(device: Any, known_hosts: str | None, timeout: float = 10.0,
+                     known_hosts_lines: tuple[str, ...] | None = None) -> ServerKey:
+    """Ask the device's sshd for its host key (no login; through proxy_jump if set).
+
+    The jump hosts, if any, must be trusted already: by ``known_hosts``, or by
+    ``known_hosts_lines`` where the file is on another machine (a site gateway).
+    """
     sock: Any
     where = f"{device.host}:{device.port}"
     try:
         if device.proxy_jump:
-            jump = SshTransport(device, known_hosts=known_hosts)._jump_chain()
+            jump = SshTransport(device, known_hosts=known_hosts,
+                                known_hosts_lines=known_hosts_lines)._jump_chain()
             jump.open()
             sock = jump.transport.open_channel("direct-tcpip", (device.host, device.port),
                                                ("127.0.0.1", 0))
@@ -56,6 +62,14 @@ def fetch_server_key(device: Any, known_hosts: str | None, timeout: float = 10.0
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise UnreachableError(f"device {device.name}: cannot reach {where}: {exc}") from None
     return ServerKey(host_key_name(device.host, device.port), key)
+
+
+def server_key_from_line(line: str) -> ServerKey:
+    """A ``ServerKey`` back from its known_hosts line (what a site gateway sends)."""
+    entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+    if entry is None or not entry.hostnames:
+        raise ValueError(f"not a known_hosts line: {line!r}")
+    return ServerKey(entry.hostnames[0], entry.key)
 
 
 def recorded_keys(path: Path, name: str) -> list[paramiko.PKey]:

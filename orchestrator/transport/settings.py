@@ -32,9 +32,13 @@ class TransportSettings:
         """These settings with the controller's known_hosts read into ``known_hosts_lines``.
 
         Called on the controller before settings cross to a site's node. A
-        missing file gives no lines (every ssh host then is unknown).
+        missing file gives no lines (every ssh host then is unknown); settings
+        that carry lines already are returned as they are.
         """
         from orchestrator.transport.ssh import known_hosts_path
+
+        if self.known_hosts_lines is not None:
+            return self
 
         path = known_hosts_path(self.known_hosts)
         try:
