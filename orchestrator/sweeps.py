@@ -250,4 +250,27 @@ def snapshot(store: Store, sweep_id: str) -> dict[str, Any]:
             elif ev["kind"] == "sample" and dev["power_w"] is None:
                 dev["power_w"] = ev.get("total_w")
     return {"sweep_id": sweep_id, "name": sweep["name"], "state": sweep["state"],
-            "counts": store.job_counts(sweep_id), "devices": list(devices.values())}
+            "counts": store.job_counts(sweep_id), "devices": list(devices.values()),
+            "eta_s": _seconds_left(store, sweep_id, set(quarantined))}
+
+
+def _seconds_left(store: Store, sweep_id: str, quarantined: set[str]) -> float | None:
+    """The sweep's estimated time left (``orchestrator/eta.py``), from its stored job times."""
+    import time
+
+    from orchestrator.eta import EtaTracker
+
+    if store.sweep(sweep_id)["state"] != "running":
+        return None
+    tracker = EtaTracker()
+    pending: dict[str, int] = {}
+    running: dict[str, float] = {}
+    now = time.time()
+    for row in store.jobs(sweep_id):
+        if row["state"] == JobState.DONE and row["started_at"] and row["finished_at"]:
+            tracker.observe(row["device"], row["finished_at"] - row["started_at"])
+        elif row["state"] == JobState.PENDING:
+            pending[row["device"]] = pending.get(row["device"], 0) + 1
+        elif row["state"] == JobState.RUNNING and row["started_at"]:
+            running[row["device"]] = now - row["started_at"]
+    return tracker.seconds_left(pending, running, skip=quarantined)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class SshdDevice:
     proc: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
     sftp: bool = True  # False: no ``Subsystem sftp`` line (minimal images, dropbear)
+    netns: str | None = None  # run inside this network namespace (tests/netns_fixture.py)
 
     @property
     def work_dir(self) -> Path:
@@ -83,13 +85,24 @@ class SshdDevice:
             raise AssertionError("sshd not found: install openssh-server (make test does)")
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         config = self.write_config()
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.proc = subprocess.Popen([*prefix, SSHD, "-D", "-e", "-f", str(config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"sshd {self.name} exited: {' '.join(self.output)}")
+            if self.netns:  # its loopback is the namespace's: ask from in there
+                probe = subprocess.run(
+                    [*prefix, sys.executable, "-c",
+                     "import socket,sys; s=socket.create_connection(('127.0.0.1', "
+                     f"{self.port}), 0.5); sys.exit(0 if s.recv(4).startswith(b'SSH-') else 1)"],
+                    capture_output=True)
+                if probe.returncode == 0:
+                    return
+                time.sleep(0.1)
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     if sock.recv(4).startswith(b"SSH-"):
@@ -154,12 +167,12 @@ def _children(pid: int) -> list[int]:
 
 
 def make_device(base: Path, name: str, client_key: Path, client_pub: str,
-                sftp: bool = True) -> SshdDevice:
+                sftp: bool = True, netns: str | None = None) -> SshdDevice:
     root = base / f"sshd-{name}"
     root.mkdir(parents=True)
     host_pub = keygen(root / "host_key")
     (root / "authorized_keys").write_text(client_pub + "\n")
     device = SshdDevice(name=name, root=root, port=free_port(), client_key=client_key,
-                        host_pub=host_pub, sftp=sftp)
+                        host_pub=host_pub, sftp=sftp, netns=netns)
     device.start()
     return device

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from orchestrator.eta import EtaTracker, format_eta
 
 
 class RichProgress:
@@ -24,6 +27,10 @@ class RichProgress:
             device: self.bars.add_task("waiting", total=n, label=device)
             for device, n in jobs_per_device.items()}
         self.current: dict[str, str] = {}
+        # The estimated finish, from job times this run measures (orchestrator/eta.py).
+        self.eta = EtaTracker()
+        self.pending = dict(jobs_per_device)
+        self.started_at: dict[str, float] = {}
 
     def __enter__(self) -> RichProgress:
         self.bars.start()
@@ -37,6 +44,7 @@ class RichProgress:
         if attempt > 1:
             label += f" (attempt {attempt})"
         self.current[job["device"]] = label
+        self.started_at[job["device"]] = time.monotonic()
         self.bars.update(self.device_tasks[job["device"]], description=f"{label}: starting")
 
     def job_event(self, job: dict[str, Any], event: dict[str, Any]) -> None:
@@ -59,13 +67,25 @@ class RichProgress:
     def job_finished(self, job: dict[str, Any], state: str, error: str | None,
                      retrying: bool) -> None:
         task = self.device_tasks[job["device"]]
+        began = self.started_at.pop(job["device"], None)
+        if began is not None:
+            self.eta.observe(job["device"], time.monotonic() - began)
         if retrying:
             self.console.print(f"[yellow]retrying[/] {job['device']} {job['model_id']}: "
                                f"{escape(str(error))}", highlight=False)
             return
         self.bars.advance(task)
         self.bars.advance(self.overall)
+        self.pending[job["device"]] = max(0, self.pending.get(job["device"], 1) - 1)
+        self._show_eta()
         if state != "done":
             self.console.print(f"[red]{state}[/] {job['device']} {job['model_id']}: "
                                f"{escape(str(error))}", highlight=False)
         self.bars.update(task, description="idle")
+
+    def _show_eta(self) -> None:
+        now = time.monotonic()
+        running = {d: now - t for d, t in self.started_at.items()}
+        waiting = {d: n - (1 if d in running else 0) for d, n in self.pending.items()}
+        self.bars.update(self.overall, description=format_eta(
+            self.eta.seconds_left(waiting, running)))

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from orchestrator.cli.app import console
 from orchestrator.cli.options import DEFAULT_RESULTS, ResultsOpt
+from orchestrator.eta import format_eta
 
 __all__ = ["render", "watch_cmd"]
 
@@ -29,8 +30,10 @@ __all__ = ["render", "watch_cmd"]
 def render(snap: dict[str, Any]) -> Group:
     """The view of one snapshot: a title line, a row per device, then any quarantines."""
     counts = ", ".join(f"{k} {v}" for k, v in snap["counts"].items() if v)
+    eta = format_eta(snap.get("eta_s"))
     title = Text.assemble((f"{snap['name']} ", "bold"), f"({snap['sweep_id']}) ",
-                          (snap["state"], "cyan"), f"  jobs: {counts}")
+                          (snap["state"], "cyan"), f"  jobs: {counts}",
+                          (f"  {eta}" if eta else "", "magenta"))
     table = Table(expand=False)
     for col in ("device", "jobs done", "current job", "phase", "decode tok/s", "power"):
         table.add_column(col)
