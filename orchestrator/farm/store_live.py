@@ -109,15 +109,28 @@ class LiveReader:
         self._last_sample_rowid = 0  # samples are counted in full once, then incrementally
 
     def _read_new(self, db: sqlite3.Connection) -> None:
+        """The events added since the last read; of a device's samples only the newest is parsed.
+
+        A farm sampling at 1 Hz adds thousands of samples between two scrapes;
+        only the newest of each device says what it draws now.
+        """
         now = self.clock()
         rows = db.execute(
             "SELECT rowid, sweep_id, job_key, kind, body FROM events WHERE rowid > ?"
             " ORDER BY rowid", (self._last_rowid,)).fetchall()
+        newest_sample: dict[str, tuple[str, str]] = {}
         for rowid, sweep, key, kind, body in rows:
             self._last_rowid = max(self._last_rowid or 0, int(rowid))
             device = self._device_of(db, sweep, key)
-            if device is not None:
+            if device is None:
+                continue
+            if kind == "sample":
+                newest_sample[device] = (sweep, body)
+                self._take(sweep, device, kind, None, now)  # seen now; parsed below
+            else:
                 self._take(sweep, device, kind, body if kind in LIVE_KINDS else None, now)
+        for device, (sweep, body) in newest_sample.items():
+            self._take(sweep, device, "sample", body, now)
 
     def _device_of(self, db: sqlite3.Connection, sweep: str, key: str) -> str | None:
         found = self._job_device.get((sweep, key))
