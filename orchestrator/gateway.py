@@ -88,6 +88,7 @@ class Gateway:
         self.stops: dict[str, threading.Event] = {}
         self.clients: dict[str, AgentClient] = {}
         self.connecting: dict[str, threading.Lock] = {}  # one per device, held while connecting
+        self.connect_slots = threading.BoundedSemaphore(max(1, self.settings.max_connects))
         self.lock = threading.Lock()
 
     def _client(self, device: str) -> AgentClient:
@@ -106,7 +107,8 @@ class Gateway:
                 client = self.clients.get(device)
             if client is None:
                 transport = make_transport(self.devices[device], self.settings.transport)
-                transport.connect()
+                with self.connect_slots:  # at most max_connects set-ups at once per site
+                    transport.connect()
                 client = AgentClient(transport, self.devices[device].work_dir, self.bundle_path,
                                      self.bundle_sha256)
                 with self.lock:

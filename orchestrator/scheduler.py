@@ -128,6 +128,12 @@ COLLECTABLE_KINDS = frozenset({ERR_UNREACHABLE, ERR_TRANSPORT, ERR_TIMEOUT, ERR_
                                ERR_CONTROLLER})
 
 
+#: Jobs running at once over the whole farm, unless told otherwise: each holds
+#: an SSH session and a thread in its site's gateway, and connection set-up
+#: (key exchange) is CPU work on the controller's side.
+DEFAULT_MAX_RUNNING = 256
+
+
 def site_resource(site: str) -> str:
     """The Ray custom resource that marks the node able to reach ``site``'s devices."""
     return f"edgefarm-site:{site}"
@@ -220,11 +226,14 @@ class SweepRun:
 
     def __init__(self, store: Store, sweep_id: str, progress: Progress,
                  transport_settings: TransportSettings, poll_s: float,
-                 quarantine_after: int) -> None:
+                 quarantine_after: int, max_running: int = DEFAULT_MAX_RUNNING) -> None:
         self.store = store
         self.sweep_id = sweep_id
         self.progress = progress
         self.poll_s = poll_s
+        self.max_running = max(1, max_running)
+        self.launched: dict[str, int] = {}  # device -> launches so far (fair turns)
+        self.launches = 0
         self.quarantine_after = quarantine_after
         self.settings = GatewaySettings(transport_settings,
                                         owner=f"{socket.gethostname()}:{os.getpid()}:{sweep_id}")
@@ -396,12 +405,26 @@ class SweepRun:
             for msg in batch:
                 self.handle(msg)
 
+    def launch_idle(self) -> None:
+        """Start a job on every idle device with work, at most ``max_running`` at once.
+
+        Under the cap the device whose last launch is longest ago goes first
+        (never launched: first of all), so no device waits behind the same
+        others again and again.
+        """
+        idle = [d for d, q in self.queues.items() if q and d not in self.running]
+        idle.sort(key=lambda d: self.launched.get(d, -1))
+        for device in idle:
+            if len(self.running) >= self.max_running:
+                return
+            self.launches += 1
+            self.launched[device] = self.launches
+            self.launch(device)
+
     def loop(self, should_stop: Callable[[], bool] | None) -> None:
         while self.running or (not self.stopping and any(self.queues.values())):
             if not self.stopping:
-                for device, queue in self.queues.items():
-                    if queue and device not in self.running:
-                        self.launch(device)
+                self.launch_idle()
             self.poll_once(self.poll_s)
             if should_stop is not None and should_stop():
                 self.stop()
@@ -451,8 +474,11 @@ def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
               progress: Progress | None = None, poll_s: float = 1.0,
               should_stop: Callable[[], bool] | None = None,
               transport_settings: TransportSettings | None = None,
-              quarantine_after: int = 3) -> Summary:
+              quarantine_after: int = 3, max_running: int | None = None) -> Summary:
     """Run every job of ``sweep_id`` that is not done; return a summary.
+
+    At most ``max_running`` jobs run at once over the whole farm (default
+    ``DEFAULT_MAX_RUNNING``): each holds an SSH session and a gateway thread.
 
     ``should_stop`` is polled once per loop; when it says so the running jobs
     are cancelled and the sweep ends as interrupted (resumable). A sweep whose
@@ -465,19 +491,20 @@ def run_sweep(store: Store, sweep_id: str, *, ray_address: str | None = None,
     """
     with own_sweep(store.dir, sweep_id):
         return _run_owned(store, sweep_id, ray_address, progress, poll_s, should_stop,
-                          transport_settings, quarantine_after)
+                          transport_settings, quarantine_after,
+                          max_running or DEFAULT_MAX_RUNNING)
 
 
 def _run_owned(store: Store, sweep_id: str, ray_address: str | None,
                progress: Progress | None, poll_s: float,
                should_stop: Callable[[], bool] | None,
                transport_settings: TransportSettings | None,
-               quarantine_after: int) -> Summary:
+               quarantine_after: int, max_running: int = 0) -> Summary:
     """``run_sweep``'s body, run while this process owns the sweep."""
     started = time.monotonic()
     run = SweepRun(store, sweep_id, progress or NullProgress(),
                    transport_settings or TransportSettings(),
-                   poll_s, quarantine_after)
+                   poll_s, quarantine_after, max_running or DEFAULT_MAX_RUNNING)
     store.set_sweep_state(sweep_id, SweepState.RUNNING)
     # A resume is the user's fresh try: devices quarantined by an earlier run
     # get their jobs again; the earlier quarantine stays on record as lifted.

@@ -251,6 +251,32 @@ def test_a_site_without_a_ray_node_is_refused_before_any_job(tmp_path: Path,
     assert [r["state"] for r in store.jobs("s1")] == ["pending"]
 
 
+def test_at_most_max_running_jobs_run_at_once_and_every_device_gets_its_turn(
+        tmp_path: Path, ray_cluster: Any) -> None:
+    devices = ["dev-a", "dev-b", "dev-c", "dev-d"]
+    inv = write_inventory(tmp_path, devices)
+    sweep = write_sweep(tmp_path, devices=devices, models=sleep_models(tmp_path, 2),
+                        pairs=[], backend="sleep", repetitions=1, warmup=0,
+                        matrix={"prompt_tokens": 1, "gen_tokens": 300, "threads": 1,
+                                "gpu_layers": 0})
+    store = start(tmp_path, sweep, inv)
+    summary = run_sweep(store, "s1", poll_s=0.05, max_running=2)
+    assert summary.counts["done"] == 8 and not summary.failed
+    spans = []
+    for row in store.jobs("s1"):
+        events = store.events("s1", row["key"])
+        spans.append((next(e["t"] for e in events if e["kind"] == "hello"),
+                      next(e["t"] for e in events if e["kind"] == "result"), row["device"]))
+    # The most jobs alive at any job's start: never more than the cap.
+    for begin, _, _ in spans:
+        alive = [s for s in spans if s[0] <= begin < s[1]]
+        assert len(alive) <= 2, alive
+    # And every device ran its first job before any device ran its second.
+    firsts = sorted(min(b for b, _, d in spans if d == dev) for dev in devices)
+    seconds = sorted(max(b for b, _, d in spans if d == dev) for dev in devices)
+    assert firsts[-1] < seconds[0]
+
+
 def test_report_pairs_moe_with_each_dense_baseline(tmp_path: Path, ray_cluster: Any) -> None:
     from orchestrator.report import build_report
 

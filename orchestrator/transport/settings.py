@@ -59,3 +59,7 @@ class GatewaySettings:
     owner: str | None = None
     #: Seconds a lease stays valid without a refresh.
     lease_ttl_s: float = 120.0
+    #: SSH connections one gateway sets up at once (key exchange and login are
+    #: CPU work on the gateway's node; a site of hundreds of cold devices
+    #: would otherwise start them all in the same second).
+    max_connects: int = 16
