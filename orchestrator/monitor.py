@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -168,6 +169,10 @@ def device_targets(devices: Sequence[Any], *, macmon_port: int = MACMON_PORT,
                    node_exporter_port: int = NODE_EXPORTER_PORT) -> list[dict[str, Any]]:
     """file_sd entries for the devices' own exporters: ssh devices with a host only.
 
+    A device's ``exporters`` list names them (port, path); without one, the
+    platform's usual exporter is assumed (macmon on Macs, node_exporter
+    elsewhere).
+
     Local devices are the controller itself, and a device without a host has
     nowhere to be scraped.
     """
@@ -175,12 +180,18 @@ def device_targets(devices: Sequence[Any], *, macmon_port: int = MACMON_PORT,
     for d in devices:
         if d.transport != "ssh" or not d.host:
             continue
-        mac = d.platform == "apple-silicon"
-        port = macmon_port if mac else node_exporter_port
         host = f"[{d.host}]" if ":" in d.host else d.host
-        entries.append({"targets": [f"{host}:{port}"],
-                        "labels": {"device": d.name, "platform": d.platform,
-                                   "exporter": "macmon" if mac else "node_exporter"}})
+        listed = getattr(d, "exporters", None)
+        if listed is None:  # the platform's usual exporter
+            mac = d.platform == "apple-silicon"
+            listed = [SimpleNamespace(name="macmon" if mac else "node_exporter",
+                                      port=macmon_port if mac else node_exporter_port,
+                                      path="/metrics")]
+        for exporter in listed:
+            labels = {"device": d.name, "platform": d.platform, "exporter": exporter.name}
+            if exporter.path != "/metrics":
+                labels["__metrics_path__"] = exporter.path
+            entries.append({"targets": [f"{host}:{exporter.port}"], "labels": labels})
     return entries
 
 

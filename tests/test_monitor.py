@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_fixture import free_port, prometheus_binary
 from typer.testing import CliRunner
@@ -167,3 +168,38 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def test_device_exporters_listed_in_the_inventory_become_file_sd_targets(tmp_path: Path) -> None:
+    from orchestrator.config.inventory import Inventory
+    from orchestrator.errors import ConfigError
+    from orchestrator.monitor import device_targets
+
+    path = tmp_path / "farm.yaml"
+    path.write_text(yaml.safe_dump({"devices": [
+        {"name": "orin", "transport": "ssh", "platform": "jetson", "host": "10.0.0.5",
+         "user": "bench", "exporters": [{"name": "jtop", "port": 9017},
+                                        {"name": "node_exporter", "port": 9100,
+                                         "path": "/probe/metrics"}]},
+        {"name": "m2", "transport": "ssh", "platform": "apple-silicon", "host": "10.0.0.6",
+         "user": "bench", "exporters": []},
+        {"name": "box", "transport": "ssh", "platform": "nvidia-gpu", "host": "10.0.0.7",
+         "user": "bench"},
+    ]}, sort_keys=False))
+    assert device_targets(Inventory.load(path).devices) == [
+        {"targets": ["10.0.0.5:9017"],
+         "labels": {"device": "orin", "platform": "jetson", "exporter": "jtop"}},
+        {"targets": ["10.0.0.5:9100"],
+         "labels": {"device": "orin", "platform": "jetson", "exporter": "node_exporter",
+                    "__metrics_path__": "/probe/metrics"}},
+        {"targets": ["10.0.0.7:9100"],  # none listed: the platform's usual one
+         "labels": {"device": "box", "platform": "nvidia-gpu", "exporter": "node_exporter"}},
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"devices": [
+        {"name": "orin", "transport": "ssh", "platform": "jetson", "host": "10.0.0.5",
+         "user": "bench", "exporters": [{"name": "jtop", "port": 9017,
+                                         "path": "metrics; rm -rf /"}]}]}))
+    with pytest.raises(ConfigError) as info:
+        Inventory.load(bad)
+    assert "exporters" in str(info.value) and "path" in str(info.value)

@@ -243,6 +243,22 @@ def _find_password_keys(value: Any, at: tuple[LocPart, ...] = ()) -> list[tuple[
     return found
 
 
+MetricsPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/-]{0,127}$")]
+
+
+class DeviceExporter(ConfigModel):
+    """A Prometheus exporter the device runs itself (node_exporter, ``macmon serve``, a jtop
+    exporter), scraped by the Prometheus of ``edgefarm monitor up`` through the file-based
+    discovery targets it writes."""
+
+    name: Name = Field(
+        description="What it is, for the `exporter` label: e.g. `node_exporter`, `macmon`, "
+                    "`jtop`.")
+    port: int = Field(ge=1, le=65535, description="TCP port it listens on, on the device's host.")
+    path: MetricsPath = Field(
+        default="/metrics", description="HTTP path of its metrics (`/metrics` for most).")
+
+
 class Device(ConfigModel):
     """One benchmarked machine and how to reach it."""
 
@@ -325,6 +341,15 @@ class Device(ConfigModel):
     user: User | None = Field(
         default=None,
         description="ssh only, required: login name on the device.",
+    )
+    exporters: list[DeviceExporter] | None = Field(
+        default=None,
+        description=(
+            "Prometheus exporters the device runs itself, scraped through file-based "
+            "discovery that `edgefarm monitor up` writes (ssh devices with a host). Null: "
+            "the platform's usual one (`macmon serve` on port 9090 for `apple-silicon`, "
+            "node_exporter on 9100 otherwise); `[]`: none."
+        ),
     )
     identity_file: DevicePath | None = Field(
         default=None,

@@ -30,6 +30,7 @@ from orchestrator.config import sweep as sw
 DOC_TABLES: tuple[tuple[type[BaseModel], str, str], ...] = (
     (inv.Inventory, "docs/inventory.md", "inventory"),
     (inv.Device, "docs/inventory.md", "device"),
+    (inv.DeviceExporter, "docs/inventory.md", "exporter"),
     (sw.Sweep, "docs/sweeps.md", "sweep"),
     (sw.ModelSpec, "docs/sweeps.md", "model"),
     (sw.ModelSource, "docs/sweeps.md", "source"),
