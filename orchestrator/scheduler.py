@@ -53,7 +53,11 @@ from orchestrator.messages import GatewayMessage, StartJob
 from orchestrator.states import JobState, SweepState
 from orchestrator.store import Store
 from orchestrator.sweeps import own_sweep
-from orchestrator.transport.settings import GatewaySettings, TransportSettings
+from orchestrator.transport.settings import (
+    DEFAULT_MAX_RUNNING,
+    GatewaySettings,
+    TransportSettings,
+)
 
 log = logging.getLogger("edgefarm.scheduler")
 
@@ -126,12 +130,6 @@ RAY_SYSTEM_CONFIG = {
 #: on to finish on the device: ``resume`` looks in its job directory first.
 COLLECTABLE_KINDS = frozenset({ERR_UNREACHABLE, ERR_TRANSPORT, ERR_TIMEOUT, ERR_CANCELLED,
                                ERR_CONTROLLER})
-
-
-#: Jobs running at once over the whole farm, unless told otherwise: each holds
-#: an SSH session and a thread in its site's gateway, and connection set-up
-#: (key exchange) is CPU work on the controller's side.
-DEFAULT_MAX_RUNNING = 256
 
 
 def site_resource(site: str) -> str:

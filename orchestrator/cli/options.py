@@ -10,8 +10,8 @@ import typer
 from orchestrator.transport.settings import TransportSettings
 
 __all__ = ["DEFAULT_INVENTORY", "DEFAULT_RESULTS", "InventoryOpt", "KnownHostsOpt",
-           "MetricsAddrOpt", "MetricsLingerOpt", "RayAddressOpt", "ResultsOpt", "SweepIdArg",
-           "UnreachableOpt", "transport_settings"]
+           "MaxRunningOpt", "MetricsAddrOpt", "MetricsLingerOpt", "RayAddressOpt", "ResultsOpt",
+           "SweepIdArg", "UnreachableOpt", "transport_settings"]
 
 DEFAULT_INVENTORY = Path("inventory/local.yaml")
 DEFAULT_RESULTS = Path("edgefarm-results")
@@ -39,6 +39,10 @@ MetricsLingerOpt = Annotated[float, typer.Option(
     "--metrics-linger", min=0,
     help="Keep serving metrics this many seconds after the sweep ends, so a last scrape "
     "sees the final values.")]
+MaxRunningOpt = Annotated[int, typer.Option(
+    "--max-running", min=1,
+    help="At most this many jobs at once over the whole farm (each holds an SSH session); "
+    "under the cap the device that waited longest goes first.")]
 RayAddressOpt = Annotated[str | None, typer.Option(
     "--ray-address", help="Join this Ray cluster instead of starting Ray on this machine.")]
 SweepIdArg = Annotated[str, typer.Argument(help="Sweep id (see `edgefarm sweep status`).")]

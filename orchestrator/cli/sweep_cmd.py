@@ -22,6 +22,7 @@ from orchestrator.cli.options import (
     DEFAULT_RESULTS,
     InventoryOpt,
     KnownHostsOpt,
+    MaxRunningOpt,
     MetricsAddrOpt,
     MetricsLingerOpt,
     RayAddressOpt,
@@ -30,7 +31,7 @@ from orchestrator.cli.options import (
     UnreachableOpt,
     transport_settings,
 )
-from orchestrator.transport.settings import TransportSettings
+from orchestrator.transport.settings import DEFAULT_MAX_RUNNING, TransportSettings
 
 __all__ = ["sweep_app"]
 
@@ -72,11 +73,13 @@ class RunOptions:
     settings: TransportSettings
     metrics_addr: str = "off"
     metrics_linger: float = 0.0
+    max_running: int = DEFAULT_MAX_RUNNING
 
 
 def _run_options(ray_address: str | None, report: bool, known_hosts: Path | None,
                  unreachable_after: float, metrics_addr: str,
-                 metrics_linger: float, inventory: Path | str | None = None) -> RunOptions:
+                 metrics_linger: float, inventory: Path | str | None = None,
+                 max_running: int = DEFAULT_MAX_RUNNING) -> RunOptions:
     """Check the options before anything is written (a malformed address exits 2)."""
     from orchestrator.exporter import parse_addr
 
@@ -84,7 +87,7 @@ def _run_options(ray_address: str | None, report: bool, known_hosts: Path | None
         parse_addr(metrics_addr)
     return RunOptions(ray_address, report,
                       transport_settings(known_hosts, unreachable_after, inventory),
-                      metrics_addr, metrics_linger)
+                      metrics_addr, metrics_linger, max_running)
 
 
 @sweep_app.command("run")
@@ -98,6 +101,7 @@ def sweep_run(
     unreachable_after: UnreachableOpt = 120.0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1:9464",
     metrics_linger: MetricsLingerOpt = 0.0,
+    max_running: MaxRunningOpt = DEFAULT_MAX_RUNNING,
     synthetic: SyntheticOpt = False,
 ) -> None:
     """Run a sweep across the selected devices, with live progress."""
@@ -105,7 +109,7 @@ def sweep_run(
     from orchestrator.sweeps import create_sweep, load_plan, own_sweep
 
     options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
-                           metrics_linger, inventory)
+                           metrics_linger, inventory, max_running)
     planned = load_plan(sweep_file, inventory, synthetic)
     # A bad identity file is a config error (exit 2), checked before anything is written.
     planned.inventory.check_key_files(sorted({job.device for job in planned.jobs}))
@@ -129,6 +133,7 @@ def sweep_resume(
     unreachable_after: UnreachableOpt = 120.0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1:9464",
     metrics_linger: MetricsLingerOpt = 0.0,
+    max_running: MaxRunningOpt = DEFAULT_MAX_RUNNING,
 ) -> None:
     """Run the jobs of a sweep that are not done; re-attach to jobs still on devices.
 
@@ -141,7 +146,7 @@ def sweep_resume(
     store = Store(results_dir)
     row = store.sweep(sweep_id)  # an unknown id exits 2 before a lock file is made
     options = _run_options(ray_address, report, known_hosts, unreachable_after, metrics_addr,
-                           metrics_linger, row["inventory_path"])
+                           metrics_linger, row["inventory_path"], max_running)
     # One controller per sweep: refused (exit 2, naming pid and host) while another runs it.
     with own_sweep(store.dir, sweep_id):
         info = resume_info(store, sweep_id)
@@ -202,7 +207,8 @@ def _run(store: Any, sweep_id: str, options: RunOptions, live: Any) -> None:
     sink = MultiProgress(progress, live) if live is not None else progress
     with progress:
         summary = run_sweep(store, sweep_id, ray_address=options.ray_address, progress=sink,
-                            transport_settings=options.settings)
+                            transport_settings=options.settings,
+                            max_running=options.max_running)
     counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v)
     console.print(f"sweep {sweep_id} {'interrupted' if summary.interrupted else 'finished'} "
                   f"in {summary.seconds:.1f} s: {counts}", highlight=False)

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+#: Jobs running at once over the whole farm, unless told otherwise (``sweep run
+#: --max-running``): each holds an SSH session and a thread in its site's
+#: gateway, and connection set-up (key exchange) is CPU work.
+DEFAULT_MAX_RUNNING = 256
+
 
 @dataclass(frozen=True)
 class TransportSettings:
