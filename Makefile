@@ -23,14 +23,17 @@ demo: install
 	$(BIN)/edgefarm inventory validate -i inventory/local.yaml
 	$(BIN)/edgefarm sweep run sweeps/quickstart.yaml -i inventory/local.yaml -r $(RESULTS)
 
-# sshd, prometheus, tmux, compose (to validate dashboards/docker-compose.yml,
-# no engine needed) and chromium (opens the HTML report headless) are real
-# parts of the test suite; install them when missing (needs root and apt, as
-# on CI).
+# sshd, prometheus (and its promtool), tmux, compose (to validate
+# dashboards/docker-compose.yml, no engine needed), chromium (opens the HTML
+# report headless) and iproute2 (network namespaces for the two-site test) are
+# real parts of the test suite; install them when missing (needs root and apt,
+# as on CI).
 system-deps:
 	@missing=""; \
 	command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
 	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
