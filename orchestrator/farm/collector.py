@@ -126,6 +126,8 @@ class FarmCollector:
             self._read_store()
             now = self.clock()
             readings = self.health.snapshot() if self.health is not None else {}
+            if self.health is not None:  # the inventory's word on platforms wins
+                self.platforms.update(self.health.platforms)
             attempts = self._attempts[1] if self._attempts is not None else {}
             names = sorted(set(self.live.devices) | set(readings) | set(self.platforms)
                            | {d for d, _ in attempts})

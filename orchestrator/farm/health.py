@@ -83,6 +83,7 @@ class HealthPoller:
         self.skip = skip or (lambda name: False)
         self.clock = clock
         self.readings: dict[str, Reading] = {}
+        self.platforms: dict[str, str] = {}  # device -> inventory platform, from the last round
         self.rounds = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,7 +95,9 @@ class HealthPoller:
 
     def poll_once(self) -> None:
         """One reading of every device not skipped (blocks until all have answered)."""
-        wanted = [d for d in self.devices() if not self.skip(d.name)]
+        devices = list(self.devices())
+        self.platforms = {d.name: str(d.platform) for d in devices}
+        wanted = [d for d in devices if not self.skip(d.name)]
         if not wanted:
             return
         bundle = build(self.cache_dir)
