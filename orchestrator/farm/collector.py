@@ -74,7 +74,6 @@ class FarmCollector:
         self.attempts_ttl_s = attempts_ttl_s
         self.clock = clock
         self.live = LiveReader(clock)
-        self._store: Store | None = None
         self._attempts: tuple[float, dict[tuple[str, str], int]] | None = None
         self._quarantined: set[str] = set()
         self._lock = threading.Lock()  # scrapes may overlap; the reader is not thread-safe
@@ -85,18 +84,19 @@ class FarmCollector:
         return [METRICS[name].family() for name in FARM_METRICS]
 
     # -- store -------------------------------------------------------------------------
-    def _db(self) -> Any:
-        if self._store is None:
-            if not (self.results_dir / DB_NAME).exists():
-                return None
-            self._store = Store(self.results_dir, read_only=True)
-        return self._store.db
-
     def _read_store(self) -> None:
-        db = self._db()
-        if db is None:
+        """Read what the store gained, on a connection of this scrape's own thread.
+
+        Scrapes arrive on the HTTP server's threads and SQLite connections
+        belong to one thread, so each read opens the store (read-only, about a
+        millisecond) and closes it; what was read lives in ``self.live``.
+        """
+        if not (self.results_dir / DB_NAME).exists():
             return
+        store = None
         try:
+            store = Store(self.results_dir, read_only=True)
+            db = store.db
             self.live.refresh(db)
             now = self.clock()
             if self._attempts is None or now - self._attempts[0] >= self.attempts_ttl_s:
@@ -104,11 +104,11 @@ class FarmCollector:
                 self._quarantined = _quarantined(db)
                 self.platforms = {**_stored_platforms(db), **self.platforms}
         except Exception:
-            # A locked or rebuilt store must not fail the scrape: reopen next time.
+            # A locked or half-written store must not fail the scrape; next time again.
             log.exception("reading the results store %s failed", self.results_dir)
-            if self._store is not None:
-                self._store.close()
-            self._store = None
+        finally:
+            if store is not None:
+                store.close()
 
     def is_busy(self, device: str) -> bool:
         """True while a fresh sweep job runs on ``device`` (the health poller skips it)."""
@@ -210,9 +210,7 @@ class FarmCollector:
             fams["edgefarm_device_memory_total_bytes"].add_metric([name], total)
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        """Nothing stays open between scrapes; kept so callers need not know that."""
 
 
 def _quarantined(db: Any) -> set[str]:
