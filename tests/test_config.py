@@ -385,7 +385,7 @@ def test_unknown_nested_key_suggests_close_match(tmp_path: Path) -> None:
     (line,) = lines(inventory_error(path))
     assert line.startswith(
         f"{path}:5:5: devices[0].platfrom: unknown key 'platfrom'; did you mean 'platform'? "
-        "(allowed keys: host, identity_file, labels,"
+        "(allowed keys: exporters, host, identity_file, labels,"
     )
 
 

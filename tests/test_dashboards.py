@@ -285,7 +285,10 @@ class ContractExporter:
             value = self.scrapes if kind == "counter" else 1
             for combo in product(*(LABEL_VALUES[label] for label in labels)):
                 pairs = ",".join(f'{label}="{v}"' for label, v in zip(labels, combo, strict=True))
-                lines.append(f"{name}{{{pairs}}} {value}")
+                # A state set has one series at 1 per sweep: the current state.
+                current = name != "edgefarm_sweep_state" or combo[labels.index("state")] == \
+                    LABEL_VALUES["state"][0]
+                lines.append(f"{name}{{{pairs}}} {value if current else 0}")
         return "\n".join(lines) + "\n"
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,11 @@ def test_probe_and_trust_go_through_the_site_gateway(tmp_path: Path, sshd_device
 
 
 def _ray(*args: str, site: Any = None, log: Path) -> subprocess.Popen[bytes]:
-    """``ray start ... --block`` (in ``site``'s namespace when given), its own process group."""
+    """``ray start ... --block`` (in ``site``'s namespace when given), its own process group.
+
+    The head gets a temp dir of its own, so its ``ray_current_cluster`` file
+    does not make other tests' ``ray.init()`` join this cluster.
+    """
     ray = str(Path(sys.executable).with_name("ray"))
     argv = [ray, "start", *args, "--block", "--num-cpus", "1", "--disable-usage-stats"]
     env = dict(os.environ, RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper="false")
@@ -95,14 +101,17 @@ def test_two_sites_each_reached_only_from_its_own_ray_node(tmp_path: Path,
         try:
             port = 26379
             address = f"{sites[0].host_ip}:{port}"
+            # A short path: Ray's socket names must fit in 107 bytes.
+            temp = Path(tempfile.mkdtemp(prefix="efray-", dir="/tmp"))
             nodes.append(_ray("--head", "--node-ip-address", sites[0].host_ip, "--port",
                               str(port), "--include-dashboard=false", "--resources", "{}",
-                              log=tmp_path / "head.log"))
-            for site in sites:
+                              "--temp-dir", str(temp), log=tmp_path / "head.log"))
+            _wait_for_resources(address, {"node:__internal_head__"})
+            for site in sites:  # one at a time: two raylets starting at once time out on 2 cores
                 nodes.append(_ray("--address", address, "--node-ip-address", site.ns_ip,
                                   "--resources", json.dumps({site_resource(site.name): 1000}),
                                   site=site, log=tmp_path / f"{site.name}.log"))
-            _wait_for_resources(address, {site_resource(s.name) for s in sites})
+                _wait_for_resources(address, {site_resource(site.name)})
             for site in sites:
                 devices.append((site, make_device(tmp_path, f"{site.name}-1", key, pub,
                                                   netns=site.netns)))
@@ -156,3 +165,5 @@ def test_two_sites_each_reached_only_from_its_own_ray_node(tmp_path: Path,
                     node.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     os.killpg(node.pid, signal.SIGKILL)
+            if nodes:
+                shutil.rmtree(temp, ignore_errors=True)

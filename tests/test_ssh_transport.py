@@ -326,6 +326,7 @@ def test_known_hosts_travel_as_lines_to_a_node_without_the_file(tmp_path: Path,
     device = Inventory.load(inv).devices[0]
     with make_transport(device, settings) as t:
         assert t.run(["true"], timeout=20).exit_code == 0
+    (tmp_path / "other").mkdir()
     inv2, _ = write_ssh_inventory(tmp_path / "other", [stranger], trust=False)
     with pytest.raises(HostKeyError, match="edgefarm inventory trust untrusted"):
         make_transport(Inventory.load(inv2).devices[0], settings).connect()
