@@ -5,9 +5,10 @@ devices (default 1,000), each with a ``hello``, a ``decode`` phase event and a
 telemetry sample (5 rails, 4 temperatures, memory), plus a health reading per
 device, as the farm service keeps them. Then, side by side in one run:
 
-* **farm**: ``generate_latest`` of the farm service's own registry
-  (``orchestrator.farm.service.FarmService``: the device collector over the
-  store and the health readings, plus the sweep/result collector);
+* **farm**: what a scrape of the farm service returns
+  (``FarmService.exposition``: the device collector over the store and the
+  health readings, writing its text itself, then the sweep/result
+  collector through client_python);
 * **bare**: ``generate_latest`` of a plain prometheus_client registry holding
   Gauges and Counters with exactly the same series and values, the cheapest
   way client_python can export them.
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,9 +52,11 @@ def build_store(results: Path, devices: int) -> None:
     inventory = {"devices": [{"name": n, "transport": "local", "platform": "jetson"}
                              for n in names]}
     jobs = [{"key": f"k{i:04d}", "device": n, "model_id": "olmoe", "arch": "moe",
+             "prompt_tokens": 128, "gen_tokens": 64, "threads": 6, "gpu_layers": 99,
              "agent_spec": {"models": [{"id": "olmoe"}]}, "timeout_s": 600}
             for i, n in enumerate(names)]
-    store.create_sweep("20261202-030000-farm", "farm-scale", {}, inventory, jobs)
+    sweep = {"name": "farm-scale", "models": [{"id": "olmoe", "arch": "moe"}], "pairs": []}
+    store.create_sweep("20261202-030000-farm", "farm-scale", sweep, inventory, jobs)
     for i, name in enumerate(names):
         key = f"k{i:04d}"
         store.start_attempt("20261202-030000-farm", key, 1)
@@ -110,9 +114,9 @@ def flatten(registry: CollectorRegistry) -> list[tuple[str, str, str, tuple[tupl
     return out
 
 
-def timed(registry: CollectorRegistry) -> float:
+def timed(render: Callable[[], bytes]) -> float:
     started = time.perf_counter()
-    generate_latest(registry)
+    render()
     return time.perf_counter() - started
 
 
@@ -130,14 +134,15 @@ def main() -> int:
         service = FarmService(results, health_interval_s=60)
         assert service.health is not None
         service.health.readings.update(health_readings(args.devices, time.time()))
-        cold = timed(service.registry)
+        cold = timed(service.exposition)
         samples = flatten(service.registry)
         bare = bare_registry(samples)
         assert len(flatten(bare)) == len(samples), "the bare registry must hold the same series"
         farm_s, bare_s = [], []
+        assert service.exposition().count(b"\n") > len(samples), "the scrape holds every series"
         for _ in range(args.repeat):
-            farm_s.append(timed(service.registry))
-            bare_s.append(timed(bare))
+            farm_s.append(timed(service.exposition))
+            bare_s.append(timed(lambda: generate_latest(bare)))
         service.stop()
     farm_ms, bare_ms = statistics.median(farm_s) * 1e3, statistics.median(bare_s) * 1e3
     print(f"series exported: {len(samples)} ({len(samples) / args.devices:.0f} per device)")

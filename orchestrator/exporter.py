@@ -23,10 +23,11 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any, NamedTuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
 from prometheus_client.registry import CollectorRegistry
 
 from orchestrator.deadline import Deadline
@@ -43,6 +44,7 @@ __all__ = [
     "SweepExporter",
     "parse_addr",
     "start_exporter",
+    "start_text_exporter",
     "stop_exporter",
     "exporter_url",
     "start_sweep_exporter",
@@ -113,6 +115,51 @@ def start_exporter(addr: str = DEFAULT_ADDR, *,
                             " (another sweep or `edgefarm serve` may hold that address;"
                             " choose another with --metrics-addr)") from exc
     thread.name = f"edgefarm-exporter-{port or server.server_address[1]}"
+    return server, thread
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per scrape (as client_python's own server), daemon threads."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+def start_text_exporter(addr: str, render: Callable[[], bytes]
+                        ) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``render()`` (Prometheus text format 0.0.4) at ``http://addr/metrics``.
+
+    For a service that writes its exposition itself (the farm service,
+    ``farm/collector.py``); ``start_exporter`` serves a registry through
+    client_python. Same address rules and errors as ``start_exporter``.
+    """
+    host, port = parse_addr(addr)
+    if not _is_loopback(host):
+        log.warning("metrics exporter listens on %s: reachable from other machines", host)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: /metrics is here\n"]
+        body = render()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    try:
+        server = make_server(host, port, app, server_class=_ThreadingWSGIServer,
+                             handler_class=_QuietHandler)
+    except OSError as exc:
+        raise ExporterError(f"cannot serve metrics on {addr}: {exc.strerror or exc}"
+                            " (another sweep or `edgefarm serve` may hold that address;"
+                            " choose another with --metrics-addr)") from exc
+    thread = threading.Thread(target=server.serve_forever, daemon=True,
+                              name=f"edgefarm-exporter-{server.server_address[1]}")
+    thread.start()
     return server, thread
 
 

@@ -220,3 +220,22 @@ def test_the_agent_health_command_reads_this_machine(tmp_path: Path) -> None:
                             "--work-dir", str(tmp_path)], capture_output=True, text=True,
                            timeout=60, cwd=REPO)
     assert json.loads(again.stdout)["lease"]["fresh"] is True
+
+
+def test_the_direct_exposition_is_what_client_python_writes(tmp_path: Path) -> None:
+    """The farm collector writes its text itself (speed); it must equal generate_latest's."""
+    from prometheus_client import generate_latest
+
+    store = running_sweep(tmp_path)
+    clock = Clock(1000.0)
+    registry = CollectorRegistry()
+    collector = FarmCollector(tmp_path / "results", registry=registry, clock=clock)
+    collect(collector)
+    store.add_events("s1", "orin", [event(0, "hello"), event(1, "phase", phase="decode")])
+    store.add_sample_events("s1", "orin", [event(2, "sample", total_w=7.25,
+                                                 rails_w={'odd "rail"\\n\\\\x': 1.5},
+                                                 temps_c={"cpu": 40.0}, ram_used_mb=10.0)])
+    clock.now = 1001.0
+    assert collector.exposition() == generate_latest(registry).decode()
+    assert 'rail="odd \\"rail\\"\\\\n\\\\\\\\x"' in collector.exposition()
+    store.close()

@@ -33,6 +33,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from orchestrator.farm.health import HealthPoller, Reading
 from orchestrator.farm.store_live import DeviceLive, LiveReader, attempt_totals
@@ -120,8 +121,9 @@ class FarmCollector:
             now - state.last_event <= self.stale_s
 
     # -- collect -----------------------------------------------------------------------
-    def collect(self) -> Iterator[Metric]:
-        fams = {name: METRICS[name].family() for name in FARM_METRICS}
+    def _gather(self) -> dict[str, _Rows]:
+        """Every series of this collector now, by metric name (label values, value)."""
+        fams = {name: _Rows() for name in FARM_METRICS}
         with self._lock:
             self._read_store()
             now = self.clock()
@@ -142,9 +144,47 @@ class FarmCollector:
                     [name], 1 if name in self._quarantined else 0)
             for sweep, at in sorted(self.live.sweep_last_event.items()):
                 fams["edgefarm_sweep_last_event_timestamp_seconds"].add_metric([sweep], at)
-        for fam in fams.values():
-            if fam.samples:
-                yield fam
+        return fams
+
+    def collect(self) -> Iterator[Metric]:
+        for name, rows in self._gather().items():
+            if rows.items:
+                family = METRICS[name].family()
+                for labels, value in rows.items:
+                    family.add_metric(labels, value)
+                yield family
+
+    def exposition(self) -> str:
+        """The same series in Prometheus' text format, written directly.
+
+        What ``generate_latest`` makes of ``collect()`` (a test holds the two
+        equal), without a ``Sample`` object per series: a farm of 1,000
+        devices exports ~33,000 series, and client_python's generic path
+        spends ~8 us on each (bench/farm_scrape.py).
+        """
+        out: list[str] = []
+        for name, rows in self._gather().items():
+            if not rows.items:
+                continue
+            spec = METRICS[name]
+            doc = spec.help.replace("\\", "\\\\").replace("\n", "\\n")
+            out.append(f"# HELP {name} {doc}\n# TYPE {name} {spec.kind}\n")
+            keys = spec.labels
+            order = sorted(range(len(keys)), key=lambda i: keys[i])
+            if len(keys) == 1:  # the common shapes without a join per line
+                (k0,) = keys
+                out.extend(f'{name}{{{k0}="{_escape(str(lv[0]))}"}} {_go_float(v)}\n'
+                           for lv, v in rows.items)
+            elif len(keys) == 2:
+                a, b = order
+                ka, kb = keys[a], keys[b]
+                out.extend(f'{name}{{{ka}="{_escape(str(lv[a]))}",{kb}="{_escape(str(lv[b]))}"}}'
+                           f' {_go_float(v)}\n' for lv, v in rows.items)
+            else:
+                for labels, value in rows.items:
+                    inner = ",".join(f'{keys[i]}="{_escape(str(labels[i]))}"' for i in order)
+                    out.append(f"{name}{{{inner}}} {_go_float(value)}\n")
+        return "".join(out)
 
     def _device(self, fams: dict[str, Any], name: str, live: DeviceLive | None,
                 reading: Reading | None, now: float) -> None:
@@ -211,6 +251,34 @@ class FarmCollector:
 
     def close(self) -> None:
         """Nothing stays open between scrapes; kept so callers need not know that."""
+
+
+class _Rows:
+    """One metric's series as ``(label values, value)``: what a family's add_metric takes."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[tuple[list[str], float]] = []
+
+    def add_metric(self, labels: list[str], value: float) -> None:
+        self.items.append((labels, value))
+
+
+def _go_float(value: float) -> str:
+    """``floatToGoString`` (what client_python writes), its common case first: 0/1 flags."""
+    if value == 0:
+        return "0.0"
+    if value == 1:
+        return "1.0"
+    return floatToGoString(value)
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format quotes it (backslash, double quote, newline)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
 
 
 def _quarantined(db: Any) -> set[str]:

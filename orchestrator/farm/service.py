@@ -17,13 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from orchestrator.exporter import (
     SERVE_ADDR,
     exporter_url,
     parse_addr,
-    start_exporter,
+    start_text_exporter,
     stop_exporter,
 )
 from orchestrator.farm.collector import FarmCollector
@@ -64,8 +65,12 @@ class FarmService:
         self.inventory = inventory
         if inventory is not None:
             farm_devices(self.results_dir, inventory)  # a bad inventory fails here, at start
-        self.registry = CollectorRegistry()
-        StoreCollector(self.results_dir, registry=self.registry)
+        # Sweeps, jobs and results through client_python; the devices' ~30 series
+        # each are written by the farm collector itself (``exposition``).
+        self.store_registry = CollectorRegistry()
+        store = StoreCollector(self.results_dir, registry=self.store_registry)
+        self.registry = CollectorRegistry()  # both collectors, for readers of a registry
+        self.registry.register(store)
         self.health: HealthPoller | None = None
         if health_interval_s > 0:
             self.health = HealthPoller(
@@ -75,6 +80,10 @@ class FarmService:
                 skip=lambda name: self.farm.is_busy(name))
         self.farm = FarmCollector(self.results_dir, registry=self.registry, health=self.health,
                                   stale_s=stale_s)
+
+    def exposition(self) -> bytes:
+        """What a scrape gets: the devices' series, then the sweeps' (text format 0.0.4)."""
+        return self.farm.exposition().encode() + generate_latest(self.store_registry)
 
     def start(self) -> None:
         if self.health is not None:
@@ -106,7 +115,7 @@ def serve(results_dir: Path, addr: str = SERVE_ADDR, *, inventory: Path | None =
                    "writes there")
     service = FarmService(results_dir, inventory=inventory, health_interval_s=health_interval_s,
                           transport=transport)
-    server, thread = start_exporter(addr, registry=service.registry)
+    server, thread = start_text_exporter(addr, service.exposition)
     service.start()
     if on_ready is not None:
         on_ready(exporter_url(server))
