@@ -37,12 +37,15 @@ def test_after_a_sweep_process_exits_every_farm_and_progress_query_has_data(
     prometheus_binary()  # fails with the install command when missing
     results = tmp_path / "results"
     inventory = write_inventory(tmp_path, ["dev-a", "dev-b"])
-    sweep = write_sweep(tmp_path, devices=["dev-a", "dev-b"], repetitions=2, warmup=1,
-                        retries=0)
+    # Long enough (a few seconds a job) for several scrapes to land inside it: the
+    # tiny models decode thousands of tokens a second.
+    sweep = write_sweep(tmp_path, devices=["dev-a", "dev-b"], repetitions=6, warmup=1,
+                        retries=0, matrix={"prompt_tokens": [64], "gen_tokens": [512],
+                                           "threads": [1], "gpu_layers": [0]})
     listen, serve = free_port(), free_port()
     started = edgefarm("monitor", "up", "-r", str(results), "-i", str(inventory),
                        "--listen", f"127.0.0.1:{listen}", "--serve-addr", f"127.0.0.1:{serve}",
-                       "--scrape-interval", "1", "--health-interval", "5", tmp=tmp_path)
+                       "--scrape-interval", "0.25", "--health-interval", "5", tmp=tmp_path)
     assert started.returncode == 0, started.stdout + started.stderr
     prom = Prometheus(None, f"http://127.0.0.1:{listen}", [])  # type: ignore[arg-type]
     try:
@@ -64,10 +67,10 @@ def test_after_a_sweep_process_exits_every_farm_and_progress_query_has_data(
         time.sleep(2.5)  # a few more scrapes with the sweep process gone
 
         # While it ran, the farm service alone showed the devices busy and in a phase.
-        busy = prom.query_range("max(edgefarm_device_busy)", began, ended, step=0.5)
+        busy = prom.query_range("max(edgefarm_device_busy)", began, ended, step=0.25)
         assert busy and 1.0 in {float(v) for _, v in busy[0]["values"]}, busy
         working = prom.query_range('max(edgefarm_device_phase{phase!="idle"})', began, ended,
-                                   step=0.5)
+                                   step=0.25)
         assert working and 1.0 in {float(v) for _, v in working[0]["values"]}, working
         # And now: idle again, attempts and samples counted from the store.
         for device in ("dev-a", "dev-b"):
