@@ -114,14 +114,12 @@ def fanout(n_devices: int, rounds: int) -> None:
     import paramiko
     from fabric import ThreadingGroup
     from helpers import sleep_models, write_ssh_inventory
-    from ssh_overhead import noop_spec
+    from ssh_overhead import gateway_fanout, noop_spec
     from sshd_fixture import keygen, make_device
 
     from orchestrator.agent_client import AgentClient
     from orchestrator.bundle import build
     from orchestrator.config.inventory import Inventory
-    from orchestrator.gateway import Gateway
-    from orchestrator.transport.settings import GatewaySettings, TransportSettings
     from orchestrator.transport.ssh import SshTransport
 
     with tempfile.TemporaryDirectory(prefix="edgefarm-scale-fanout-") as tmp_dir:
@@ -148,26 +146,7 @@ def fanout(n_devices: int, rounds: int) -> None:
                         f"{shlex.quote(str(work / ('jobs-' + tag)))}")
 
             def edgefarm(tag: str) -> float:
-                gateway = Gateway("bench", [d.model_dump(mode="json", exclude_unset=True)
-                                            for d in inventory.devices], str(bundle.path),
-                                  bundle.sha256, GatewaySettings(TransportSettings(str(known)),
-                                                                 owner="bench:1:x"))
-                started = time.monotonic()
-                for dev in inventory.devices:
-                    gateway.start({"device": dev.name, "sweep_id": f"fan-{tag}", "job": "noop",
-                                   "attempt": 1, "spec": noop_spec(model, "noop"),
-                                   "timeout_s": 120, "attach": False})
-                ends = 0
-                while ends < n_devices:
-                    for msg in gateway.poll(0.5):
-                        if msg["type"] == "end":
-                            assert msg["outcome"].state == "done", msg
-                            ends += 1
-                took = time.monotonic() - started
-                gateway.release_all()
-                for client in gateway.clients.values():
-                    client.transport.close()
-                return took
+                return gateway_fanout(inventory, bundle, known, model, f"fan-{tag}")
 
             def fabric(tag: str) -> float:
                 group = ThreadingGroup(*[f"root@127.0.0.1:{d.port}" for d in devices],

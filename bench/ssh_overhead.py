@@ -97,6 +97,31 @@ def warm_overhead(tmp: Path, n_jobs: int) -> None:
     print(f"    overhead / bare exec = {o / b:.2f}   (target <= 2.0)")
 
 
+def gateway_fanout(inventory: Any, bundle: Any, known: Path, model: dict[str, Any],
+                   sweep_id: str) -> float:
+    """Seconds for a no-op job on every device through one Gateway, cold connections."""
+    gateway = Gateway("bench", [d.model_dump(mode="json", exclude_unset=True)
+                                for d in inventory.devices], str(bundle.path),
+                      bundle.sha256, GatewaySettings(TransportSettings(str(known)),
+                                                     owner="bench:1:x"))
+    started = time.monotonic()
+    for dev in inventory.devices:
+        gateway.start({"device": dev.name, "sweep_id": sweep_id, "job": "noop",
+                       "attempt": 1, "spec": noop_spec(model, "noop"),
+                       "timeout_s": 120, "attach": False})
+    ends = 0
+    while ends < len(inventory.devices):
+        for msg in gateway.poll(0.5):
+            if msg["type"] == "end":
+                assert msg["outcome"].state == "done", msg
+                ends += 1
+    took = time.monotonic() - started
+    gateway.release_all()
+    for client in gateway.clients.values():
+        client.transport.close()
+    return took
+
+
 def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
     from fabric import ThreadingGroup
 
@@ -120,26 +145,7 @@ def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
 
         def edgefarm(tag: str) -> float:
             """The gateway's own code path, cold connections."""
-            gateway = Gateway("bench", [d.model_dump(mode="json", exclude_unset=True)
-                                        for d in inventory.devices], str(bundle.path),
-                              bundle.sha256, GatewaySettings(TransportSettings(str(known)),
-                                                             owner="bench:1:x"))
-            started = time.monotonic()
-            for dev in inventory.devices:
-                gateway.start({"device": dev.name, "sweep_id": f"fleet-{tag}", "job": "noop",
-                               "attempt": 1, "spec": noop_spec(model, "noop"),
-                               "timeout_s": 120, "attach": False})
-            ends = 0
-            while ends < n_devices:
-                for msg in gateway.poll(0.5):
-                    if msg["type"] == "end":
-                        assert msg["outcome"].state == "done", msg
-                        ends += 1
-            took = time.monotonic() - started
-            gateway.release_all()
-            for client in gateway.clients.values():
-                client.transport.close()
-            return took
+            return gateway_fanout(inventory, bundle, known, model, f"fleet-{tag}")
 
         def fabric(tag: str) -> float:
             """The same agent command on the same devices, cold connections."""
