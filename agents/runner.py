@@ -131,7 +131,7 @@ def run_job(job_dir: str, echo: bool = False) -> int:
         body = dict(fields) if fields else {}
         if telemetry is not None:
             body = telemetry.before(kind, body)
-        if kind == EV_REPETITION:
+        if kind == EV_REPETITION and "carried_from" not in body:
             add_telemetry_reason(body)
         writer.emit(kind, body)
         if telemetry is not None:

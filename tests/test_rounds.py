@@ -252,8 +252,11 @@ def test_carried_rounds_are_replayed_then_only_the_missing_ones_run(tmp_path: Pa
     job = _group_job(tmp_path / "job", models, "sleep", repetitions=4, warmup=0)
     spec = json.loads((job / "job.json").read_text())
     spec["attempt"] = 2
+    spec["telemetry"] = True  # carried repetitions must pass the job's telemetry untouched
+    measured = dict(_carried_rep("dense", 0, 0, 40.0), j_per_token=0.5, energy_decode_j=3.2,
+                    decode_window_mono=[5.0, 6.0])
     spec["carried"] = {"attempt": 1, "rounds": [
-        [_carried_rep("dense", 0, 0, 40.0), _carried_rep("moe", 0, 1, 20.0)],
+        [measured, _carried_rep("moe", 0, 1, 20.0)],
         [_carried_rep("moe", 1, 0, 21.0, "other load: 30% of the CPUs busy with other work"),
          _carried_rep("dense", 1, 1, 41.0)],
         [_carried_rep("moe", 2, 0, 22.0)]]}  # dense missing: not a whole round
@@ -267,6 +270,10 @@ def test_carried_rounds_are_replayed_then_only_the_missing_ones_run(tmp_path: Pa
     assert all(e["attempt"] == 2 and e["carried_from"] == {"attempt": 1, "t": 1000.0 + e["round"]}
                for e in carried)
     assert carried[2]["disturbed"].startswith("other load")
+    # The energy it was measured with stays; this attempt's telemetry adds nothing.
+    assert (carried[1]["j_per_token"], carried[1]["energy_decode_j"]) == (0.5, 3.2)
+    assert all("energy_unmeasured_reason" not in e for e in carried)
+    assert all("energy_unmeasured_reason" in e for e in counted if not e.get("carried_from"))
     assert [e["index"] for e in counted] == list(range(8)), "indices stay unique in the attempt"
     fresh = [e for e in counted if not e.get("carried_from")]
     assert sorted({e["round"] for e in fresh}) == [2, 3]

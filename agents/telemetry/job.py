@@ -209,7 +209,9 @@ class JobTelemetry(object):
             self._worked = True
             self._do_cooldown()
             self._measure_idle()
-        elif kind == "repetition":
+        elif kind == "repetition" and "carried_from" not in fields:
+            # (A repetition carried from an earlier attempt keeps the energy and
+            # windows it was measured with; this process's sampler never saw it.)
             fields = dict(fields)
             fields.update(self._repetition(fields))
         return fields
@@ -218,7 +220,7 @@ class JobTelemetry(object):
         """Called after an event is written (cooldown between repetitions happens here)."""
         if kind == "phase":
             self._phase_t = time.monotonic()
-        elif kind == "repetition":
+        elif kind == "repetition" and "carried_from" not in fields:
             self._seen += 1
             self._phase_t = None
             last = self.expected is not None and self._seen >= self.expected
