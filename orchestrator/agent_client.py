@@ -139,6 +139,11 @@ def _lease_line(line: bytes) -> dict[str, Any]:
             "error": f"unexpected answer: {line[:200].decode(errors='replace')}"}
 
 
+def job_dir_of(work_dir: str, sweep_id: str, job_key: str, attempt: int) -> str:
+    """Where on a device (its agent's ``work_dir``) one attempt of one job lives."""
+    return f"{work_dir}/{JOBS_SUBDIR}/{sweep_id}/{job_key}-a{attempt}"
+
+
 class AgentClient:
     """Speaks the agent's commands on one device through ``transport``."""
 
@@ -237,7 +242,7 @@ class AgentClient:
     # -- jobs ----------------------------------------------------------------------
     def job_dir(self, sweep_id: str, job_key: str, attempt: int) -> str:
         """Where on the device one attempt of one job lives."""
-        return f"{self.work_dir}/{JOBS_SUBDIR}/{sweep_id}/{job_key}-a{attempt}"
+        return job_dir_of(self.work_dir, sweep_id, job_key, attempt)
 
     def start(self, job_dir: str, spec: dict[str, Any], lease: LeaseRequest | None = None
               ) -> None:

@@ -90,12 +90,11 @@ def stop_on_devices(store: Store, sweep_id: str, settings: TransportSettings,
         running.setdefault(row["device"], []).append(row)
     owner = f"{socket.gethostname()}:{os.getpid()}:cancel-{sweep_id}"
     if ray_address and running:
-        from agents.protocol import JOBS_SUBDIR
+        from orchestrator.agent_client import job_dir_of
         from orchestrator.site_ops import cancel_via_gateways
 
-        dirs = {name: [f"{devices[name].work_dir}/{JOBS_SUBDIR}/{sweep_id}/"
-                       f"{row['key']}-a{row['attempts']}" for row in rows]
-                for name, rows in running.items()}
+        dirs = {name: [job_dir_of(devices[name].work_dir, sweep_id, row["key"], row["attempts"])
+                       for row in rows] for name, rows in running.items()}
         return cancel_via_gateways(devices, dirs, ray_address, settings, store.dir / "agent",
                                    owner)
     bundle = build(store.dir / "agent")

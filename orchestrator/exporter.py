@@ -98,6 +98,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _checked(addr: str) -> tuple[str, int]:
+    """``addr`` parsed; a warning when it is not loopback."""
+    host, port = parse_addr(addr)
+    if not _is_loopback(host):
+        log.warning("metrics exporter listens on %s: reachable from other machines", host)
+    return host, port
+
+
+def _cannot_serve(addr: str, exc: OSError) -> ExporterError:
+    return ExporterError(f"cannot serve metrics on {addr}: {exc.strerror or exc}"
+                         " (another sweep or `edgefarm serve` may hold that address;"
+                         " choose another with --metrics-addr)")
+
+
 def start_exporter(addr: str = DEFAULT_ADDR, *,
                    registry: CollectorRegistry) -> tuple[WSGIServer, threading.Thread]:
     """Serve ``registry`` at ``http://addr/metrics`` from a daemon thread.
@@ -105,15 +119,11 @@ def start_exporter(addr: str = DEFAULT_ADDR, *,
     Port 0 picks a free port (read it back with ``exporter_url``). Returns
     client_python's ``(server, thread)``; stop with ``stop_exporter``.
     """
-    host, port = parse_addr(addr)
-    if not _is_loopback(host):
-        log.warning("metrics exporter listens on %s: reachable from other machines", host)
+    host, port = _checked(addr)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise ExporterError(f"cannot serve metrics on {addr}: {exc.strerror or exc}"
-                            " (another sweep or `edgefarm serve` may hold that address;"
-                            " choose another with --metrics-addr)") from exc
+        raise _cannot_serve(addr, exc) from exc
     thread.name = f"edgefarm-exporter-{port or server.server_address[1]}"
     return server, thread
 
@@ -137,9 +147,7 @@ def start_text_exporter(addr: str, render: Callable[[], bytes]
     ``farm/collector.py``); ``start_exporter`` serves a registry through
     client_python. Same address rules and errors as ``start_exporter``.
     """
-    host, port = parse_addr(addr)
-    if not _is_loopback(host):
-        log.warning("metrics exporter listens on %s: reachable from other machines", host)
+    host, port = _checked(addr)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
@@ -154,9 +162,7 @@ def start_text_exporter(addr: str, render: Callable[[], bytes]
         server = make_server(host, port, app, server_class=_ThreadingWSGIServer,
                              handler_class=_QuietHandler)
     except OSError as exc:
-        raise ExporterError(f"cannot serve metrics on {addr}: {exc.strerror or exc}"
-                            " (another sweep or `edgefarm serve` may hold that address;"
-                            " choose another with --metrics-addr)") from exc
+        raise _cannot_serve(addr, exc) from exc
     thread = threading.Thread(target=server.serve_forever, daemon=True,
                               name=f"edgefarm-exporter-{server.server_address[1]}")
     thread.start()

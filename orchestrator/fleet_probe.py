@@ -7,7 +7,7 @@ its reason; nothing here raises for one device's trouble.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +29,33 @@ class ProbeResult:
     error: str | None = None
 
 
-def probe_device(device: Any, bundle_path: str, sha256: str,
-                 settings: TransportSettings) -> ProbeResult:
+def ask_agent(device: Any, bundle_path: str, sha256: str, settings: TransportSettings,
+              ask: Callable[[AgentClient], dict[str, Any]]
+              ) -> tuple[bool, dict[str, Any], str | None]:
+    """Connect, make sure the agent is there, ``ask`` it; close. Never raises for the device.
+
+    Returns ``(reachable, answer, error)``: a failure becomes its reason, so
+    one device's trouble cannot hide the others' answers.
+    """
     transport = None
     try:
         transport = make_transport(device, settings)
         transport.connect()
-        client = AgentClient(transport, device.work_dir, bundle_path, sha256)
-        return ProbeResult(device.name, True, facts=client.probe(device.llama_bench))
+        return True, ask(AgentClient(transport, device.work_dir, bundle_path, sha256)), None
     except Exception as exc:  # one device's surprise must not hide the others
         reachable = transport is not None and transport.state == "connected"
         error = str(exc) if isinstance(exc, EdgefarmError) else f"{type(exc).__name__}: {exc}"
-        return ProbeResult(device.name, reachable, error=error)
+        return reachable, {}, error
     finally:
         if transport is not None and transport.state == "connected":
             transport.close()
+
+
+def probe_device(device: Any, bundle_path: str, sha256: str,
+                 settings: TransportSettings) -> ProbeResult:
+    reachable, facts, error = ask_agent(device, bundle_path, sha256, settings,
+                                        lambda client: client.probe(device.llama_bench))
+    return ProbeResult(device.name, reachable, facts=facts, error=error)
 
 
 def probe_all(devices: Iterable[Any], cache_dir: Path, settings: TransportSettings,

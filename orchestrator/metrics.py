@@ -209,19 +209,59 @@ def pair_label(moe_id: str, dense_id: str) -> str:
 
 # -- live metrics ----------------------------------------------------------------
 @dataclass
-class _DeviceState:
+class DeviceTelemetry:
+    """A device's newest telemetry, each value with the time it arrived.
+
+    Stale values drop out by that time instead of showing a device's power
+    after it went quiet; memory size (from hello facts or samples) does not
+    expire. Shared by a sweep's exporter and the farm service.
+    """
+
+    power: dict[str, tuple[float, float]] = field(default_factory=dict)
+    temps: dict[str, tuple[float, float]] = field(default_factory=dict)
+    memory_used: tuple[float, float] | None = None
+    memory_total: float | None = None
+
+    def take_sample(self, ev: dict[str, Any], now: float) -> None:
+        """Take one ``sample`` event: fields it lacks keep their last values.
+
+        A value that is not a number is skipped, not raised on: a bad reading
+        from one sensor must not stop a sweep. At most MAX_SERIES_PER_DEVICE
+        rails and sensors are kept.
+        """
+        rails = ev.get("rails_w")
+        if isinstance(rails, dict):
+            for rail, watts in rails.items():
+                if is_number(watts) and (rail in self.power
+                                         or len(self.power) < MAX_SERIES_PER_DEVICE):
+                    self.power[str(rail)] = (float(watts), now)
+        if is_number(ev.get("total_w")):
+            self.power["total"] = (float(ev["total_w"]), now)
+        temps = ev.get("temps_c")
+        if isinstance(temps, dict):
+            for sensor, celsius in temps.items():
+                if is_number(celsius) and (sensor in self.temps
+                                           or len(self.temps) < MAX_SERIES_PER_DEVICE):
+                    self.temps[str(sensor)] = (float(celsius), now)
+        try:
+            used = sample_memory_bytes(ev, "ram_used")
+            total = sample_memory_bytes(ev, "ram_total")
+        except (TypeError, ValueError):
+            return
+        if used is not None:
+            self.memory_used = (float(used), now)
+        if total is not None:
+            self.memory_total = float(total)
+
+
+@dataclass
+class _DeviceState(DeviceTelemetry):
     """What the controller currently knows about one device (guarded by LiveMetrics._lock)."""
 
     busy: int = 0
     phase: str | None = "idle"
     up: int | None = None                 # None: not known yet (absent, not 0)
     answered: bool = False                # the current attempt delivered an event
-    memory_total: float | None = None     # from hello facts or samples; no expiry
-    # Live telemetry: value and the monotonic time it arrived, so stale
-    # values drop out instead of showing a device's power after it went quiet.
-    power: dict[str, tuple[float, float]] = field(default_factory=dict)
-    temps: dict[str, tuple[float, float]] = field(default_factory=dict)
-    memory_used: tuple[float, float] | None = None
     attempts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ATTEMPT_OUTCOMES, 0))
     samples: int = 0
 
@@ -282,7 +322,7 @@ class LiveMetrics:
                              ", ".join(PHASES))
             elif kind == "hello":
                 facts = event.get("facts")
-                if isinstance(facts, dict) and _is_number(facts.get("ram_total_bytes")):
+                if isinstance(facts, dict) and is_number(facts.get("ram_total_bytes")):
                     state.memory_total = float(facts["ram_total_bytes"])
 
     def job_finished(self, job: dict[str, Any], state: str, error: str | None,
@@ -299,37 +339,8 @@ class LiveMetrics:
                 device.up = 0
 
     def _sample(self, state: _DeviceState, ev: dict[str, Any]) -> None:
-        """Take one ``sample`` event: fields it lacks keep their last (unexpired) values.
-
-        A value that is not a number is skipped, not raised on: a bad reading
-        from one sensor must not stop a sweep.
-        """
-        now = self._clock()
         state.samples += 1
-        rails = ev.get("rails_w")
-        if isinstance(rails, dict):
-            power = state.power
-            for rail, watts in rails.items():
-                if _is_number(watts) and (rail in power or len(power) < MAX_SERIES_PER_DEVICE):
-                    power[str(rail)] = (float(watts), now)
-        total = ev.get("total_w")
-        if _is_number(total):
-            state.power["total"] = (float(total), now)
-        temps = ev.get("temps_c")
-        if isinstance(temps, dict):
-            held = state.temps
-            for sensor, celsius in temps.items():
-                if _is_number(celsius) and (sensor in held or len(held) < MAX_SERIES_PER_DEVICE):
-                    held[str(sensor)] = (float(celsius), now)
-        try:
-            used = sample_memory_bytes(ev, "ram_used")
-            total_mem = sample_memory_bytes(ev, "ram_total")
-        except (TypeError, ValueError):
-            return
-        if used is not None:
-            state.memory_used = (float(used), now)
-        if total_mem is not None:
-            state.memory_total = float(total_mem)
+        state.take_sample(ev, self._clock())
 
     # -- Collector ------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
@@ -369,7 +380,7 @@ class LiveMetrics:
         return [METRICS[name].family() for name in LIVE_METRICS]
 
 
-def _is_number(value: Any) -> TypeGuard[int | float]:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

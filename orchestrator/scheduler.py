@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from agents.protocol import (
@@ -182,6 +183,33 @@ def check_site_nodes(sites: list[str]) -> None:
             f"reaches the site's devices ({starts}), or change the devices' `site`")
 
 
+def start_site_gateways(devices: list[Device], ray_address: str | None,
+                        settings: GatewaySettings, cache_dir: Path) -> dict[str, Any]:
+    """One gateway actor per site of ``devices``, each on a node that offers the site.
+
+    Used by sweeps and by the commands that reach devices outside one
+    (``site_ops``). Everything a gateway needs crosses as content (the agent
+    bundle's bytes, the known_hosts lines): it may run on a site's own node,
+    where no controller path exists.
+    """
+    import ray
+
+    sites = sorted({d.site for d in devices})
+    ensure_ray(sites, ray_address)
+    check_site_nodes(sites)
+    bundle = build_bundle(cache_dir)
+    data = ray.put(bundle.path.read_bytes())
+    settings = replace(settings, transport=settings.transport.with_known_hosts_content())
+    gateways: dict[str, Any] = {}
+    for site in sites:
+        members = [d.model_dump(mode="json", exclude_unset=True) for d in devices
+                   if d.site == site]
+        actor_cls = remote_gateway(max_concurrency=len(members) + 4)
+        gateways[site] = actor_cls.options(resources={site_resource(site): 1}).remote(
+            site, members, data, bundle.sha256, settings)
+    return gateways
+
+
 @contextlib.contextmanager
 def single_node_ray() -> Iterator[None]:
     """Make the Ray that edgefarm starts itself listen on loopback only.
@@ -266,23 +294,9 @@ class SweepRun:
         self.stopping = False
 
     def start_gateways(self, ray_address: str | None) -> None:
-        import ray
-
-        sites = sorted({self.devices[d].site for d in self.queues})
-        ensure_ray(sites, ray_address)
-        check_site_nodes(sites)
-        bundle = build_bundle(self.store.dir / "agent")
-        # Everything a gateway needs crosses as content: it may run on a site's
-        # own node, where no controller path exists.
-        data = ray.put(bundle.path.read_bytes())
-        settings = replace(self.settings,
-                           transport=self.settings.transport.with_known_hosts_content())
-        for site in sites:
-            members = [self.devices[d].model_dump(mode="json", exclude_unset=True)
-                       for d in self.queues if self.devices[d].site == site]
-            actor_cls = remote_gateway(max_concurrency=len(members) + 4)
-            self.gateways[site] = actor_cls.options(resources={site_resource(site): 1}).remote(
-                site, members, data, bundle.sha256, settings)
+        self.gateways = start_site_gateways([self.devices[d] for d in self.queues],
+                                            ray_address, self.settings,
+                                            self.store.dir / "agent")
 
     def launch(self, device: str) -> None:
         import ray

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from orchestrator.bundle import build
 from orchestrator.fleet_probe import ProbeResult
 from orchestrator.transport import GatewaySettings, TransportSettings
 
@@ -32,24 +31,12 @@ def site_gateways(devices: Sequence[Any], ray_address: str, settings: TransportS
     """A gateway actor for every site of ``devices`` on the cluster; killed on exit."""
     import ray
 
-    from orchestrator.gateway import remote_gateway
-    from orchestrator.scheduler import check_site_nodes, ensure_ray, site_resource
+    from orchestrator.scheduler import start_site_gateways
 
-    sites = sorted({d.site for d in devices})
-    ensure_ray(sites, ray_address)
-    check_site_nodes(sites)
-    bundle = build(cache_dir)
-    data = ray.put(bundle.path.read_bytes())
-    gateway_settings = GatewaySettings(settings.with_known_hosts_content(),
-                                       owner=f"{socket.gethostname()}:{os.getpid()}:{purpose}")
-    actors: dict[str, Any] = {}
+    owner = f"{socket.gethostname()}:{os.getpid()}:{purpose}"
+    actors = start_site_gateways(list(devices), ray_address,
+                                 GatewaySettings(settings, owner=owner), cache_dir)
     try:
-        for site in sites:
-            members = [d.model_dump(mode="json", exclude_unset=True) for d in devices
-                       if d.site == site]
-            actor_cls = remote_gateway(max_concurrency=len(members) + 4)
-            actors[site] = actor_cls.options(resources={site_resource(site): 1}).remote(
-                site, members, data, bundle.sha256, gateway_settings)
         yield actors
     finally:
         for actor in actors.values():

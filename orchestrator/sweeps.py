@@ -27,7 +27,7 @@ from orchestrator.config.inventory import Inventory
 from orchestrator.config.sweep import Sweep, load_sweep_with_inventory, with_synthetic_sources
 from orchestrator.errors import SweepBusyError
 from orchestrator.planner import Job, plan
-from orchestrator.states import JobState
+from orchestrator.states import JobState, SweepState
 from orchestrator.store import Store
 
 __all__ = ["Planned", "ResumeInfo", "create_sweep", "job_record", "load_plan", "new_sweep_id",
@@ -228,7 +228,8 @@ def snapshot(store: Store, sweep_id: str) -> dict[str, Any]:
     quarantined = {q["device"]: q["reason"] for q in store.quarantines(sweep_id,
                                                                         active_only=True)}
     devices: dict[str, dict[str, Any]] = {}
-    for row in store.jobs(sweep_id):
+    rows = store.jobs(sweep_id)
+    for row in rows:
         dev = devices.setdefault(row["device"], {"device": row["device"], "done": 0,
                                                  "total": 0, "job": "", "phase": "idle",
                                                  "decode_tps": None, "power_w": None,
@@ -251,22 +252,22 @@ def snapshot(store: Store, sweep_id: str) -> dict[str, Any]:
                 dev["power_w"] = ev.get("total_w")
     return {"sweep_id": sweep_id, "name": sweep["name"], "state": sweep["state"],
             "counts": store.job_counts(sweep_id), "devices": list(devices.values()),
-            "eta_s": _seconds_left(store, sweep_id, set(quarantined))}
+            "eta_s": _seconds_left(rows, sweep["state"], set(quarantined))}
 
 
-def _seconds_left(store: Store, sweep_id: str, quarantined: set[str]) -> float | None:
-    """The sweep's estimated time left (``orchestrator/eta.py``), from its stored job times."""
+def _seconds_left(rows: list[Any], state: str, quarantined: set[str]) -> float | None:
+    """The sweep's estimated time left (``orchestrator/eta.py``), from its jobs' stored times."""
     import time
 
     from orchestrator.eta import EtaTracker
 
-    if store.sweep(sweep_id)["state"] != "running":
+    if state != SweepState.RUNNING:
         return None
     tracker = EtaTracker()
     pending: dict[str, int] = {}
     running: dict[str, float] = {}
     now = time.time()
-    for row in store.jobs(sweep_id):
+    for row in rows:
         if row["state"] == JobState.DONE and row["started_at"] and row["finished_at"]:
             tracker.observe(row["device"], row["finished_at"] - row["started_at"])
         elif row["state"] == JobState.PENDING:

@@ -69,7 +69,6 @@ def site_namespaces(tag: str, names: list[str]) -> Iterator[list[Site]]:
     finally:
         forward.write_text(saved + "\n")
         for i, site in enumerate(made):
-            subprocess.run(["ip", "netns", "pids", site.netns], capture_output=True)
             for pid in subprocess.run(["ip", "netns", "pids", site.netns], capture_output=True,
                                       text=True).stdout.split():
                 try:

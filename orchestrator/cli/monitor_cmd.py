@@ -91,8 +91,10 @@ def monitor_up(
     """Start a local Prometheus and the farm service (`edgefarm serve`); print their URLs."""
     from orchestrator.monitor import up
 
-    targets = ((serve_addr,) if serve else ()) + \
-        ((sweep_exporter,) if sweep_exporter else () if serve else (DEFAULT_ADDR,))
+    # The farm service is the one target; a sweep's own exporter only when asked,
+    # or as the stand-in when there is no farm service.
+    exporter = sweep_exporter or (None if serve else DEFAULT_ADDR)
+    targets = tuple(t for t in ((serve_addr if serve else None), exporter) if t)
     info = up(MonitorSettings(
         results_dir=results_dir, listen=listen, scrape_interval_s=scrape_interval,
         controller_targets=targets, inventory=inventory,

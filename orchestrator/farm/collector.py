@@ -37,7 +37,7 @@ from prometheus_client.utils import floatToGoString
 
 from orchestrator.farm.health import HealthPoller, Reading
 from orchestrator.farm.store_live import DeviceLive, LiveReader, attempt_totals
-from orchestrator.metrics import ATTEMPT_OUTCOMES, METRICS, PHASES
+from orchestrator.metrics import ATTEMPT_OUTCOMES, METRICS, PHASES, is_number
 from orchestrator.states import SweepState
 from orchestrator.store import DB_NAME, Store
 
@@ -231,14 +231,14 @@ class FarmCollector:
         sample = (reading.health.get("sample") if reading is not None and reading.reachable
                   else None) or {}
         if not power and isinstance(sample.get("rails_w"), dict):
-            power = {str(r): float(w) for r, w in sample["rails_w"].items() if _number(w)}
-            if _number(sample.get("total_w")):
+            power = {str(r): float(w) for r, w in sample["rails_w"].items() if is_number(w)}
+            if is_number(sample.get("total_w")):
                 power["total"] = float(sample["total_w"])
         if not temps and isinstance(sample.get("temps_c"), dict):
-            temps = {str(s): float(c) for s, c in sample["temps_c"].items() if _number(c)}
-        if used is None and _number(sample.get("ram_used_mb")):
+            temps = {str(s): float(c) for s, c in sample["temps_c"].items() if is_number(c)}
+        if used is None and is_number(sample.get("ram_used_mb")):
             used = float(sample["ram_used_mb"]) * _MIB
-        if _number(sample.get("ram_total_mb")) and (total is None or reading is not None):
+        if is_number(sample.get("ram_total_mb")):  # a health reading's size is the newest
             total = float(sample["ram_total_mb"]) * _MIB
         for rail, watts in sorted(power.items()):
             fams["edgefarm_device_power_watts"].add_metric([name, rail], watts)
@@ -314,7 +314,3 @@ def _stored_platforms(db: Any) -> dict[str, str]:
         return {}
     return {str(d.get("name")): str(d.get("platform", "unknown")) for d in devices
             if isinstance(d, dict) and d.get("name")}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.agent_client import AgentClient
-from orchestrator.bundle import build
-from orchestrator.errors import EdgefarmError
-from orchestrator.transport import TransportSettings, make_transport
+from orchestrator.bundle import AgentBundle, build
+from orchestrator.fleet_probe import ask_agent
+from orchestrator.transport import TransportSettings
 
 __all__ = ["HealthPoller", "Reading", "read_health"]
 
@@ -48,18 +47,10 @@ class Reading:
 def read_health(device: Any, bundle_path: str, sha256: str, settings: TransportSettings,
                 seconds: float, clock: Callable[[], float] = time.time) -> Reading:
     """Connect to ``device``, run ``agent health``; a failure becomes a reading with its reason."""
-    transport = None
-    try:
-        transport = make_transport(device, settings)
-        transport.connect()
-        client = AgentClient(transport, device.work_dir, bundle_path, sha256)
-        return Reading(clock(), True, health=client.health(device.platform, seconds))
-    except Exception as exc:  # one device's trouble must not stop the others' readings
-        error = str(exc) if isinstance(exc, EdgefarmError) else f"{type(exc).__name__}: {exc}"
-        return Reading(clock(), False, error=error)
-    finally:
-        if transport is not None and transport.state == "connected":
-            transport.close()
+    reachable, health, error = ask_agent(device, bundle_path, sha256, settings,
+                                         lambda client: client.health(device.platform, seconds))
+    # Reachable only when the agent answered: a connection without an answer is no reading.
+    return Reading(clock(), reachable and error is None, health=health, error=error)
 
 
 class HealthPoller:
@@ -85,6 +76,7 @@ class HealthPoller:
         self.readings: dict[str, Reading] = {}
         self.platforms: dict[str, str] = {}  # device -> inventory platform, from the last round
         self.rounds = 0
+        self._bundle: AgentBundle | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,7 +92,9 @@ class HealthPoller:
         wanted = [d for d in devices if not self.skip(d.name)]
         if not wanted:
             return
-        bundle = build(self.cache_dir)
+        if self._bundle is None:  # the agent does not change under a running service
+            self._bundle = build(self.cache_dir)
+        bundle = self._bundle
         with ThreadPoolExecutor(max_workers=min(self.workers, len(wanted)),
                                 thread_name_prefix="farm-health") as pool:
             futures = {pool.submit(read_health, d, str(bundle.path), bundle.sha256,

@@ -18,12 +18,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.metrics import PHASES
+from orchestrator.metrics import PHASES, DeviceTelemetry, is_number
 from orchestrator.states import AttemptState, JobState, SweepState
-from orchestrator.store import sample_memory_bytes
 
 __all__ = ["DeviceLive", "LiveReader", "LIVE_KINDS"]
 
@@ -31,23 +30,14 @@ __all__ = ["DeviceLive", "LiveReader", "LIVE_KINDS"]
 LIVE_KINDS = ("phase", "sample", "hello", "result")
 #: At start-up, how many of a running attempt's newest events are read back.
 BOOTSTRAP_EVENTS = 400
-#: Per device at most this many rails and sensors (a misbehaving agent must
-#: not blow up the exposition; the same bound as ``metrics.LiveMetrics``).
-MAX_SERIES = 32
-
-
 @dataclass
-class DeviceLive:
+class DeviceLive(DeviceTelemetry):
     """One device as the store shows it; times are ``LiveReader.clock`` readings."""
 
     last_event: float | None = None        # when its newest event was seen
     job: tuple[str, str, int] | None = None  # (sweep, job key, attempt) it runs, if any
     phase: str | None = None
     phase_at: float | None = None
-    power: dict[str, tuple[float, float]] = field(default_factory=dict)
-    temps: dict[str, tuple[float, float]] = field(default_factory=dict)
-    memory_used: tuple[float, float] | None = None
-    memory_total: float | None = None
 
 
 class LiveReader:
@@ -163,36 +153,13 @@ class LiveReader:
         if kind == "phase" and ev.get("phase") in PHASES:  # ("round" marks are not phases)
             state.phase, state.phase_at = ev["phase"], seen
         elif kind == "sample":
-            self._sample(state, ev, seen)
+            state.take_sample(ev, seen)
         elif kind == "hello":
             facts = ev.get("facts")
-            if isinstance(facts, dict) and _number(facts.get("ram_total_bytes")):
+            if isinstance(facts, dict) and is_number(facts.get("ram_total_bytes")):
                 state.memory_total = float(facts["ram_total_bytes"])
         elif kind == "result":
             state.phase, state.phase_at = "idle", seen
-
-    def _sample(self, state: DeviceLive, ev: dict[str, Any], seen: float) -> None:
-        rails = ev.get("rails_w")
-        if isinstance(rails, dict):
-            for rail, watts in rails.items():
-                if _number(watts) and (rail in state.power or len(state.power) < MAX_SERIES):
-                    state.power[str(rail)] = (float(watts), seen)
-        if _number(ev.get("total_w")):
-            state.power["total"] = (float(ev["total_w"]), seen)
-        temps = ev.get("temps_c")
-        if isinstance(temps, dict):
-            for sensor, celsius in temps.items():
-                if _number(celsius) and (sensor in state.temps or len(state.temps) < MAX_SERIES):
-                    state.temps[str(sensor)] = (float(celsius), seen)
-        try:
-            used = sample_memory_bytes(ev, "ram_used")
-            total = sample_memory_bytes(ev, "ram_total")
-        except (TypeError, ValueError):
-            return
-        if used is not None:
-            state.memory_used = (float(used), seen)
-        if total is not None:
-            state.memory_total = float(total)
 
 
 def attempt_totals(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
@@ -202,7 +169,3 @@ def attempt_totals(db: sqlite3.Connection) -> dict[tuple[str, str], int]:
         " ON j.sweep_id = a.sweep_id AND j.key = a.job_key WHERE a.state != ?"
         " GROUP BY j.device, a.state", (AttemptState.RUNNING.value,))
     return {(r[0], r[1]): int(r[2]) for r in rows}
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
