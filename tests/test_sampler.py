@@ -568,6 +568,31 @@ sys.exit(4)
                                             "tegrastats: lost the monitors"}
 
 
+def test_a_tool_that_exited_before_the_first_read_is_still_read_to_the_end(tmp_path):
+    # The race CI hit once: the tool printed and exited before the sampler
+    # looked at its pipe. What it printed and how it ended are in the pipe.
+    tool = _tool(tmp_path, "tegrastats", f"""
+print({TEGRA_LINE!r}, flush=True)
+sys.stderr.write("tegrastats: lost the monitors\\n")
+sys.exit(4)
+""")
+
+    class ExitsFirst(TegrastatsSource):
+        def start(self) -> None:
+            super().start()
+            assert self._proc is not None
+            self._proc.wait(timeout=10)
+
+    sampler = Sampler([ExitsFirst(0.02, binary=tool)], interval=0.02)
+    with sampler:
+        deadline = time.monotonic() + 5
+        while "tegrastats" not in sampler.errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert sampler.count == 1
+    assert sampler.errors == {"tegrastats": "tegrastats exited (status 4): "
+                                            "tegrastats: lost the monitors"}
+
+
 def test_macmon_source(tmp_path):
     line = ('{"timestamp": "2025-02-24T20:38:15.427569+00:00", "all_power": 3.0, '
             '"sys_power": 9.5, "memory": {"ram_total": 17179869184, "ram_usage": 8589934592}, '

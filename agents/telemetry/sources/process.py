@@ -56,7 +56,14 @@ class ProcessSource(Source):
         return self._proc.stdout.fileno()
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """Whether the pipe may still give something.
+
+        The pipe, not the process: a tool that printed its last line and
+        exited before the reader looked again still has that line and the
+        end of file in the pipe, and only reading them says how it ended.
+        """
+        return (self._proc is not None and self._proc.stdout is not None
+                and not self._proc.stdout.closed)
 
     def read(self, into: Optional[Sample] = None) -> List[Sample]:  # type: ignore[override]
         """The samples completed by what is in the pipe now (call when it is readable)."""
