@@ -148,7 +148,9 @@ class JobParamsSpec(TypedDict):
     warmup: int
     keep_loaded: bool  # paired jobs: keep models loaded across rounds (else fresh loads)
     cpu_repack: bool  # llama.cpp's CPU weight repacking (its default: on)
-    repetitions_per_round: int  # counted repetitions of each model per round (median counts)
+    # counted repetitions of each model per round (median counts), or "auto":
+    # sized after round 0 from the measured load cost (agents/round_runner.py)
+    repetitions_per_round: Union[int, str]
     routing_profile: bool  # after the repetitions, a profiling pass per MoE model (routing share)
 
 

@@ -28,6 +28,17 @@ Where the models stay loaded:
   after llama-bench's own warm-up); a single-model job is one invocation of all
   its repetitions, as before.
 
+``repetitions_per_round: "auto"`` sizes the rounds from what a fresh load
+costs on this device: round 0 runs one counted repetition of each model and
+times, per model, the load and warm-ups (or, for a batch backend, the
+invocation around its counted repetitions); every later round then runs
+``k`` counted repetitions per load, the smallest ``k`` (at most
+``AUTO_MAX_PER_ROUND``) for which that overhead is at most
+``1 - AUTO_TARGET_EFFICIENCY`` of the round. Each round still loads every
+model afresh, so load-to-load variation stays inside the interval; the extra
+repetitions only make each round's rate (their median) steadier. What was
+measured and chosen is in the summary (``repetitions_per_round_auto``).
+
 Retries and resume keep the rounds already measured: a new attempt of a job
 whose earlier attempt completed some rounds receives them in its spec
 (``carried``, gathered by the controller from its store) and replays them
@@ -39,6 +50,7 @@ and reports its own backend's provenance.
 
 import itertools
 import os
+import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from agents.backends.base import Backend, Emit, JobParams, Session
@@ -65,6 +77,30 @@ def mem_available_bytes() -> Optional[int]:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+#: ``repetitions_per_round: "auto"``: the share of a round that counted
+#: repetitions should fill, and the most repetitions per load it may take.
+AUTO_TARGET_EFFICIENCY = 0.8
+AUTO_MAX_PER_ROUND = 12
+
+
+def auto_per_round(overhead_s: float, repetition_s: float,
+                   target: float = AUTO_TARGET_EFFICIENCY,
+                   most: int = AUTO_MAX_PER_ROUND) -> int:
+    """Counted repetitions per load so that ``k*rep / (overhead + k*rep) >= target``.
+
+    ``overhead_s`` and ``repetition_s`` are a round's totals over its models
+    (loads and warm-ups; one counted repetition of each). At least 1, at most
+    ``most``; 1 when nothing was timed.
+    """
+    if repetition_s <= 0 or overhead_s <= 0:
+        return 1
+    need = target / (1.0 - target) * overhead_s / repetition_s - 1e-9  # 0.8/0.2 is 4.000..01
+    k = int(need)
+    if k < need:
+        k += 1
+    return max(1, min(most, k))
 
 
 #: Why a paired job loads each model afresh for every repetition by default.
@@ -97,7 +133,8 @@ class RoundRunner(object):
                  params: JobParams, plan: RoundPlan, emit: Emit,
                  repetitions_per_round: int = 1,
                  open_session: Optional[OpenSession] = None, keep_loaded: bool = True,
-                 carried: Optional[Dict[str, object]] = None) -> None:
+                 carried: Optional[Dict[str, object]] = None, auto_per_round: bool = False
+                 ) -> None:
         self.backend = backend
         self.open_session: OpenSession = open_session or backend.open
         self.keep_loaded = keep_loaded
@@ -108,6 +145,11 @@ class RoundRunner(object):
         self.plan = plan
         self.emit = emit
         self.per_round = max(1, repetitions_per_round)
+        #: ``repetitions_per_round: "auto"``: per_round is 1 until round 0 was timed.
+        self.auto = auto_per_round
+        self.auto_record: Dict[str, object] = {}
+        self._overhead_s: Dict[int, float] = {}
+        self._counted_s: Dict[int, float] = {}
         self.pairs = [(a, b) for a in range(len(models)) if self.archs[a] == "moe"
                       for b in range(len(models)) if self.archs[b] == "dense"]
         self.kept: Dict[Tuple[int, int], List[float]] = {pair: [] for pair in self.pairs}
@@ -193,7 +235,8 @@ class RoundRunner(object):
                 if model in self.ids and body.get("round") == round_index:
                     by_model.setdefault(self.ids.index(str(model)), []).append(body)
             if len(by_model) != len(self.ids) or any(
-                    len(v) != self.per_round for v in by_model.values()):
+                    (len(v) < 1 if self.auto else len(v) != self.per_round)
+                    for v in by_model.values()):
                 break  # an incomplete round ends what can be carried
             order = sorted(by_model, key=lambda i: str(by_model[i][0].get("position")))
             self.emit(EV_PHASE, {"phase": "round", "round": round_index,
@@ -230,6 +273,9 @@ class RoundRunner(object):
             "repetitions_per_round": self.per_round,
             "model_processes": "one per model" if self.workers else "the agent's",
         }
+        if self.auto:
+            summary["repetitions_per_round_auto"] = dict(self.auto_record) or {
+                "chosen": self.per_round, "reason": "no round was timed in this attempt"}
         if self.carried_rounds:
             summary["carried_rounds"] = self.carried_rounds
             summary["carried_from_attempt"] = self.carried.get("attempt")
@@ -256,19 +302,23 @@ class RoundRunner(object):
                 bodies: Dict[int, List[Dict[str, object]]] = {}
                 for position, i in enumerate(self._begin_round(round_index)):
                     session = sessions.get(i)
+                    t0 = time.monotonic()
                     if session is None:  # one model at a time: load, warm up, measure, unload
                         # Alone in memory, so in this process (no other context to disturb it).
                         session = self.backend.open(self.paths[i], self.params, self.emit)
                         self._warm(i, session)
+                    t1 = time.monotonic()
                     for _ in range(self.per_round):
                         before = Snapshot(self.workers)
                         fields = session.repetition(round_index, False, self.emit)
                         bodies.setdefault(i, []).append(
                             self._repetition(i, round_index, position, fields, before))
+                    self._timed(i, t1 - t0, time.monotonic() - t1)
                     if i not in sessions:
                         self._keep_info(i, session)
                         session.close()
                 round_index += 1
+                self._size_rounds(resident != "all")
                 stop, reason = self._end_round(round_index - 1, bodies)
                 if stop:
                     return round_index, reason
@@ -276,6 +326,30 @@ class RoundRunner(object):
             for i, session in sessions.items():
                 self._keep_info(i, session)
                 session.close()
+
+    def _timed(self, i: int, overhead_s: float, counted_s: float) -> None:
+        """Remember the first measured round's load/warm-up and counted time of model ``i``."""
+        if self.auto and not self.auto_record:
+            self._overhead_s[i] = overhead_s
+            self._counted_s[i] = counted_s / max(1, self.per_round)
+
+    def _size_rounds(self, loads_every_round: bool) -> None:
+        """After the first measured round of an ``auto`` job: choose repetitions per round."""
+        if not self.auto or self.auto_record:
+            return
+        overhead = sum(self._overhead_s.values())
+        counted = sum(self._counted_s.values())
+        if loads_every_round:
+            self.per_round = auto_per_round(overhead, counted)
+            rule = ("smallest k <= %d with k x %.2f s counted >= %.0f%% of (%.2f s loads and "
+                    "warm-ups + k x %.2f s) per round" % (
+                        AUTO_MAX_PER_ROUND, counted, 100 * AUTO_TARGET_EFFICIENCY, overhead,
+                        counted))
+        else:
+            self.per_round = 1
+            rule = "models stay loaded across rounds: no load to spread"
+        self.auto_record = {"chosen": self.per_round, "overhead_s": round(overhead, 3),
+                            "repetition_s": round(counted, 3), "rule": rule}
 
     def _keep_info(self, i: int, session: Session) -> None:
         if self.ids[i] not in self.infos:
@@ -292,19 +366,24 @@ class RoundRunner(object):
             return count, ("fixed count of %d repetitions in one invocation" % count
                            if not self.plan.adaptive else
                            "single model: min %d repetitions in one invocation" % count)
-        params = self.params.with_repetitions(self.per_round)
         round_index = start
         while True:
+            params = self.params.with_repetitions(self.per_round)
             bodies: Dict[int, List[Dict[str, object]]] = {}
             for position, i in enumerate(self._begin_round(round_index)):
                 before = Snapshot()
                 collected: List[Dict[str, object]] = []
                 emit = self._batch_emit(i, _constant(round_index), _constant(position),
                                         before, collected)
+                t0 = time.monotonic()
                 info = self.backend.run(self.paths[i], params, emit)
+                wall = time.monotonic() - t0
                 self.infos.setdefault(self.ids[i], info)
                 bodies[i] = collected
+                counted = sum(_repetition_s(b) for b in collected)
+                self._timed(i, max(0.0, wall - counted), counted)
             round_index += 1
+            self._size_rounds(True)
             stop, reason = self._end_round(round_index - 1, bodies)
             if stop:
                 return round_index, reason
@@ -325,6 +404,16 @@ class RoundRunner(object):
             return body
 
         return emit
+
+
+def _repetition_s(body: Dict[str, object]) -> float:
+    """Seconds one counted repetition of a batch took: its prefill + decode.
+
+    (Not ``wall_s``: in a batch every repetition's disturbance window starts
+    with the invocation.)
+    """
+    return sum(float(v) for v in (body.get("prefill_s"), body.get("decode_s"))
+               if isinstance(v, (int, float)))
 
 
 def _constant(value: int) -> Callable[[int], int]:

@@ -170,10 +170,12 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                 def open_session(path: str, params: JobParams, emit: Emit) -> Session:
                     return WorkerSession(name, bench, path, params, emit)
 
+            per_round = p.get("repetitions_per_round", 1)
+            auto = per_round == "auto"
             rounds = RoundRunner(backend, models, paths, params, plan, emit,
-                                 int(p.get("repetitions_per_round", 1)), open_session,
+                                 1 if auto else int(per_round), open_session,
                                  keep_loaded=bool(p.get("keep_loaded", False)),
-                                 carried=spec.get("carried"))
+                                 carried=spec.get("carried"), auto_per_round=auto)
             summary = rounds.run()
             routing: Dict[str, Dict[str, object]] = {}
             if bool(p.get("routing_profile", True)):

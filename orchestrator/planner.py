@@ -90,8 +90,9 @@ class Job(BaseModel):
     warmup: int = Field(description="Warm-up runs (stored, never counted).")
     keep_loaded: bool = Field(default=False, description="Paired jobs: keep models loaded "
                               "across rounds instead of a fresh load per repetition.")
-    repetitions_per_round: int = Field(default=1, description="Counted repetitions of "
-                                       "each model per round (their median counts).")
+    repetitions_per_round: int | str = Field(default=1, description="Counted repetitions "
+                                             "of each model per round (their median "
+                                             "counts), or `auto`.")
     cpu_repack: bool = Field(default=True, description="llama.cpp repacks CPU weights into "
                              "its faster layouts (its default).")
     routing_profile: bool = Field(default=True, description="After the counted repetitions, "

@@ -466,6 +466,19 @@ def prefill_roofline_line(c: dict[str, Any]) -> str | None:
             + "; ".join(parts))
 
 
+def per_round_text(schedule: dict[str, Any]) -> str:
+    """``"; 9 repetitions per round (auto: ...)"`` when a round held more than one."""
+    auto = schedule.get("repetitions_per_round_auto")
+    each = schedule.get("repetitions_per_round")
+    if isinstance(auto, dict):
+        return (f"; {auto.get('chosen')} repetition(s) per model per round after round 1 "
+                f"(auto: {auto.get('overhead_s')} s of loads and warm-ups against "
+                f"{auto.get('repetition_s')} s of counted repetitions in round 1)")
+    if isinstance(each, int) and each > 1:
+        return f"; {each} repetitions per model per round"
+    return ""
+
+
 def roofline_line(c: dict[str, Any]) -> str | None:
     """The roofline of one comparison, on one line (None when there is nothing to say)."""
     r = c.get("roofline")
@@ -901,6 +914,7 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
                      f"kept; {schedule.get('stop_reason')}; models loaded: "
                      f"{schedule.get('resident')}"
                      + (", each in its own process" if apart else "")
+                     + per_round_text(schedule)
                      + (f"; rounds 1-{schedule['carried_rounds']} carried from attempt "
                         f"{schedule.get('carried_from_attempt')}"
                         if schedule.get("carried_rounds") else ""))

@@ -22,6 +22,7 @@ from agent_fixtures import (  # noqa: F401  (tiny_models_fixture: the fixture ti
 from scipy import stats as scipy_stats
 
 from agents import disturbance
+from agents.round_runner import auto_per_round
 from agents.rounds import RoundPlan, half_width_pct, t975
 from agents.runner import run_job
 
@@ -168,9 +169,10 @@ def _group_job(job_dir: Path, models: list[dict[str, Any]], backend: str,
     return job_dir
 
 
-def _stand_in(tmp: Path, name: str, scale: float) -> dict[str, Any]:
+def _stand_in(tmp: Path, name: str, scale: float, load_s: float = 0.0) -> dict[str, Any]:
     path = tmp / f"{name}.gguf"
-    path.write_text(f"sleep-scale={scale} not a model: a stand-in for the sleep backend\n")
+    path.write_text(f"sleep-scale={scale} sleep-load={load_s} not a model: a stand-in for "
+                    "the sleep backend\n")
     return {"id": name, "arch": "moe" if name.startswith("moe") else "dense",
             "source": {"path": str(path)}}
 
@@ -219,6 +221,57 @@ def test_several_repetitions_per_round_count_by_their_median(tmp_path: Path) -> 
         assert sorted(mine) == ["dense"] * 3 + ["moe"] * 3
     summary = events[-1]["info"]["rounds"]
     assert summary["repetitions_per_round"] == 3 and summary["kept_rounds"] == 4
+
+
+@pytest.mark.parametrize(("overhead", "counted", "expected"), [
+    # 4 x 65 / 24 = 10.83 -> 11: 11 x 24 = 264 of 65 + 264 = 329 s is 80.2% >= 80%
+    # (10 would give 240 / 305 = 78.7%).
+    (65.0, 24.0, 11),
+    (10.0, 10.0, 4),    # exactly 4: 40 / 50 = 80%
+    (0.0, 5.0, 1),      # no load to spread
+    (5.0, 0.0, 1),      # nothing timed
+    (100.0, 1.0, 12),   # would need 300: capped
+])
+def test_auto_repetitions_per_round_by_hand(overhead: float, counted: float,
+                                            expected: int) -> None:
+    assert auto_per_round(overhead, counted) == expected
+
+
+def test_auto_repetitions_per_round_spread_each_fresh_load(tmp_path: Path) -> None:
+    """``auto`` with fresh loads: round 0 runs one repetition each and is timed; every
+    later round loads each model afresh and runs the chosen number of repetitions."""
+    models = [_stand_in(tmp_path, "moe", 1.5, load_s=0.04),
+              _stand_in(tmp_path, "dense", 1.0, load_s=0.04)]
+    job = _group_job(tmp_path / "job", models, "sleep", gen_tokens=20, warmup=0,
+                     repetitions=3, repetitions_per_round="auto", keep_loaded=False)
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    summary = events[-1]["info"]["rounds"]
+    chosen = summary["repetitions_per_round_auto"]
+    # ~0.08 s of loads against ~0.05 s of counted repetitions: 4 x 0.08 / 0.05 ~ 7.
+    assert chosen["chosen"] == auto_per_round(chosen["overhead_s"], chosen["repetition_s"])
+    assert 4 <= chosen["chosen"] <= 11, chosen
+    assert summary["repetitions_per_round"] == chosen["chosen"]
+    counted = [e for e in events if e["kind"] == "repetition" and not e["warmup"]]
+    for round_, each in ((0, 1), (1, chosen["chosen"]), (2, chosen["chosen"])):
+        mine = sorted(r["model"] for r in counted if r["round"] == round_)
+        assert mine == ["dense"] * each + ["moe"] * each
+    loads = [e for e in events if e["kind"] == "phase" and e.get("phase") == "load"]
+    assert len(loads) == 3 * 2  # a fresh load of each model in every round
+    assert summary["kept_rounds"] == 3
+
+
+def test_auto_repetitions_per_round_with_models_kept_loaded_stay_at_one(
+        tmp_path: Path) -> None:
+    models = [_stand_in(tmp_path, "moe", 1.5, load_s=0.05),
+              _stand_in(tmp_path, "dense", 1.0, load_s=0.05)]
+    job = _group_job(tmp_path / "job", models, "sleep", gen_tokens=10, warmup=0,
+                     repetitions=3, repetitions_per_round="auto", keep_loaded=True)
+    assert run_job(str(job)) == 0
+    summary = load_events(job)[-1]["info"]["rounds"]
+    assert summary["resident"] == "all"
+    assert summary["repetitions_per_round_auto"]["chosen"] == 1
+    assert "no load to spread" in summary["repetitions_per_round_auto"]["rule"]
 
 
 def test_adaptive_rounds_stop_once_the_interval_is_tight(tmp_path: Path) -> None:

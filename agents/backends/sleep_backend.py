@@ -7,7 +7,8 @@ The "model" file it is given must exist, like a real backend's.
 
 Behaviour knobs come from the job's ``gen_tokens`` (milliseconds per
 repetition = gen_tokens, times a ``sleep-scale=X`` the stand-in file may
-name) and the environment variable
+name; ``sleep-load=S`` there makes every open take S seconds, a load) and
+the environment variable
 ``EDGEFARM_SLEEP_FAIL`` (``crash`` exits the process, ``error`` raises a
 backend error), which tests use to provoke failures.
 """
@@ -61,24 +62,33 @@ class SleepBackend(Backend):
     def open(self, model_path: str, params: JobParams, emit: Emit) -> Session:
         if os.environ.get("EDGEFARM_SLEEP_FAIL", "") == "error":
             raise BackendError(ERR_BACKEND, "sleep backend asked to fail (EDGEFARM_SLEEP_FAIL)")
-        return SleepSession(params, _scale(model_path))  # nothing to load: no load phase
+        load_s = _knob(model_path, "sleep-load", 0.0)
+        if load_s > 0:  # a stand-in's load cost (repetitions_per_round: auto tests)
+            emit("phase", {"phase": "load"})
+            time.sleep(load_s)
+        return SleepSession(params, _scale(model_path))
 
 
 def _scale(model_path: str) -> float:
-    """A stand-in file may name a speed: ``sleep-scale=1.3`` in its first line (tests).
+    """The stand-in's ``sleep-scale`` (1.0 when it names none)."""
+    return _knob(model_path, "sleep-scale", 1.0)
 
-    Lets a test give two "models" different, known speeds, so paired rounds
-    and ratios can be checked end to end without llama.cpp.
+
+def _knob(model_path: str, name: str, default: float) -> float:
+    """A number the stand-in file names in its first line, e.g. ``sleep-scale=1.3`` (tests).
+
+    Lets a test give two "models" different, known speeds (and load costs),
+    so paired rounds and ratios can be checked end to end without llama.cpp.
     """
     try:
         with open(model_path, "rb") as handle:
             head = handle.read(200).decode("ascii", "replace")
     except OSError:
-        return 1.0
+        return default
     for word in head.split():
-        if word.startswith("sleep-scale="):
+        if word.startswith(name + "="):
             try:
                 return max(0.0, float(word.split("=", 1)[1]))
             except ValueError:
-                return 1.0
-    return 1.0
+                return default
+    return default

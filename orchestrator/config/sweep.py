@@ -232,6 +232,20 @@ Repetitions = Annotated[
     Discriminator(_repetitions_shape)]
 
 
+def _per_round(value: Any) -> Any:
+    """``repetitions_per_round``: a whole number 1..100 or ``auto``, with one message for both."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ValueError(f"expected a whole number from 1 to 100, or 'auto'; got "
+                         f"{short_repr(value)}")
+    return value
+
+
+#: Counted repetitions per round: a number, or ``auto`` (sized from the measured load cost).
+PerRound = Annotated[int | Literal["auto"], BeforeValidator(_per_round)]
+
+
 class Pair(ConfigModel):
     """A MoE model and the dense model(s) it is compared against."""
 
@@ -393,14 +407,14 @@ class Sweep(FileModel):
             "VM: docs/results/verdict-stability.md)."
         ),
     )
-    repetitions_per_round: int = Field(
+    repetitions_per_round: PerRound = Field(
         default=1,
-        ge=1,
-        le=100,
         description=(
             "Counted repetitions of each model in every round (their median is the round's "
             "rate). More than 1 spreads a model load (or a llama-bench invocation) over "
-            "several repetitions; `repetitions` still counts rounds."
+            "several repetitions; `repetitions` still counts rounds. `auto`: round 0 runs "
+            "one and times the loads and warm-ups; later rounds run enough (at most 12) "
+            "that counted repetitions fill at least 80% of each round."
         ),
     )
     cpu_repack: bool = Field(
