@@ -21,6 +21,7 @@ from orchestrator.report import (
     PAIRED_BY_ROUND,
     build_report,
     memory_line,
+    per_round_text,
     provenance_difference,
     render_json,
     render_markdown,
@@ -494,3 +495,14 @@ def test_table_shows_provenance_and_fits_100_columns(tmp_path: Path) -> None:
     md = render_markdown(build_report(store, "s"))
     assert ("- moe: backend xllamacpp 2026.10.11549; llama.cpp build ?; threads · batch/ubatch "
             "1 · 512/512; flash attn · KV · mmap · repack auto · f16/f16 · ? · yes") in md
+
+
+def test_the_schedule_line_says_how_many_repetitions_a_round_held() -> None:
+    auto = {"repetitions_per_round": 11,
+            "repetitions_per_round_auto": {"chosen": 11, "overhead_s": 65.2,
+                                           "repetition_s": 24.1, "rule": "..."}}
+    assert per_round_text(auto) == ("; 11 repetition(s) per model per round after round 1 "
+                                    "(auto: 65.2 s of loads and warm-ups against 24.1 s of "
+                                    "counted repetitions in round 1)")
+    assert per_round_text({"repetitions_per_round": 3}) == "; 3 repetitions per model per round"
+    assert per_round_text({"repetitions_per_round": 1}) == ""

@@ -410,11 +410,12 @@ class Sweep(FileModel):
     repetitions_per_round: PerRound = Field(
         default=1,
         description=(
-            "Counted repetitions of each model in every round (their median is the round's "
-            "rate). More than 1 spreads a model load (or a llama-bench invocation) over "
-            "several repetitions; `repetitions` still counts rounds. `auto`: round 0 runs "
-            "one and times the loads and warm-ups; later rounds run enough (at most 12) "
-            "that counted repetitions fill at least 80% of each round."
+            "Counted repetitions of each model in every round, 1 to 100 (their median is "
+            "the round's rate). More than 1 spreads a model load (or a llama-bench "
+            "invocation) over several repetitions; `repetitions` still counts rounds. "
+            "`auto`: the first round runs one and times the loads and warm-ups; later rounds "
+            "run enough (at most 12) that counted repetitions fill at least 80% of each "
+            "round, every model still loaded afresh each round."
         ),
     )
     cpu_repack: bool = Field(
