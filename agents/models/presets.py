@@ -128,6 +128,17 @@ _add(ModelShape(
 ))
 
 _add(ModelShape(
+    name="olmo-7b", arch="olmo",
+    n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, head_dim=128,
+    n_ff=11008, vocab=50304, ctx=4096, rope_theta=10000.0, norm_eps=1e-5,
+    norm="nonparam", tied_output=False,
+    source="allenai/OLMo-7B-0724-hf",
+    published_params="6.89B",
+    notes="OLMoE-1B-7B's total parameter count as a dense model (the study's other "
+          "baseline); non-parametric layer norm like olmo-1b, untied output.",
+))
+
+_add(ModelShape(
     name="llama-3.2-1b", arch="llama",
     n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, head_dim=64,
     n_ff=8192, vocab=128256, ctx=131072, rope_theta=500000.0, norm_eps=1e-5,

@@ -43,6 +43,7 @@ from orchestrator.errors import ConfigError, ConfigProblem
 KNOWN_PRESETS: tuple[str, ...] = (
     "olmoe-1b-7b",
     "olmo-1b",
+    "olmo-7b",
     "llama-3.2-1b",
     "qwen2.5-1.5b",
     "gemma-2-2b",
@@ -53,6 +54,7 @@ KNOWN_PRESETS: tuple[str, ...] = (
 PRESET_ARCH: dict[str, str] = {
     "olmoe-1b-7b": "moe",
     "olmo-1b": "dense",
+    "olmo-7b": "dense",
     "llama-3.2-1b": "dense",
     "qwen2.5-1.5b": "dense",
     "gemma-2-2b": "dense",
