@@ -135,6 +135,7 @@ def backends(llama_bench: Optional[str] = None) -> Dict[str, Dict[str, object]]:
         except Exception:  # metadata is best-effort; presence is what matters
             pass
         found["xllamacpp"] = entry
+    found["torch"] = _torch_presence()
     if llama_bench:
         path = os.path.expanduser(llama_bench)
         if os.path.isfile(path) and os.access(path, os.X_OK):
@@ -143,6 +144,33 @@ def backends(llama_bench: Optional[str] = None) -> Dict[str, Dict[str, object]]:
             found["llama-bench"] = {"present": False, "path": path,
                                     "reason": "not an executable file"}
     return found
+
+
+def _torch_presence() -> Dict[str, object]:
+    """Whether backend torch can run here: torch and transformers installed (not imported:
+    importing torch takes seconds, and a probe must stay quick)."""
+    import importlib.util
+
+    missing = []
+    for package in ("torch", "transformers"):
+        try:
+            if importlib.util.find_spec(package) is None:
+                missing.append(package)
+        except (ImportError, ValueError):
+            missing.append(package)
+    if missing:
+        return {"present": False,
+                "reason": "python package%s %s not installed" % (
+                    "s" if len(missing) > 1 else "", " and ".join(missing))}
+    entry: Dict[str, object] = {"present": True}
+    try:
+        from importlib import metadata
+
+        entry["version"] = "%s (transformers %s)" % (metadata.version("torch"),
+                                                     metadata.version("transformers"))
+    except Exception:  # metadata is best-effort; presence is what matters
+        pass
+    return entry
 
 
 def telemetry_sources() -> Dict[str, object]:

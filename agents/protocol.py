@@ -137,7 +137,20 @@ class AdaptiveRounds(TypedDict):
     target_ci_pct: float
 
 
-class JobParamsSpec(TypedDict):
+class TorchParamsSpec(TypedDict, total=False):
+    """Backend torch's settings of one job (agents/backends/torch_backend.py)."""
+
+    device: str  # "cpu", "cuda" or "mps"
+    dtype: str  # "float32", "float16" or "bfloat16"
+    experts: str  # MoE experts implementation asked for; absent for a job of dense models
+    decode: str  # "eager" or "compiled"
+
+
+class _JobParamsOptional(TypedDict, total=False):
+    torch: TorchParamsSpec  # backend torch only
+
+
+class JobParamsSpec(_JobParamsOptional):
     """What one job measures."""
 
     prompt_tokens: int

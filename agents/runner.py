@@ -14,6 +14,12 @@ telemetry (``agents/telemetry/job.py``): it measures idle power before the
 first repetition, waits for the device to cool when the job asks, and adds
 energy, power, peak memory and temperature fields to each ``repetition``.
 
+Backend torch (``agents/backends/torch_backend.py``) differs in three places:
+a preset is built in torch rather than written as a GGUF (``resolve_torch_model``),
+its model facts come from the session rather than a GGUF header, and its
+profiling pass times the MoE blocks with forward hooks
+(``agents/backends/torch_routing.py``) rather than cutting llama.cpp's graph.
+
 Nothing here raises to the caller: every failure becomes an ``error`` event
 with a kind the controller understands (see ``backends/base.py``).
 """
@@ -70,6 +76,36 @@ def resolve_model(source: Dict[str, object], models_dir: str, emit: Emit) -> str
     except OSError as exc:
         raise BackendError(ERR_MODEL_MISSING,
                            "could not synthesize %s: %s" % (source, exc)) from exc
+
+
+def resolve_torch_model(source: Dict[str, object]) -> str:
+    """What backend torch opens for a source: a preset's marker or a checkpoint directory.
+
+    A preset is built in torch from its shape (``torch_backend.preset_marker``:
+    no GGUF is written); ``hf_dir`` must be a directory holding ``config.json``.
+    """
+    from agents.backends.torch_backend import preset_marker
+
+    if "hf_dir" in source:
+        folder = os.path.expanduser(str(source["hf_dir"]))
+        if not os.path.isdir(folder):
+            raise BackendError(ERR_MODEL_MISSING, "hf_dir not found on device (not a "
+                                                  "directory): %s" % folder)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise BackendError(ERR_MODEL_MISSING, "hf_dir %s holds no config.json: not a "
+                                                  "Hugging Face checkpoint" % folder)
+        return folder
+    if "preset" in source:
+        from agents.models.presets import get_shape
+
+        try:
+            get_shape(str(source["preset"]))
+        except ValueError as exc:
+            raise BackendError(ERR_BAD_JOB, str(exc)) from exc
+        return preset_marker(str(source["preset"]),
+                             int(source.get("seed", 0)))  # type: ignore[call-overload]
+    raise BackendError(ERR_BAD_JOB, "backend torch runs a preset or an hf_dir checkpoint, not "
+                                    "%r (a GGUF file needs xllamacpp or llama-bench)" % (source,))
 
 
 def model_facts(path: str) -> Dict[str, object]:
@@ -150,7 +186,11 @@ def run_job(job_dir: str, echo: bool = False) -> int:
             emit("phase", {"phase": "model"})
             models = job_models(spec)
             models_dir = device.get("models_dir", "~/.cache/edgefarm/models")
-            paths = [resolve_model(m["source"], models_dir, emit) for m in models]
+            backend_name = spec.get("backend", "auto")
+            if backend_name == "torch":  # presets are built in torch, never written as GGUF
+                paths = [resolve_torch_model(m["source"]) for m in models]
+            else:
+                paths = [resolve_model(m["source"], models_dir, emit) for m in models]
             p = spec["params"]
             try:
                 plan = RoundPlan.from_spec(p["repetitions"], seed=int(p.get("seed", 0)))
@@ -159,10 +199,12 @@ def run_job(job_dir: str, echo: bool = False) -> int:
             params = JobParams(int(p["prompt_tokens"]), int(p["gen_tokens"]), int(p["threads"]),
                                int(p["gpu_layers"]), plan.maximum, int(p["warmup"]),
                                seed=int(p.get("seed", 0)),
-                               cpu_repack=bool(p.get("cpu_repack", True)))
+                               cpu_repack=bool(p.get("cpu_repack", True)),
+                               torch_options=p.get("torch"))
             if len(models) > 1 or plan.adaptive:
                 telemetry.expected = None  # the count of repetitions is not known up front
-            backend = get_backend(spec.get("backend", "auto"), device.get("llama_bench"))
+            backend = get_backend(backend_name, device.get("llama_bench"),
+                                  str((params.torch_options or {}).get("device", "cpu")))
             open_session = None
             if len(models) > 1 and backend.isolate_models:
                 name, bench = backend.name, device.get("llama_bench")
@@ -178,7 +220,11 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                                  carried=spec.get("carried"), auto_per_round=auto)
             summary = rounds.run()
             routing: Dict[str, Dict[str, object]] = {}
-            if bool(p.get("routing_profile", True)):
+            if bool(p.get("routing_profile", True)) and backend.name == "torch":
+                from agents.backends.torch_routing import profile_job_models as hooks_pass
+
+                routing = hooks_pass(models, paths, params, backend, emit)
+            elif bool(p.get("routing_profile", True)):
                 routing = profile_job_models(models, paths, params, backend.name,
                                              device.get("llama_bench"),
                                              float(spec.get("timeout_s", 600)), emit)
@@ -186,8 +232,9 @@ def run_job(job_dir: str, echo: bool = False) -> int:
             for model_id, path in zip(rounds.ids, paths):
                 one = dict(rounds.infos.get(model_id, {}))
                 one["model_path"] = path
-                one["model_size_bytes"] = os.path.getsize(path)
-                one.update(model_facts(path))
+                if backend.name != "torch":  # a torch session reports its model's facts itself
+                    one["model_size_bytes"] = os.path.getsize(path)
+                    one.update(model_facts(path))
                 if model_id in routing:
                     one["routing"] = routing[model_id]
                 per_model[model_id] = one

@@ -5,12 +5,16 @@ shapes with random weights, bf16, batch 1) and each mode:
 
 * ``eager``: an explicit prefill + decode loop with a dynamic KV cache, one
   Python forward per token (transformers' modules as they are);
+  ``agents/backends/torch_decode.py``'s ``EagerDecoder``, the loop the torch
+  backend's ``decode: eager`` runs;
 * ``graph``: a static KV cache and the whole decode step (forward + greedy
   pick) captured once as a CUDA graph and replayed per token, so no Python
   runs between kernels. Where the step cannot be captured (data-dependent
   shapes, as in a MoE's ``eager`` experts loop) the row says why;
 * ``compiled``: the same, with the forward first through ``torch.compile``
-  (inductor fuses the small kernels a batch-1 decode step is made of).
+  (inductor fuses the small kernels a batch-1 decode step is made of); the
+  ``StaticDecoder`` the torch backend's ``decode: compiled`` runs on cuda
+  (there with torch.compile's ``default`` mode).
 
 MoE models run with each experts implementation transformers offers
 (``eager``, ``grouped_mm``, ``batched_mm``). Each cell is the median of
@@ -42,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from agents.backends.torch_decode import EagerDecoder, StaticDecoder  # noqa: E402
 from agents.backends.torch_models import EXPERTS_IMPLEMENTATIONS, build_model  # noqa: E402
 from agents.models.presets import get_shape  # noqa: E402
 
@@ -102,23 +107,10 @@ def time_decode(step: Any, first: torch.Tensor, gen: int) -> float:
 
 
 def eager_decoder(model: Any, prompt: torch.Tensor) -> tuple[Any, torch.Tensor]:
-    """(step, first token) for a plain loop over a dynamic cache."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
-    first = out.logits[:, -1:].argmax(-1)
-    position = [prompt.shape[1]]
-
-    @torch.no_grad()
-    def step(token: torch.Tensor) -> torch.Tensor:
-        pos = torch.tensor([position[0]], device=token.device)
-        out = model(input_ids=token, past_key_values=cache, cache_position=pos, use_cache=True)
-        position[0] += 1
-        return out.logits[:, -1:].argmax(-1)
-
-    return step, first
+    """(step, first token) for a plain loop over a dynamic cache (the torch backend's own)."""
+    decoder = EagerDecoder(model)
+    first = decoder.prefill(prompt)
+    return decoder.step, first
 
 
 def graph_decoder(model: Any, prompt: torch.Tensor, max_len: int,
@@ -126,43 +118,13 @@ def graph_decoder(model: Any, prompt: torch.Tensor, max_len: int,
     """(step, first token) replaying one captured CUDA graph of the decode step.
 
     ``compiled``: the model's forward through ``torch.compile`` (inductor's
-    fused kernels), captured the same way.
+    fused kernels), captured the same way. The torch backend's ``compiled``
+    decode mode runs this same ``StaticDecoder``.
     """
-    from transformers import StaticCache
-
-    run = compiled if compiled is not None else model
-
-    cache = StaticCache(config=model.config, max_cache_len=max_len)
-    length = prompt.shape[1]
-    with torch.no_grad():
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True,
-                    cache_position=torch.arange(length, device=prompt.device))
-    first = out.logits[:, -1:].argmax(-1)
-    static_token = first.clone()
-    static_pos = torch.tensor([length], device=prompt.device)
-
-    def forward() -> torch.Tensor:
-        logits = run(input_ids=static_token, past_key_values=cache,
-                     cache_position=static_pos, use_cache=True).logits
-        return logits[:, -1:].argmax(-1)
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(3):  # warm-up on a side stream, as capture requires
-            forward()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        static_out = forward()
-
-    def step(token: torch.Tensor) -> torch.Tensor:
-        static_token.copy_(token)
-        graph.replay()
-        static_pos.add_(1)
-        return static_out
-
-    return step, first
+    decoder = StaticDecoder(model, max_len, graph=True, compiled=compiled)
+    decoder.capture(prompt)
+    first = decoder.prefill(prompt)
+    return decoder.step, first
 
 
 def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespace,

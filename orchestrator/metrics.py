@@ -197,9 +197,18 @@ ENDED_STATES = (SweepState.FINISHED, SweepState.INTERRUPTED)
 
 
 def config_label(spec: Mapping[str, Any]) -> str:
-    """The ``config`` label of a job or report config: ``p128-g64-t2-ngl0``."""
+    """The ``config`` label of a job or report config: ``p128-g64-t2-ngl0``.
+
+    A backend torch job adds its variant (a job record's ``torch``, a report
+    config's ``variant``): ``p128-g64-t2-ngl0-cpu-float32-experts-eager-decode-eager``.
+    """
+    from orchestrator.planner import variant_label
+
+    torch = spec.get("torch")
+    variant = spec.get("variant") or variant_label(torch if isinstance(torch, dict) else None)
     return (f"p{int(spec['prompt_tokens'])}-g{int(spec['gen_tokens'])}"
-            f"-t{int(spec['threads'])}-ngl{int(spec['gpu_layers'])}")
+            f"-t{int(spec['threads'])}-ngl{int(spec['gpu_layers'])}"
+            + ("-" + "-".join(str(variant).replace("·", " ").split()) if variant else ""))
 
 
 def pair_label(moe_id: str, dense_id: str) -> str:
@@ -567,7 +576,7 @@ def result_rows(store: Store, sweep_id: str) -> list[Row]:
     read from the counted repetitions here, and only when they carry them.
     Models in no comparison pair are not in the report and not exported.
     """
-    from orchestrator.report import CONFIG_KEYS, build_report
+    from orchestrator.report import build_report
 
     report = build_report(store, sweep_id)
     extra: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
@@ -585,7 +594,7 @@ def result_rows(store: Store, sweep_id: str) -> list[Row]:
     seen: set[tuple[str, str, str]] = set()
     for comp in report["comparisons"]:
         device = comp["device"]
-        config = config_label({k: comp["config"][k] for k in CONFIG_KEYS})
+        config = config_label(comp["config"])
         energy: dict[str, float | None] = {}
         for side in ("moe", "dense"):
             stats = comp[side]

@@ -18,9 +18,15 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from agents.protocol import JOB_SPEC_SCHEMA, AdaptiveRounds, JobSpec, ModelRef
+from agents.protocol import (
+    JOB_SPEC_SCHEMA,
+    AdaptiveRounds,
+    JobSpec,
+    ModelRef,
+    TorchParamsSpec,
+)
 from orchestrator.config.inventory import Device, Inventory
-from orchestrator.config.sweep import Sweep, check_against_inventory
+from orchestrator.config.sweep import Sweep, TorchSettings, check_against_inventory
 from orchestrator.errors import ConfigError
 
 #: Version of the job spec JSON the agent receives (``to_agent_spec``).
@@ -105,6 +111,11 @@ class Job(BaseModel):
         default_factory=dict,
         description="Telemetry settings for the agent (sampling interval, idle, cooldown); "
         "part of the key, since a cooldown changes what is measured.")
+    torch: dict[str, Any] | None = Field(
+        default=None,
+        description="Backend torch: `{device, dtype, decode[, experts]}` (experts only for a "
+        "job holding a MoE); part of the key when set, absent from it otherwise, so the "
+        "keys of other backends' jobs are what they were before the field existed.")
 
     @model_validator(mode="before")
     @classmethod
@@ -139,10 +150,11 @@ class Job(BaseModel):
         """First 16 hex digits of the sha256 of the canonical JSON of the measured fields.
 
         The hashed object is ``{field: value}`` for every field above except
-        ``timeout_s``, ``retries`` and ``routing_profile``, serialized by ``canonical_json``.
+        ``timeout_s``, ``retries`` and ``routing_profile`` (and ``torch`` when it
+        is None), serialized by ``canonical_json``.
         """
-        fields = self.model_dump(mode="json", include=set(type(self).model_fields)
-                                 - KEY_EXCLUDED_FIELDS)
+        excluded = KEY_EXCLUDED_FIELDS | ({"torch"} if self.torch is None else set())
+        fields = self.model_dump(mode="json", include=set(type(self).model_fields) - excluded)
         digest = hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
         return digest[:KEY_LENGTH]
 
@@ -171,6 +183,8 @@ class Job(BaseModel):
             "backend": self.backend,
             "timeout_s": self.timeout_s,
         }
+        if self.torch is not None:
+            spec["params"]["torch"] = cast(TorchParamsSpec, dict(self.torch))
         telemetry = self.telemetry  # only what the sweep set: the agent has defaults
         if "telemetry" in telemetry:
             spec["telemetry"] = bool(telemetry["telemetry"])
@@ -206,7 +220,10 @@ def job_groups(sweep: Sweep) -> list[tuple[JobModel, ...]]:
     """
     def entry(model_id: str) -> JobModel:
         model = sweep.model(model_id)
-        return JobModel(id=model.id, arch=model.arch, source=model.source.to_spec())
+        source = model.source.to_spec()
+        if sweep.backend == "torch":
+            source.pop("quant", None)  # a GGUF setting: torch runs the job's dtype
+        return JobModel(id=model.id, arch=model.arch, source=source)
 
     groups = [tuple(entry(i) for i in (pair.moe, *pair.dense)) for pair in sweep.pairs]
     grouped = {m.id for group in groups for m in group}
@@ -214,11 +231,43 @@ def job_groups(sweep: Sweep) -> list[tuple[JobModel, ...]]:
     return groups
 
 
+def torch_variants(sweep: Sweep, group: tuple[JobModel, ...]) -> list[dict[str, Any] | None]:
+    """The ``torch`` dicts of a group's jobs: one per decode mode, and per experts
+    implementation when the group holds a MoE; ``[None]`` for other backends."""
+    if sweep.backend != "torch":
+        return [None]
+    settings = sweep.torch or TorchSettings()
+    experts: list[str | None] = list(settings.experts) if any(
+        m.arch == "moe" for m in group) else [None]
+    variants: list[dict[str, Any] | None] = []
+    for impl in experts:
+        for decode in settings.decode:
+            one: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype,
+                                   "decode": decode}
+            if impl is not None:
+                one["experts"] = impl
+            variants.append(one)
+    return variants
+
+
+def variant_label(torch: dict[str, Any] | None) -> str:
+    """A job's torch settings in short (``cpu float32 · experts eager · decode compiled``);
+    "" for other backends' jobs, whose configuration the matrix alone says."""
+    if not torch:
+        return ""
+    parts = [f"{torch.get('device')} {torch.get('dtype')}"]
+    if torch.get("experts"):
+        parts.append(f"experts {torch['experts']}")
+    parts.append(f"decode {torch.get('decode')}")
+    return " · ".join(parts)
+
+
 def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
     """Every job of the sweep: selected devices x matrix points x model groups.
 
     Order: device (inventory order), then matrix point (file order,
-    ``prompt_tokens`` varying slowest), then group (``job_groups``). A pair's
+    ``prompt_tokens`` varying slowest), then group (``job_groups``), then, for
+    backend torch, the group's variants (``torch_variants``). A pair's
     models are one job, run in alternating rounds on its device, so drift
     (thermals, background load) affects both sides of a comparison alike.
     """
@@ -227,9 +276,11 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
     repetitions = sweep.repetitions if isinstance(sweep.repetitions, int) \
         else sweep.repetitions.model_dump()
     groups = job_groups(sweep)
+    # Backend torch: a group runs once per decode mode (and experts implementation).
+    variants = [(group, variant) for group in groups for variant in torch_variants(sweep, group)]
     for device in selected_devices(sweep, inventory):
         for point in points:
-            for group in groups:
+            for group, variant in variants:
                 jobs.append(
                     Job(
                         device=device.name,
@@ -248,6 +299,7 @@ def plan(sweep: Sweep, inventory: Inventory) -> list[Job]:
                         timeout_s=sweep.timeout_s,
                         retries=sweep.retries,
                         telemetry=sweep.telemetry.to_spec(),
+                        torch=variant,
                     )
                 )
     return jobs

@@ -44,6 +44,7 @@ from typing import Any
 
 from agents.decode_traffic import KV_ELEMENT_BYTES
 from orchestrator import stats
+from orchestrator.planner import variant_label
 from orchestrator.roofline import (
     GB,
     decode_roofline,
@@ -57,6 +58,33 @@ from orchestrator.roofline import (
 from orchestrator.store import Store
 
 CONFIG_KEYS = ("prompt_tokens", "gen_tokens", "threads", "gpu_layers")
+#: A configuration as the report groups by: the matrix point (``CONFIG_KEYS``)
+#: and, for backend torch, the job's variant (``planner.variant_label``: device,
+#: dtype, experts, decode), "" otherwise.
+ConfigKey = tuple[int, int, int, int, str]
+
+
+def config_key(spec: Mapping[str, Any]) -> ConfigKey:
+    """The configuration of a stored job record (its ``spec_json``)."""
+    torch = spec.get("torch")
+    return (int(spec["prompt_tokens"]), int(spec["gen_tokens"]), int(spec["threads"]),
+            int(spec["gpu_layers"]), variant_label(torch if isinstance(torch, dict) else None))
+
+
+def config_dict(key: ConfigKey, torch_device: str | None = None) -> dict[str, Any]:
+    """A configuration for the comparisons: ``CONFIG_KEYS``, plus ``variant`` and
+    ``torch_device`` for a torch job."""
+    out: dict[str, Any] = dict(zip(CONFIG_KEYS, key[:4], strict=True))
+    if key[4]:
+        out["variant"] = key[4]
+        out["torch_device"] = torch_device
+    return out
+
+
+def on_gpu(config: Mapping[str, Any]) -> bool:
+    """Whether the configuration ran its layers on a GPU: llama.cpp's offload, or torch on cuda."""
+    return bool(config.get("gpu_layers")) or config.get("torch_device") == "cuda"
+
 
 PAIRED_BY_INDEX = "paired by repetition index; rounds not interleaved"
 PAIRED_BY_ROUND = "paired by round (MoE and dense interleaved)"
@@ -119,7 +147,7 @@ class Comparison:
     """
 
     device: str
-    config: dict[str, int]
+    config: dict[str, Any]
     moe: ModelStats
     dense: ModelStats
     pairing: str | None
@@ -284,7 +312,7 @@ def _missing_reason(moe: ModelStats, dense: ModelStats) -> str:
         f"{s.model_id}: {s.error or s.job_state}" for s in missing) + ")"
 
 
-def compare(device: str, config: dict[str, int], moe: ModelStats, dense: ModelStats,
+def compare(device: str, config: dict[str, Any], moe: ModelStats, dense: ModelStats,
             moe_reps: Sequence[Mapping[str, Any]],
             dense_reps: Sequence[Mapping[str, Any]],
             spoiled: Mapping[tuple[Any, Any], str] | None = None) -> Comparison:
@@ -336,7 +364,7 @@ def _kv_scale(side: ModelStats) -> float:
             + KV_ELEMENT_BYTES.get(str(prov.get("type_v")), 2.0)) / 4.0
 
 
-def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],
+def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, Any],
                      *sides: ModelStats) -> dict[str, Any]:
     """Each side's decode bound (bandwidth / bytes per token) and the fraction achieved.
 
@@ -350,7 +378,7 @@ def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],
     With neither bandwidth the summary says why instead.
     """
     gpu_chip, gpu_name = device_gpu_chip(facts)
-    if config.get("gpu_layers") and gpu_name is not None:  # a discrete GPU holds the layers
+    if on_gpu(config) and gpu_name is not None:  # a discrete GPU holds the layers
         chip, measured = gpu_chip, None
         if chip is None:
             return {"reason": f"GPU offload: no vendor bandwidth known for {gpu_name} "
@@ -397,7 +425,7 @@ def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, int],
     return out
 
 
-def _prefill_summary(chip: Any, measured: tuple[float, str] | None, config: Mapping[str, int],
+def _prefill_summary(chip: Any, measured: tuple[float, str] | None, config: Mapping[str, Any],
                      sides: Sequence[ModelStats]) -> dict[str, Any]:
     """Prefill's arithmetic intensity and bound per model (``roofline.prefill_roofline``).
 
@@ -412,7 +440,7 @@ def _prefill_summary(chip: Any, measured: tuple[float, str] | None, config: Mapp
     else:
         return {"reason": "no bandwidth"}
     compute = (chip.compute_tflops * 1e12 if chip is not None and chip.compute_tflops
-               and config.get("gpu_layers") else None)
+               and on_gpu(config) else None)
     out: dict[str, Any] = {"bandwidth": which, "compute_tflops": compute / 1e12 if compute
                            else None, "compute_source": chip.compute_source if compute else None,
                            "ridge": compute / bandwidth if compute else None, "models": {}}
@@ -504,7 +532,7 @@ def roofline_line(c: dict[str, Any]) -> str | None:
 MEMORY_WARN_FRACTION = 0.9
 
 
-def memory_summary(side: ModelStats, facts: dict[str, Any] | None, config: Mapping[str, int],
+def memory_summary(side: ModelStats, facts: dict[str, Any] | None, config: Mapping[str, Any],
                    peak_system_bytes: int | None, peak_gpu_bytes: int | None) -> dict[str, Any]:
     """Weights, KV cache and the rest against the measured peak and the device's memory.
 
@@ -530,7 +558,7 @@ def memory_summary(side: ModelStats, facts: dict[str, Any] | None, config: Mappi
         out["kv_bytes"] = side.kv_bytes_per_position_f16 * _kv_scale(side) * positions
     gpus = (facts or {}).get("gpus")
     against: int | None
-    if config.get("gpu_layers") and peak_gpu_bytes:
+    if on_gpu(config) and peak_gpu_bytes:
         out["peak_bytes"], out["peak_scope"] = peak_gpu_bytes, "GPU memory used"
         if isinstance(gpus, list) and gpus and isinstance(gpus[0], dict):
             out["device_bytes"] = _count(gpus[0].get("memory_total_bytes"))
@@ -634,6 +662,11 @@ def routing_summary(profile: Any) -> dict[str, Any] | None:
                                    if isinstance(profile.get("callback_overhead_s"), int | float)
                                    else None)
     out["profiled_decode_tps"] = _count(profile.get("profiled_decode_tps"))
+    # Backend torch's hooks pass (agents/backends/torch_routing.py): the spread
+    # over layers, the clock, and the same loop's rate without hooks.
+    for key in ("layer_share_min", "layer_share_max", "reference_decode_tps"):
+        out[key] = _count(profile.get(key))
+    out["timer"] = profile.get("timer")
     return out
 
 
@@ -652,6 +685,8 @@ def routing_line(moe: dict[str, Any]) -> str | None:
         return f"routing share of {moe['model_id']}: not measured ({r['unmeasured']})"
     pct = f"{r['share'] * 100:.1f}% of MoE-block time"
     interval = f"{r['kind']} {r['low'] * 100:.1f}–{r['high'] * 100:.1f}%"
+    if str(r.get("agent_method") or "").startswith("torch forward hooks"):
+        return _hooks_routing_line(moe["model_id"], r, pct, interval)
     overhead = r.get("callback_overhead_us")
     line = (f"routing share of {moe['model_id']}: {pct} ({interval}, {r['n']} tokens, one "
             f"layer cut per token; median per layer: routing {r['routing_us']:.1f} µs, "
@@ -668,6 +703,22 @@ def routing_line(moe: dict[str, Any]) -> str | None:
     return line
 
 
+def _hooks_routing_line(model_id: str, r: dict[str, Any], pct: str, interval: str) -> str:
+    """The routing line of backend torch's hooks pass: every layer of every token is timed."""
+    low, high = r.get("layer_share_min"), r.get("layer_share_max")
+    spread = (f"; layers {low * 100:.1f}–{high * 100:.1f}%" if low is not None
+              and high is not None else "")
+    line = (f"routing share of {model_id}: {pct} ({interval}, {r['n']} tokens, every MoE layer "
+            f"timed per token; per layer: routing {r['routing_us']:.1f} µs, experts "
+            f"{r['experts_us']:.1f} µs{spread}; torch forward hooks on the router and the "
+            f"experts, {r.get('timer') or 'clock unknown'})")
+    hooked, plain = r.get("profiled_decode_tps"), r.get("reference_decode_tps")
+    if hooked and plain:
+        line += (f"; the hooked eager loop decoded at {hooked:.3g} tok/s, "
+                 f"{hooked / plain * 100:.0f}% of the same loop without hooks")
+    return line
+
+
 def _model_result(result: dict[str, Any], model_id: str) -> dict[str, Any]:
     """One model's part of a job's result (a paired job keeps one per model)."""
     per_model = result.get("models")
@@ -680,20 +731,21 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
     """Collect everything the renderers need as plain, JSON-serialisable data."""
     sweep_row = store.sweep(sweep_id)
     sweep = json.loads(sweep_row["sweep_json"])
-    reps: dict[tuple[str, str, tuple[int, ...]], list[Any]] = defaultdict(list)
+    reps: dict[tuple[str, str, ConfigKey], list[Any]] = defaultdict(list)
     for row in store.counted_repetitions(sweep_id):
         spec = json.loads(row["spec_json"])
-        config = tuple(int(spec[k]) for k in CONFIG_KEYS)
-        reps[(row["device"], row["model_id"], config)].append(row)
-    jobs: dict[tuple[str, str, tuple[int, ...]], Any] = {}
+        reps[(row["device"], row["model_id"], config_key(spec))].append(row)
+    jobs: dict[tuple[str, str, ConfigKey], Any] = {}
     for row in store.jobs(sweep_id):
         spec = json.loads(row["spec_json"])
         for model_id in _job_models(spec, row["model_id"]):
-            jobs[(row["device"], model_id, tuple(int(spec[k]) for k in CONFIG_KEYS))] = row
+            jobs[(row["device"], model_id, config_key(spec))] = row
 
     facts = store.device_facts(sweep_id)
+    torch_device = ((sweep.get("torch") or {}).get("device") or "cpu"
+                    if sweep.get("backend") == "torch" else None)
 
-    def model_stats(device: str, model: dict[str, Any], config: tuple[int, ...]) -> ModelStats:
+    def model_stats(device: str, model: dict[str, Any], config: ConfigKey) -> ModelStats:
         rows = reps.get((device, model["id"], config), [])
         job = jobs.get((device, model["id"], config))
         result = json.loads(job["result_json"]) if job is not None and job["result_json"] else {}
@@ -715,7 +767,9 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                      and (scope is None or b.get("peak_mem_scope") == scope)]
             return max(found, default=None)
 
-        peak_gpu = peak("peak_gpu_mem_job_bytes") or peak("peak_mem_bytes", "gpu")
+        # NVML's per-process figure first; backend torch without NVML: its allocator's peak.
+        peak_gpu = (peak("peak_gpu_mem_job_bytes") or peak("peak_mem_bytes", "gpu")
+                    or peak("peak_gpu_alloc_bytes"))
         stats_ = ModelStats(
             model_id=model["id"], arch=model["arch"], n=len(rows),
             decode_tps_median=_median(decode), decode=_summary(decode),
@@ -737,7 +791,7 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                 result.get("expert_used_count"), int) else None,
             routing=routing_summary(result.get("routing")))
         stats_.memory = memory_summary(stats_, facts.get(device),
-                                       dict(zip(CONFIG_KEYS, config, strict=True)),
+                                       config_dict(config, torch_device),
                                        peak("peak_mem_bytes", "system"), peak_gpu)
         return stats_
 
@@ -749,7 +803,7 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
     comparisons: list[Comparison] = []
     for device in devices:
         for config in configs:
-            cfg = dict(zip(CONFIG_KEYS, config, strict=True))
+            cfg = config_dict(config, torch_device)
             for pair in sweep["pairs"]:
                 dense_ids = pair["dense"] if isinstance(pair["dense"], list) else [pair["dense"]]
                 moe = model_stats(device, models[pair["moe"]], config)
@@ -844,6 +898,9 @@ def provenance_row(s: dict[str, Any]) -> tuple[str, ...]:
         return str(value)
 
     backend = f"{v('backend')} {v('backend_version')}"
+    if p.get("backend") == "torch":  # its settings beside the version; llama.cpp's are "?"
+        backend += (f" · transformers {v('transformers_version')} · {v('torch_device')} "
+                    f"{v('torch_dtype')} · decode {v('torch_decode')}")
     build = "?" if p.get("build_number") is None and p.get("build_commit") is None \
         else f"{v('build_number')} ({v('build_commit')})"
     return (backend, build, f"{v('threads')} · {v('n_batch')}/{v('n_ubatch')}",
@@ -861,7 +918,8 @@ def comparison_title(c: dict[str, Any]) -> str:
     cfg = c["config"]
     return (f"{c['device']} · {c['moe']['model_id']} vs {c['dense']['model_id']} · "
             f"prompt {cfg['prompt_tokens']}, gen {cfg['gen_tokens']}, "
-            f"threads {cfg['threads']}, ngl {cfg['gpu_layers']}")
+            f"threads {cfg['threads']}, ngl {cfg['gpu_layers']}"
+            + (f" · torch {cfg['variant']}" if cfg.get("variant") else ""))
 
 
 def energy_notes(report: dict[str, Any]) -> list[str]:

@@ -88,7 +88,8 @@ class RenderedPlot:
 def config_label(config: dict[str, Any]) -> str:
     """``prompt 16, gen 8, threads 1, ngl 0`` in short: ``p16 g8 t1 ngl0``."""
     return (f"p{config.get('prompt_tokens')} g{config.get('gen_tokens')} "
-            f"t{config.get('threads')} ngl{config.get('gpu_layers')}")
+            f"t{config.get('threads')} ngl{config.get('gpu_layers')}"
+            + (f" {config['variant']}" if config.get("variant") else ""))
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def runs(report: dict[str, Any]) -> list[Run]:
     for c in report.get("comparisons") or []:
         config = c.get("config") or {}
         for side in (c["moe"], c["dense"]):
-            key = (c["device"], *(config.get(k) for k in CONFIG_KEYS), side["model_id"])
+            key = (c["device"], *(config.get(k) for k in CONFIG_KEYS), config.get("variant"),
+                   side["model_id"])
             seen.setdefault(key, Run(c["device"], config, side))
     return list(seen.values())
 
@@ -497,7 +499,8 @@ def context(report: dict[str, Any]) -> Drawn:
         if median is None or prompt is None:
             continue
         key = (run.side["model_id"], run.device, run.config.get("gen_tokens"),
-               run.config.get("threads"), run.config.get("gpu_layers"))
+               run.config.get("threads"), run.config.get("gpu_layers"),
+               run.config.get("variant"))
         lines.setdefault(key, []).append((int(prompt), median,
                                           _xerr(median, d.get("low"), d.get("high")),
                                           run.is_moe))
@@ -511,12 +514,13 @@ def context(report: dict[str, Any]) -> Drawn:
     for i, (key, points) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
         points.sort()
         prompts.update(p[0] for p in points)
-        model_id, device, gen, threads, ngl = key
+        model_id, device, gen, threads, ngl, variant = key
         ax.errorbar([p[0] for p in points], [p[1] for p in points],
                     yerr=[[p[2][0] for p in points], [p[2][1] for p in points]],
                     marker=markers[i % len(markers)], capsize=3,
                     linestyle="-" if points[0][3] else "--",
-                    label=f"{model_id} · {device} · g{gen} t{threads} ngl{ngl}")
+                    label=f"{model_id} · {device} · g{gen} t{threads} ngl{ngl}"
+                    + (f" {variant}" if variant else ""))
     ax.set_xlabel("prompt tokens (context before decoding)")
     ax.set_ylabel("decode tok/s (median; error bar: its interval)")
     ax.set_ylim(bottom=0)

@@ -718,8 +718,8 @@ def test_sweep_unknown_keys_top_level_and_nested(tmp_path: Path) -> None:
 def test_sweep_unknown_key_in_source(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL_SWEEP.replace("tiny-moe}", "tiny-moe, q: F16}"))
     assert lines(sweep_error(path)) == [
-        f"{path}:5:32: models[0].source.q: unknown key 'q' (allowed keys: path, preset, "
-        "quant, seed)"
+        f"{path}:5:32: models[0].source.q: unknown key 'q' (allowed keys: hf_dir, path, "
+        "preset, quant, seed)"
     ]
 
 
@@ -750,7 +750,7 @@ def test_unknown_quant(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("source", "column", "key", "message"),
     [
-        ("{}", 5, "source", "give exactly one of 'preset' or 'path'"),
+        ("{}", 5, "source", "give exactly one of 'preset', 'path' or 'hf_dir'"),
         ("{preset: tiny-moe, path: /m.gguf}", 5, "source", "give exactly one of 'preset'"),
         ("{path: /m.gguf, quant: F16}", 5, "source.quant", "'quant' is only allowed with 'preset'"),
         ("{path: /m.gguf, seed: 1}", 5, "source.seed", "'seed' is only allowed with 'preset'"),
@@ -844,8 +844,8 @@ def test_moe_paired_twice(tmp_path: Path) -> None:
         ("repetitions: 2.5", "7:1: repetitions: Input should be a valid integer"),
         (
             "backend: vulkan",
-            "7:1: backend: unknown value 'vulkan'; expected 'auto', 'xllamacpp', 'llama-bench' "
-            "or 'sleep'",
+            "7:1: backend: unknown value 'vulkan'; expected 'auto', 'xllamacpp', 'llama-bench', "
+            "'torch' or 'sleep'",
         ),
         ("description: [a]", "7:1: description: Input should be a valid string"),
         ("matrix: {threads: [2, '4']}", "7:23: matrix.threads[1]: Input should be a valid integer"),

@@ -157,6 +157,7 @@ def test_job_fields_come_from_sweep(tmp_path: Path) -> None:
         "timeout_s": 120,
         "retries": 2,
         "telemetry": {"telemetry": True, "telemetry_interval_s": 0.1, "idle_s": 2.0},
+        "torch": None,
     }
 
 
@@ -187,10 +188,12 @@ def test_keys_are_stable_across_loads_and_sweep_names(tmp_path: Path) -> None:
 
 def test_key_is_sha256_of_canonical_json(tmp_path: Path) -> None:
     job = jobs_for(tmp_path)[0]
-    # model_id and model_arch are computed from models, so only models counts.
+    # model_id and model_arch are computed from models, so only models counts;
+    # torch is left out while None (other backends' keys stay what they were).
+    assert job.torch is None
     measured = job.model_dump(mode="json",
                               exclude={"key", "model_id", "model_arch", "timeout_s", "retries",
-                                       "routing_profile"})
+                                       "routing_profile", "torch"})
     text = json.dumps(measured, sort_keys=True, separators=(",", ":"))
     assert canonical_json(measured) == text
     assert job.key == hashlib.sha256(text.encode()).hexdigest()[:16]

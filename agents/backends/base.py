@@ -43,7 +43,8 @@ class JobParams(object):
 
     def __init__(self, prompt_tokens: int, gen_tokens: int, threads: int, gpu_layers: int,
                  repetitions: int, warmup: int, ctx_size: Optional[int] = None,
-                 seed: int = 0, cpu_repack: bool = True) -> None:
+                 seed: int = 0, cpu_repack: bool = True,
+                 torch_options: Optional[Dict[str, Any]] = None) -> None:
         self.prompt_tokens = prompt_tokens
         self.gen_tokens = gen_tokens
         self.threads = threads
@@ -56,6 +57,9 @@ class JobParams(object):
         # second anonymous copy of the weights and a slow load (~60 s for
         # OLMoE-1B-7B Q4_0 on a 2-core VM against 0.4 s without it).
         self.cpu_repack = cpu_repack
+        # Backend torch: the job's ``params["torch"]`` ({device, dtype, decode,
+        # experts}, agents/protocol.py TorchParamsSpec); None for other backends.
+        self.torch_options = dict(torch_options) if torch_options else None
 
     def as_dict(self) -> Dict[str, object]:
         """Every field by name (the constructor's keywords): to send to a model worker."""
@@ -84,6 +88,11 @@ REPETITION_FIELDS = (
     "prefill_tps",
     "decode_tps",
     "peak_rss_bytes",  # high-water mark of the process that ran the inference
+    # Backend torch on cuda: the caching allocator's high-water mark of this
+    # repetition (torch.cuda.max_memory_allocated, reset before it): the bytes
+    # the tensors needed, less than NVML's per-process figure, which also holds
+    # the allocator's cache and the CUDA context (peak_gpu_mem_job_bytes).
+    "peak_gpu_alloc_bytes",
     # Monotonic [t0, t1] windows (time.monotonic(), the clock of events' "mono")
     # over which the runner measures energy; a backend reports what it knows.
     "prefill_window_mono",   # request sent -> first token (xllamacpp)

@@ -146,6 +146,11 @@ class JobTelemetry(object):
                 gpu_layers = int(params.get("gpu_layers", 0))
             except (TypeError, ValueError):
                 expected = None  # the runner reports malformed params itself
+            torch = params.get("torch")
+            if isinstance(torch, dict) and torch.get("device") == "cuda":
+                # Backend torch on cuda: the whole model is on the GPU whatever
+                # gpu_layers (a llama.cpp setting) says, so peak memory is the GPU's.
+                gpu_layers = -1
         if flag is False:
             return cls(emit, enabled=False, expected_repetitions=expected,
                        disabled_reason="energy not measured: telemetry is turned off for this "

@@ -50,7 +50,7 @@ def sweep_plan(sweep_file: SweepFileArg, inventory: InventoryOpt = DEFAULT_INVEN
                synthetic: SyntheticOpt = False) -> None:
     """Expand a sweep into its jobs and print them; runs nothing."""
     from orchestrator.cli.render import print_jobs
-    from orchestrator.planner import repetitions_label
+    from orchestrator.planner import repetitions_label, variant_label
     from orchestrator.sweeps import load_plan
 
     planned = load_plan(sweep_file, inventory, synthetic)
@@ -59,7 +59,9 @@ def sweep_plan(sweep_file: SweepFileArg, inventory: InventoryOpt = DEFAULT_INVEN
              "prompt": j.prompt_tokens, "gen": j.gen_tokens, "threads": j.threads,
              "ngl": j.gpu_layers,
              "rounds": f"{repetitions_label(j.repetitions)}, {j.warmup} warm-up",
-             "backend": j.backend, "key": j.key} for j in jobs]
+             # backend torch: its variant too (one job per experts x decode)
+             "backend": f"{j.backend} {variant_label(j.torch)}" if j.torch else j.backend,
+             "key": j.key} for j in jobs]
     print_jobs(console, rows, f"sweep {planned.sweep.name}: {len(jobs)} job(s)")
     console.print(f"{len(jobs)} job(s) on {len({j.device for j in jobs})} device(s)")
 

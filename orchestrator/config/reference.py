@@ -36,6 +36,7 @@ DOC_TABLES: tuple[tuple[type[BaseModel], str, str], ...] = (
     (sw.ModelSource, "docs/sweeps.md", "source"),
     (sw.Pair, "docs/sweeps.md", "pair"),
     (sw.Matrix, "docs/sweeps.md", "matrix"),
+    (sw.TorchSettings, "docs/sweeps.md", "torch"),
     (inv.DeviceSelector, "docs/sweeps.md", "selector"),
 )
 

@@ -64,12 +64,30 @@ PRESET_ARCH: dict[str, str] = {
 
 Arch = Literal["moe", "dense"]
 Quant = Literal["F16", "Q8_0", "Q4_0"]
-Backend = Literal["auto", "xllamacpp", "llama-bench", "sleep"]
+Backend = Literal["auto", "xllamacpp", "llama-bench", "torch", "sleep"]
 ARCHES: tuple[str, ...] = get_args(Arch)
 QUANTS: tuple[str, ...] = get_args(Quant)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 #: Quantization used for a preset when ``quant`` is left out.
 DEFAULT_QUANT = "Q4_0"
+
+# The torch backend's settings (agents/backends/torch_backend.py). The agent's
+# ``EXPERTS_IMPLEMENTATIONS`` (agents/backends/torch_models.py) is the list
+# transformers offers; this copy validates a sweep on the controller, and
+# tests/test_torch_backend.py checks that the two stay in step.
+TorchDevice = Literal["cpu", "cuda", "mps"]
+TorchDtype = Literal["float32", "float16", "bfloat16"]
+ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
+DecodeMode = Literal["eager", "compiled"]
+EXPERTS_IMPLEMENTATIONS: tuple[str, ...] = get_args(ExpertsImplementation)
+#: dtype per device when the sweep names none: bf16 is what GPUs run models in
+#: (and what the H200 numbers in docs/results/h200/ used); CPUs have no fast
+#: bf16 matmuls before AVX-512-BF16/AMX, so float32 there; float16 on MPS,
+#: whose bf16 support depends on the macOS version.
+DEFAULT_TORCH_DTYPE: dict[str, str] = {"cpu": "float32", "cuda": "bfloat16", "mps": "float16"}
+#: transformers' own default experts implementation, and the plain decode loop.
+DEFAULT_EXPERTS: tuple[ExpertsImplementation, ...] = ("grouped_mm",)
+DEFAULT_DECODE: tuple[DecodeMode, ...] = ("eager",)
 
 #: Caps that catch typos (an extra zero) rather than describe hardware limits.
 MAX_TOKENS = 131072
@@ -84,22 +102,33 @@ class ModelSource(ConfigModel):
         default=None,
         description=(
             "Name of a preset the agent synthesizes on the device (real architecture "
-            "shapes, seeded random weights): " + ", ".join(KNOWN_PRESETS) + ". "
-            "Exactly one of preset and path."
+            "shapes, seeded random weights; with `backend: torch` the same shapes built "
+            "in PyTorch): " + ", ".join(KNOWN_PRESETS) + ". Exactly one of preset, path and "
+            "hf_dir."
         ),
     )
     path: str | None = Field(
         default=None,
         description=(
             "Absolute path (or `~/...`) of an existing `.gguf` file on every selected "
-            "device. Exactly one of preset and path."
+            "device. Exactly one of preset, path and hf_dir."
+        ),
+    )
+    hf_dir: str | None = Field(
+        default=None,
+        description=(
+            "Absolute path of a Hugging Face checkpoint directory (holding `config.json`) "
+            "on every selected device, loaded with `from_pretrained(..., "
+            "local_files_only=True)`; only with `backend: torch`. Exactly one of preset, "
+            "path and hf_dir."
         ),
     )
     quant: Quant | None = Field(
         default=None,
         description=(
             f"Quantization of a preset: {', '.join(QUANTS)} (default {DEFAULT_QUANT}). "
-            "Only with preset; a file's quantization is whatever the file holds."
+            "Only with preset; a file's quantization is whatever the file holds. Not with "
+            "`backend: torch`, which runs the torch `dtype` instead."
         ),
     )
     seed: int | None = Field(
@@ -144,16 +173,30 @@ class ModelSource(ConfigModel):
             raise ValueError(f"model path {short_repr(value)} must name a .gguf file")
         return value
 
+    @field_validator("hf_dir")
+    @classmethod
+    def _checkpoint_dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        check_path(value)
+        if not value.startswith("/"):
+            raise ValueError(
+                f"hf_dir {short_repr(value)} must be an absolute path: it is resolved on the "
+                "device, not relative to the sweep file"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
-        if (self.preset is None) == (self.path is None):
-            raise ValueError("give exactly one of 'preset' or 'path'")
-        if self.path is not None:
+        given = [name for name in ("preset", "path", "hf_dir") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'preset', 'path' or 'hf_dir'")
+        if self.preset is None:
             for only_preset in ("quant", "seed"):
                 if getattr(self, only_preset) is not None:
                     raise LocatedValueError(
                         f"{only_preset!r} is only allowed with 'preset' "
-                        "(a file's contents are fixed)",
+                        "(a file's or checkpoint's contents are fixed)",
                         at=(only_preset,),
                     )
         return self
@@ -176,7 +219,8 @@ class ModelSpec(ConfigModel):
         description="`moe` (mixture of experts) or `dense`; pairs check it.",
     )
     source: ModelSource = Field(
-        description="Where the GGUF comes from: `{preset: ..., quant: ...}` or `{path: ...}`.",
+        description="Where the model comes from: `{preset: ..., quant: ...}`, `{path: ...}` "
+        "(a GGUF) or `{hf_dir: ...}` (a Hugging Face checkpoint, backend torch only).",
     )
     synthetic: ModelSource | None = Field(
         default=None,
@@ -368,6 +412,71 @@ class Telemetry(ConfigModel):
         return spec
 
 
+class TorchSettings(ConfigModel):
+    """The torch backend's settings (``backend: torch`` only; docs/backends.md).
+
+    ``experts`` and ``decode`` are lists: the planner makes one job per value
+    (per experts implementation only for jobs that hold a MoE), so one sweep
+    compares the implementations on the same device.
+    """
+
+    device: TorchDevice = Field(
+        default="cpu",
+        description="Where the model runs: `cpu`, `cuda` (an NVIDIA GPU) or `mps` (Apple GPU).",
+    )
+    dtype: TorchDtype = Field(
+        default="float32",
+        description=(
+            "Weights' and activations' type: `float32`, `float16` or `bfloat16`. Default by "
+            "device: " + ", ".join(f"{d} on {k}" for k, d in DEFAULT_TORCH_DTYPE.items()) + "."
+        ),
+    )
+    experts: Annotated[list[ExpertsImplementation], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: list(DEFAULT_EXPERTS),
+        min_length=1,
+        description=(
+            "MoE experts implementations of transformers, one job each: `eager` (a loop over "
+            "the experts hit), `grouped_mm` (one grouped GEMM; transformers' default) or "
+            "`batched_mm` (a batched GEMM over the gathered experts). One the device cannot "
+            "run falls back to transformers' default, with the reason recorded."
+        ),
+    )
+    decode: Annotated[list[DecodeMode], BeforeValidator(as_list)] = Field(
+        default_factory=lambda: list(DEFAULT_DECODE),
+        min_length=1,
+        description=(
+            "Decode loops, one job each: `eager` (a dynamic KV cache, one Python forward per "
+            "token) or `compiled` (a static KV cache; on cuda the step through torch.compile "
+            "and captured as a CUDA graph; on cpu and mps the static-cache step runs without "
+            "either). What ran is recorded in each result."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dtype(cls, data: Any) -> Any:
+        """The device's dtype when none is given, so plans and job keys state it."""
+        if isinstance(data, dict) and "dtype" not in data:
+            device = data.get("device", "cpu")
+            if isinstance(device, str) and device in DEFAULT_TORCH_DTYPE:
+                return {**data, "dtype": DEFAULT_TORCH_DTYPE[device]}
+        return data
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> TorchSettings:
+        """A repeated value would plan the same job twice under one key."""
+        problems: list[tuple[Sequence[LocPart], str]] = []
+        for field_name in ("experts", "decode"):
+            seen: set[str] = set()
+            for index, value in enumerate(getattr(self, field_name)):
+                if value in seen:
+                    problems.append(((field_name, index), f"duplicate value {value!r}"))
+                seen.add(value)
+        if problems:
+            raise LocatedValueError.many(problems)
+        return self
+
+
 class Sweep(FileModel):
     """A benchmark sweep loaded from one sweep file."""
 
@@ -434,8 +543,10 @@ class Sweep(FileModel):
         description=(
             "After a job's counted repetitions, run a profiling pass for each MoE model that "
             "measures the share of MoE-block time spent routing (llama.cpp's graph-evaluation "
-            "callback, in a process of its own: agents/routing_share.py). Costs one more "
-            "model load and one generation per MoE model; never changes a counted repetition."
+            "callback, in a process of its own: agents/routing_share.py; backend torch: forward "
+            "hooks on each router and experts module, agents/backends/torch_routing.py). Costs "
+            "one more model load and one generation per MoE model; never changes a counted "
+            "repetition."
         ),
     )
     warmup: int = Field(
@@ -459,8 +570,16 @@ class Sweep(FileModel):
         description=(
             "Inference backend on the device: `auto` (llama-bench when the device has a "
             "`llama_bench` path in the inventory, else xllamacpp), `xllamacpp`, "
-            "`llama-bench`, or `sleep`: a test-only backend for scheduler tests that "
-            "measures nothing; never use it for results."
+            "`llama-bench`, `torch` (PyTorch and transformers on cpu, cuda or mps: the `torch` "
+            "block), or `sleep`: a test-only backend for scheduler tests that measures "
+            "nothing; never use it for results."
+        ),
+    )
+    torch: TorchSettings | None = Field(
+        default=None,
+        description=(
+            "Settings of `backend: torch` (only with it): `{device, dtype, experts, decode}`; "
+            "left out, the defaults (cpu, float32, grouped_mm, eager)."
         ),
     )
     timeout_s: float = Field(
@@ -482,6 +601,53 @@ class Sweep(FileModel):
         default_factory=Telemetry,
         description="Telemetry sampling during jobs: interval, idle power, optional cooldown.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_quant_with_torch(cls, data: Any) -> Any:
+        """An explicit ``quant`` with ``backend: torch`` is an error at that quant.
+
+        Checked on the file's own mapping: ``ModelSource`` fills in the default
+        quant, so after validation an explicit one cannot be told from it.
+        """
+        if not isinstance(data, dict) or data.get("backend") != "torch":
+            return data
+        problems: list[tuple[Sequence[LocPart], str]] = []
+        models = data.get("models")
+        for index, model in enumerate(models if isinstance(models, list) else []):
+            for field_name in ("source", "synthetic"):
+                source = model.get(field_name) if isinstance(model, dict) else None
+                if isinstance(source, dict) and "quant" in source:
+                    problems.append(((("models", index, field_name, "quant")),
+                                     "quant is a llama.cpp (GGUF) setting; backend torch runs "
+                                     "the torch block's dtype instead: remove it"))
+        if problems:
+            raise LocatedValueError.many(problems)
+        return data
+
+    @model_validator(mode="after")
+    def _torch_settings(self) -> Sweep:
+        """The torch block and ``hf_dir`` sources go with ``backend: torch``, GGUF files without."""
+        problems: list[tuple[Sequence[LocPart], str]] = []
+        torch = self.backend == "torch"
+        if self.torch is not None and not torch:
+            problems.append((("torch",), f"a torch block needs backend: torch (backend is "
+                                         f"{self.backend!r})"))
+        for index, model in enumerate(self.models):
+            if torch and model.source.path is not None:
+                problems.append((("models", index, "source", "path"),
+                                 "backend torch loads presets or Hugging Face checkpoints "
+                                 "(hf_dir), not GGUF files"))
+            if not torch and model.source.hf_dir is not None:
+                problems.append((("models", index, "source", "hf_dir"),
+                                 f"hf_dir needs backend: torch (backend is {self.backend!r})"))
+        if torch and self.keep_models_loaded and self.pairs:
+            problems.append((("keep_models_loaded",),
+                             "not with backend torch yet: the runner sizes resident models "
+                             "from their GGUF files, and torch models have none"))
+        if problems:
+            raise LocatedValueError.many(problems)
+        return self
 
     @model_validator(mode="after")
     def _consistent_models_and_pairs(self) -> Sweep:
@@ -546,9 +712,10 @@ def with_synthetic_sources(sweep: Sweep) -> Sweep:
     """
     problems = [problem_at(sweep.source, ("models", i),
                            f"model {m.id!r} has no `synthetic` preset to stand in for "
-                           f"{m.source.path or m.source.preset!r} under --synthetic")
+                           f"{m.source.path or m.source.hf_dir or m.source.preset!r} under "
+                           "--synthetic")
                 for i, m in enumerate(sweep.models)
-                if m.synthetic is None and m.source.path is not None]
+                if m.synthetic is None and (m.source.path or m.source.hf_dir) is not None]
     if problems:
         raise ConfigError(problems=problems)
     models = [m.model_copy(update={"source": m.synthetic, "synthetic": None})

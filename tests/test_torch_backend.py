@@ -1,0 +1,271 @@
+"""Backend torch on the CPU: real torch, real transformers, the tiny presets.
+
+Everything runs for real: a sweep through the CLI (Ray, the agent, the
+store, the report), a checkpoint written with ``save_pretrained`` and loaded
+back by the agent, the routing hooks timing modules of known duration. Only
+the cpu path can run here; the cuda path (CUDA events, CUDA graphs, the
+allocator's peak) is exercised by ``bench/torch_decode.py`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from agent_fixtures import load_events, write_job
+from helpers import edgefarm, write_inventory, write_sweep
+
+from agents.backends import get_backend
+from agents.backends.base import JobParams
+from agents.backends.torch_backend import COMPILED_ON_HOST, RAN_EAGER, RAN_STATIC, moe_blocks
+from agents.backends.torch_models import EXPERTS_IMPLEMENTATIONS, build_model
+from agents.backends.torch_routing import METHOD, HookTimer, summarize
+from agents.runner import run_job
+from orchestrator.config.sweep import EXPERTS_IMPLEMENTATIONS as SWEEP_EXPERTS
+from orchestrator.report import build_report, render_markdown
+from orchestrator.store import Store
+
+TINY = [{"id": "tiny-moe", "arch": "moe", "source": {"preset": "tiny-moe"}},
+        {"id": "tiny-dense", "arch": "dense", "source": {"preset": "tiny-dense"}}]
+
+
+def test_the_sweep_and_the_agent_know_the_same_experts_implementations() -> None:
+    assert SWEEP_EXPERTS == EXPERTS_IMPLEMENTATIONS
+
+
+# -- (a) a sweep through the CLI --------------------------------------------------------------
+
+
+def test_torch_sweep_on_cpu_runs_every_variant_and_reports(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path, ["local"])
+    sweep = write_sweep(tmp_path, devices=["local"], models=TINY, name="torch-cpu",
+                        backend="torch", telemetry={"idle_s": 0},
+                        torch={"device": "cpu", "experts": ["eager", "batched_mm"],
+                               "decode": ["eager", "compiled"]})
+    results = tmp_path / "results"
+    run = edgefarm("sweep", "run", str(sweep), "-i", str(inv), "-r", str(results),
+                   "--metrics-addr", "off", tmp=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    sweep_id = run.stdout.splitlines()[0].split()[1]
+    assert "done 4" in run.stdout  # the pair x 2 experts implementations x 2 decode loops
+
+    store = Store(results)
+    jobs = store.jobs(sweep_id)
+    assert len(jobs) == 4 and all(j["state"] == "done" for j in jobs)
+    variants = set()
+    for job in jobs:
+        spec = json.loads(job["spec_json"])
+        asked = spec["torch"]
+        assert spec["agent_spec"]["params"]["torch"] == asked
+        assert all("quant" not in m["source"] for m in spec["models"])  # no GGUF setting
+        variants.add((asked["experts"], asked["decode"]))
+        result = json.loads(job["result_json"])["models"]
+        moe, dense = result["tiny-moe"], result["tiny-dense"]
+        for side in (moe, dense):
+            facts = side["torch"]
+            assert (facts["device"], facts["dtype"], facts["decode_asked"]) == \
+                ("cpu", "float32", asked["decode"])
+            # What ran: on the cpu, compiled is the static-cache step, said why.
+            if asked["decode"] == "eager":
+                assert (facts["decode"], facts["decode_note"]) == (RAN_EAGER, None)
+            else:
+                assert (facts["decode"], facts["decode_note"]) == (RAN_STATIC, COMPILED_ON_HOST)
+            assert side["provenance"]["backend"] == "torch" and side["synthetic"] is True
+            assert side["params_total"] >= side["params_active"] > 0
+            assert side["weight_bytes_per_token"] > 0
+        assert (moe["torch"]["experts_asked"], moe["torch"]["experts"]) == \
+            (asked["experts"], asked["experts"])
+        assert moe["torch"]["experts_fallback"] is None
+        assert dense["torch"]["experts"] is None  # a dense model has none
+        assert moe["params_total"] > moe["params_active"]
+        # The hooks pass: every MoE layer of every decoded token.
+        routing = moe["routing"]
+        assert routing["method"] == METHOD and routing["method"].startswith("torch forward hooks")
+        assert 0 < routing["share"] < 1 and routing["moe_layers"] == 4
+        assert len(routing["samples"]) == 8 and len(routing["per_layer"]) == 4
+        assert routing["experts"] == asked["experts"]
+        assert "routing" not in dense
+    assert variants == {(e, d) for e in ("eager", "batched_mm") for d in ("eager", "compiled")}
+
+    counted = [r for r in store.counted_repetitions(sweep_id)]
+    assert len(counted) == 4 * 2 * 2  # jobs x rounds x models
+    for rep in counted:
+        body = json.loads(rep["body"])
+        assert rep["decode_tps"] > 0 and rep["prefill_tps"] > 0
+        assert body["decode_window_tokens"] == 7 and len(body["decode_window_mono"]) == 2
+
+    report = build_report(store, sweep_id)
+    assert report["device_facts"]["local"]["backends"]["torch"]["present"] is True
+    assert len(report["comparisons"]) == 4
+    titles = set()
+    for comp in report["comparisons"]:
+        assert comp["not_compared"] is None  # MoE with experts vs dense: same provenance
+        assert comp["config"]["variant"].startswith("cpu float32 · experts ")
+        titles.add(comp["config"]["variant"])
+        for side in (comp["moe"], comp["dense"]):
+            assert side["n"] == 2 and side["decode_tps_median"] > 0
+        assert 0 < comp["moe"]["routing"]["share"] < 1
+    assert len(titles) == 4
+    md = render_markdown(report)
+    assert "torch forward hooks" in md and "· torch cpu float32 · experts batched_mm" in md
+
+
+# -- (b) the hooks against modules of known duration ------------------------------------------
+
+
+class Sleeper(torch.nn.Module):
+    """A module whose forward takes a known time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return x
+
+
+class Block(torch.nn.Module):
+    """A MoE block's shape: a router (``gate``) and an ``experts`` module."""
+
+    def __init__(self, routing_s: float, experts_s: float) -> None:
+        super().__init__()
+        self.gate = Sleeper(routing_s)
+        self.experts = Sleeper(experts_s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.experts(self.gate(x))
+
+
+class Toy(torch.nn.Module):
+    def __init__(self, times: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(Block(r, e) for r, e in times)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_hook_timer_measures_router_and_experts_of_known_duration() -> None:
+    # Layer 0: routing 20 ms, experts 60 ms (share 0.25); layer 1: 40 and 40 ms (0.5).
+    # Per token: mean routing 30 ms, mean experts 50 ms, so 30 / 80 = 0.375.
+    toy = Toy([(0.02, 0.06), (0.04, 0.04)])
+    blocks = moe_blocks(toy)
+    assert [(layer, name) for layer, name, _, _ in blocks] == [(0, "layers.0"), (1, "layers.1")]
+    timer = HookTimer(blocks)
+    timer.attach()
+    toy(torch.zeros(1))  # no token set (a prefill): not recorded
+    for token in range(3):
+        timer.token = token
+        toy(torch.zeros(1))
+    timer.detach()
+    toy(torch.zeros(1))  # detached: nothing more is recorded
+    assert len(timer.spans) == 3 * 2 * 2
+    out = summarize(timer.seconds())
+    assert len(out["samples"]) == 3 and all(s[0] == -1 for s in out["samples"])
+    assert out["share"] == pytest.approx(0.375, abs=0.03)
+    layers = {x["layer"]: x for x in out["per_layer"]}
+    assert layers[0]["share"] == pytest.approx(0.25, abs=0.03)
+    assert layers[1]["share"] == pytest.approx(0.5, abs=0.03)
+    assert layers[0]["routing_us"] == pytest.approx(20_000, rel=0.25)
+    assert layers[0]["experts_us"] == pytest.approx(60_000, rel=0.25)
+    assert (out["layer_share_min"], out["layer_share_max"]) == \
+        (layers[0]["share"], layers[1]["share"])
+
+
+# -- (c) sweep errors: exit 2, file:line and the field ----------------------------------------
+
+
+SWEEP_HEAD = """\
+name: bad
+models:
+  - id: m
+    arch: moe
+"""
+
+
+@pytest.mark.parametrize(("body", "where", "field", "words"), [
+    ("    source: {preset: tiny-moe}\nbackend: llama-bench\ntorch: {device: cpu}\n"
+     "devices: {names: [local]}\n", 7, "torch", "needs backend: torch"),
+    ("    source: {preset: tiny-moe}\nbackend: torch\ntorch: {experts: [eager, fastest]}\n"
+     "devices: {names: [local]}\n", 7, "torch.experts[1]", "unknown value 'fastest'"),
+    ("    source: {preset: tiny-moe, quant: Q8_0}\nbackend: torch\n"
+     "devices: {names: [local]}\n", 5, "models[0].source.quant", "dtype instead"),
+    ("    source: {hf_dir: models/olmoe}\nbackend: torch\n"
+     "devices: {names: [local]}\n", 5, "models[0].source.hf_dir", "must be an absolute path"),
+])
+def test_torch_sweep_errors_exit_2_at_the_line_and_field(tmp_path: Path, body: str, where: int,
+                                                         field: str, words: str) -> None:
+    inv = write_inventory(tmp_path, ["local"])
+    path = tmp_path / "bad.yaml"
+    path.write_text(SWEEP_HEAD + body)
+    run = edgefarm("sweep", "plan", str(path), "-i", str(inv), tmp=tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"{path}:{where}:" in run.stderr and f" {field}: " in run.stderr, run.stderr
+    assert words in run.stderr
+
+
+# -- (d) a Hugging Face checkpoint directory --------------------------------------------------
+
+
+def test_an_hf_dir_checkpoint_runs_through_the_agent(tmp_path: Path) -> None:
+    model, _, _ = build_model("tiny-moe", "cpu", "float32", None, seed=3)
+    checkpoint = tmp_path / "tiny-olmoe"
+    model.save_pretrained(checkpoint)
+    total = sum(p.numel() for p in model.parameters())
+    job = write_job(tmp_path / "job", {"hf_dir": str(checkpoint)}, backend="torch",
+                    threads=1, repetitions=2, warmup=1)
+    spec = json.loads((job / "job.json").read_text())
+    spec["model"].update(id="ckpt", arch="moe")
+    spec["params"]["torch"] = {"device": "cpu", "dtype": "float32", "experts": "batched_mm",
+                               "decode": "eager"}
+    spec["idle_s"] = 0
+    (job / "job.json").write_text(json.dumps(spec))
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    assert events[-1]["status"] == "ok", events[-3:]
+    reps = [e for e in events if e["kind"] == "repetition" and not e["warmup"]]
+    assert len(reps) == 2 and all(r["decode_tps"] > 0 for r in reps)
+    info = events[-1]["info"]
+    assert (info["synthetic"], info["preset"], info["hf_dir"]) == (False, None, str(checkpoint))
+    assert info["architecture"] == "olmoe" and info["params_total"] == total
+    assert info["torch"]["experts"] == "batched_mm"
+    assert 0 < info["routing"]["share"] < 1  # the hooks pass ran on the loaded checkpoint
+
+    (tmp_path / "empty").mkdir()
+    for missing, words in ((tmp_path / "nowhere", "not a directory"),
+                           (tmp_path / "empty", "holds no config.json")):
+        bad = write_job(tmp_path / f"job-{missing.name}", {"hf_dir": str(missing)},
+                        backend="torch")
+        assert run_job(str(bad)) != 0
+        error = [e for e in load_events(bad) if e["kind"] == "error"][0]
+        assert error["error_kind"] == "model-missing" and words in error["message"]
+
+
+# -- (e) an experts implementation this device cannot run -------------------------------------
+
+
+def test_an_experts_implementation_the_cpu_cannot_run_falls_back_with_its_reason() -> None:
+    # sonicmoe is a CUDA kernel from the `kernels` hub package: transformers
+    # accepts the name, the forward cannot run here.
+    params = JobParams(8, 4, 1, 0, 1, 0, torch_options={"device": "cpu", "experts": "sonicmoe"})
+    backend = get_backend("torch", torch_device="cpu")
+    events: list[tuple[str, dict[str, Any]]] = []
+    session = backend.open("preset:tiny-moe:0", params,
+                           lambda kind, fields: events.append((kind, fields)) or fields)
+    try:
+        rep = session.repetition(0, False, lambda kind, fields: fields)
+        facts = session.info()["torch"]
+    finally:
+        session.close()
+    assert rep["decode_tps"] > 0  # it ran, on the fallback
+    assert facts["experts_asked"] == "sonicmoe" and facts["experts"] == "grouped_mm"
+    assert facts["experts_fallback"].startswith("sonicmoe could not run on cpu (")
+    assert facts["experts_fallback"].endswith("fell back to grouped_mm")
+    assert backend.cpu_in_process and not backend.isolate_models
