@@ -109,21 +109,31 @@ FRESH_LOAD_REASON = ("a fresh load per repetition, so load-to-load variation (me
                      "trades that for speed")
 
 
-def resident_plan(paths: Sequence[str], keep_loaded: bool = True) -> Tuple[str, str]:
-    """``("all" | "one-at-a-time", why)`` for a session backend's models."""
+def resident_plan(paths: Sequence[str], keep_loaded: bool = True,
+                  estimate: Optional[Tuple[int, Optional[int], str]] = None
+                  ) -> Tuple[str, str]:
+    """``("all" | "one-at-a-time", why)`` for a session backend's models.
+
+    ``estimate`` is the backend's own ``(bytes needed, bytes available,
+    where)`` (``Backend.resident_need``); None: GGUF file sizes x
+    ``RESIDENT_FACTOR`` against the host's ``MemAvailable``.
+    """
     if len(paths) == 1:
         return "all", "one model"
     if not keep_loaded:
         return "one-at-a-time", FRESH_LOAD_REASON
-    need = int(sum(os.path.getsize(p) for p in paths) * RESIDENT_FACTOR)
-    available = mem_available_bytes()
+    if estimate is not None:
+        need, available, where = estimate
+    else:
+        need = int(sum(os.path.getsize(p) for p in paths) * RESIDENT_FACTOR)
+        available, where = mem_available_bytes(), "available"
     if available is None:
         return "one-at-a-time", "available memory unknown on this system"
     if need <= available * 0.8:
-        return "all", "%d MiB estimated for all models <= 80%% of %d MiB available" % (
-            need >> 20, available >> 20)
-    return "one-at-a-time", "%d MiB estimated for all models > 80%% of %d MiB available" % (
-        need >> 20, available >> 20)
+        return "all", "%d MiB estimated for all models <= 80%% of %d MiB %s" % (
+            need >> 20, available >> 20, where)
+    return "one-at-a-time", "%d MiB estimated for all models > 80%% of %d MiB %s" % (
+        need >> 20, available >> 20, where)
 
 
 class RoundRunner(object):
@@ -260,7 +270,10 @@ class RoundRunner(object):
     def run(self) -> Dict[str, object]:
         start = self._replay_carried()
         if self.backend.supports_sessions:
-            resident, why = resident_plan(self.paths, self.keep_loaded)
+            resident, why = resident_plan(
+                self.paths, self.keep_loaded,
+                self.backend.resident_need(self.paths, self.params)
+                if self.keep_loaded and len(self.paths) > 1 else None)
             rounds, stop = self._run_sessions(resident, start)
         else:
             resident, why = "per-invocation", "a process per invocation (llama-bench)"

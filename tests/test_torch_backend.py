@@ -269,3 +269,32 @@ def test_an_experts_implementation_the_cpu_cannot_run_falls_back_with_its_reason
     assert facts["experts_fallback"].startswith("sonicmoe could not run on cpu (")
     assert facts["experts_fallback"].endswith("fell back to grouped_mm")
     assert backend.cpu_in_process and not backend.isolate_models
+
+
+# -- keep_models_loaded: torch models are sized from their shapes -------------------------------
+
+
+def test_a_torch_pair_kept_loaded_is_sized_from_the_presets_shapes(tmp_path: Path) -> None:
+    from agents.backends.torch_backend import weights_bytes
+    from agents.models.presets import get_shape, tensor_table
+
+    moe = sum(t.n_elements for t in tensor_table(get_shape("tiny-moe")))
+    assert weights_bytes("preset:tiny-moe:0", "float32") == moe * 4
+    assert weights_bytes("preset:tiny-moe:0", "bfloat16") == moe * 2
+    job = write_job(tmp_path / "job", {"preset": "tiny-moe"}, backend="torch", threads=1,
+                    repetitions=3, warmup=0, keep_loaded=True, routing_profile=False)
+    spec = json.loads((job / "job.json").read_text())
+    spec["models"] = [{"id": "moe", "arch": "moe", "source": {"preset": "tiny-moe"}},
+                      {"id": "dense", "arch": "dense", "source": {"preset": "tiny-dense"}}]
+    spec["model"] = spec["models"][0]
+    spec["params"]["torch"] = {"device": "cpu", "dtype": "float32", "decode": "eager"}
+    spec["telemetry"] = False
+    (job / "job.json").write_text(json.dumps(spec))
+    assert run_job(str(job)) == 0
+    events = load_events(job)
+    rounds = events[-1]["info"]["rounds"]
+    # (3.5 M + 1.2 M parameters) x 4 bytes x 1.3: well under 80% of this machine's memory.
+    assert rounds["resident"] == "all", rounds
+    assert "MiB estimated for all models <= 80% of" in rounds["resident_reason"]
+    loads = [e for e in events if e["kind"] == "phase" and e.get("phase") == "load"]
+    assert len(loads) == 2 and rounds["kept_rounds"] == 3

@@ -18,7 +18,7 @@ Two shapes, by what the backend can do:
 """
 
 import copy
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 #: ``emit(kind, fields)``: write one event of ``kind`` with ``fields``; returns
 #: the event's fields as written (the runner adds telemetry and round fields).
@@ -146,6 +146,17 @@ class Backend(object):
     cpu_in_process = False
     #: True when two models must not share a process (agents/model_worker.py).
     isolate_models = False
+
+    def resident_need(self, paths: Sequence[str], params: "JobParams"
+                      ) -> Optional[Tuple[int, Optional[int], str]]:
+        """``(bytes, available, where)`` to hold every model of a job loaded at once.
+
+        None (the default): the runner's rule for GGUF files (file sizes x
+        ``RESIDENT_FACTOR`` against the host's available memory). A backend
+        whose models are not files (torch presets) says it here; ``available``
+        None means unknown, and the models are then loaded one at a time.
+        """
+        return None
 
     def open(self, model_path: str, params: "JobParams", emit: Emit) -> Session:
         """Load ``model_path`` and return a session (backends with ``supports_sessions``)."""

@@ -641,10 +641,6 @@ class Sweep(FileModel):
             if not torch and model.source.hf_dir is not None:
                 problems.append((("models", index, "source", "hf_dir"),
                                  f"hf_dir needs backend: torch (backend is {self.backend!r})"))
-        if torch and self.keep_models_loaded and self.pairs:
-            problems.append((("keep_models_loaded",),
-                             "not with backend torch yet: the runner sizes resident models "
-                             "from their GGUF files, and torch models have none"))
         if problems:
             raise LocatedValueError.many(problems)
         return self
