@@ -83,6 +83,9 @@ def mem_available_bytes() -> Optional[int]:
 #: repetitions should fill, and the most repetitions per load it may take.
 AUTO_TARGET_EFFICIENCY = 0.8
 AUTO_MAX_PER_ROUND = 12
+#: Share of the job's time limit the rounds may fill (the rest: the profiling
+#: pass, the result); ``auto`` caps repetitions per round to stay inside it.
+AUTO_TIMEOUT_SHARE = 0.8
 
 
 def auto_per_round(overhead_s: float, repetition_s: float,
@@ -143,8 +146,8 @@ class RoundRunner(object):
                  params: JobParams, plan: RoundPlan, emit: Emit,
                  repetitions_per_round: int = 1,
                  open_session: Optional[OpenSession] = None, keep_loaded: bool = True,
-                 carried: Optional[Dict[str, object]] = None, auto_per_round: bool = False
-                 ) -> None:
+                 carried: Optional[Dict[str, object]] = None, auto_per_round: bool = False,
+                 timeout_s: Optional[float] = None) -> None:
         self.backend = backend
         self.open_session: OpenSession = open_session or backend.open
         self.keep_loaded = keep_loaded
@@ -160,6 +163,10 @@ class RoundRunner(object):
         self.auto_record: Dict[str, object] = {}
         self._overhead_s: Dict[int, float] = {}
         self._counted_s: Dict[int, float] = {}
+        #: The job's time limit, from the start of the rounds: ``auto`` never
+        #: sizes rounds that would run into it.
+        self.timeout_s = timeout_s
+        self.started = time.monotonic()
         self.pairs = [(a, b) for a in range(len(models)) if self.archs[a] == "moe"
                       for b in range(len(models)) if self.archs[b] == "dense"]
         self.kept: Dict[Tuple[int, int], List[float]] = {pair: [] for pair in self.pairs}
@@ -358,11 +365,31 @@ class RoundRunner(object):
                     "warm-ups + k x %.2f s) per round" % (
                         AUTO_MAX_PER_ROUND, counted, 100 * AUTO_TARGET_EFFICIENCY, overhead,
                         counted))
+            fit = self._fits_timeout(overhead, counted)
+            if fit is not None and fit < self.per_round:
+                self.per_round = fit
+                rule += ("; capped at %d so the rounds left end within %.0f%% of the job's "
+                         "%.0f s limit" % (fit, 100 * AUTO_TIMEOUT_SHARE, self.timeout_s or 0))
         else:
             self.per_round = 1
             rule = "models stay loaded across rounds: no load to spread"
         self.auto_record = {"chosen": self.per_round, "overhead_s": round(overhead, 3),
                             "repetition_s": round(counted, 3), "rule": rule}
+
+    def _fits_timeout(self, overhead: float, counted: float) -> Optional[int]:
+        """The most repetitions per round whose remaining rounds fit the job's time limit.
+
+        The rounds left (up to the plan's maximum) must end within
+        ``AUTO_TIMEOUT_SHARE`` of the limit, leaving the rest for the
+        profiling pass and the result. None when there is no limit; at least 1.
+        """
+        if not self.timeout_s or counted <= 0:
+            return None
+        done = self.carried_rounds + 1  # called once, after this attempt's first round
+        left_rounds = max(1, self.plan.maximum - done)
+        budget = self.timeout_s * AUTO_TIMEOUT_SHARE - (time.monotonic() - self.started)
+        per_round = budget / left_rounds - overhead
+        return max(1, int(per_round / counted))
 
     def _keep_info(self, i: int, session: Session) -> None:
         if self.ids[i] not in self.infos:

@@ -261,6 +261,25 @@ def test_auto_repetitions_per_round_spread_each_fresh_load(tmp_path: Path) -> No
     assert summary["kept_rounds"] == 3
 
 
+def test_auto_repetitions_per_round_never_run_into_the_jobs_time_limit(tmp_path: Path) -> None:
+    """Loads of 0.1 s against 0.05 s of counting ask for k = 8; with a 2 s limit and
+    5 rounds the 4 rounds left may take 0.8 x 2 s less the ~0.15 s spent: ~0.36 s each,
+    0.1 s of it loads, so about 5 (and the job ends within its limit)."""
+    models = [_stand_in(tmp_path, "moe", 1.5, load_s=0.05),
+              _stand_in(tmp_path, "dense", 1.0, load_s=0.05)]
+    job = _group_job(tmp_path / "job", models, "sleep", gen_tokens=20, warmup=0,
+                     repetitions=5, repetitions_per_round="auto", keep_loaded=False)
+    spec = json.loads((job / "job.json").read_text())
+    spec["timeout_s"] = 2
+    (job / "job.json").write_text(json.dumps(spec))
+    assert run_job(str(job)) == 0
+    summary = load_events(job)[-1]["info"]["rounds"]
+    chosen = summary["repetitions_per_round_auto"]
+    assert "capped at" in chosen["rule"] and "2 s limit" in chosen["rule"], chosen
+    assert chosen["chosen"] < auto_per_round(chosen["overhead_s"], chosen["repetition_s"])
+    assert 1 <= chosen["chosen"] <= 6
+
+
 def test_auto_repetitions_per_round_with_models_kept_loaded_stay_at_one(
         tmp_path: Path) -> None:
     models = [_stand_in(tmp_path, "moe", 1.5, load_s=0.05),
