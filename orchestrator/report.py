@@ -403,7 +403,8 @@ def roofline_summary(facts: dict[str, Any] | None, config: Mapping[str, Any],
                            "models": {}}
     for side in sides:
         if side.weight_bytes_per_token is None or side.kv_bytes_per_position_f16 is None:
-            why = {"reason": "bytes per token not in the result (an agent from before they were)"}
+            why = {"reason": "not measured" if side.decode_tps_median is None else
+                   "bytes per token not in the result (an agent from before they were)"}
             out["models"][side.model_id] = why
             if out["measured"]:
                 out["measured"]["models"][side.model_id] = why
@@ -449,8 +450,9 @@ def _prefill_summary(chip: Any, measured: tuple[float, str] | None, config: Mapp
         tokens = min(config["prompt_tokens"], ubatch if isinstance(ubatch, int) and ubatch > 0
                      else 512)
         if not side.params_active or side.weight_bytes_per_token is None:
-            out["models"][side.model_id] = {"reason": "parameters or bytes per token not "
-                                                      "recorded"}
+            out["models"][side.model_id] = {
+                "reason": "not measured" if side.prefill_tps_median is None and
+                side.decode_tps_median is None else "parameters or bytes per token not recorded"}
             continue
         read = prefill_bytes(side.weight_bytes_per_token, side.expert_bytes_per_token or 0.0,
                              side.expert_count or 0, side.expert_used_count or 0, tokens)

@@ -156,6 +156,17 @@ def test_counter_is_preferred_and_interpolated_at_the_edges():
         sampler.energy_j(0.5, 1.5)
 
 
+def test_a_window_the_counter_did_not_tick_in_is_unmeasured_not_zero():
+    # A counter that updates every 0.1 s (10 J a tick, 100 W), sampled every 0.02 s:
+    # between ticks it stands still. A 40 ms window inside one step read 0 J
+    # before; a powered device never uses nothing, so it is unmeasured.
+    sampler = Sampler([FedCounter()], interval=0.02)
+    feed(sampler, [(i * 0.02, 10.0 * ((i * 2) // 10)) for i in range(51)], key="c")
+    with pytest.raises(EnergyUnavailable, match="did not advance over the 40 ms window"):
+        sampler.energy_j(0.02, 0.06)
+    assert sampler.energy_j(0.0, 1.0) == pytest.approx(100.0)  # long windows see the ticks
+
+
 def test_counter_wraps_around_like_rapl():
     # 100 W, counter wraps to 0 at 50 J and starts at 40 J: it wraps between
     # 0.1 s and 0.2 s, 0.6 and 0.7, 1.1 and 1.2.

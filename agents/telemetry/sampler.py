@@ -455,6 +455,13 @@ class Sampler(object):
             if not counted:
                 raise EnergyUnavailable("no sample has any of the energy counters %s"
                                         % ", ".join(self._counters))
+            if total <= 0.0 and t1 > t0:
+                # A powered device never uses nothing: the counter did not tick
+                # inside the window (NVML's updates every ~20-100 ms; a tiny
+                # model decodes faster than that). Not 0 J, but unmeasured.
+                raise EnergyUnavailable(
+                    "the energy counter did not advance over the %.0f ms window: it updates "
+                    "less often than that" % ((t1 - t0) * 1000))
             return total
         samples = self.window(t0, t1, "total_w")
         try:
