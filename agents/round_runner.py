@@ -106,6 +106,28 @@ def auto_per_round(overhead_s: float, repetition_s: float,
     return max(1, min(most, k))
 
 
+def job_per_round(elapsed_s: float, counted_so_far_s: float, rounds_left: int,
+                  overhead_s: float, repetition_s: float, after_s: float = 0.0,
+                  target: float = AUTO_TARGET_EFFICIENCY, most: int = AUTO_MAX_PER_ROUND
+                  ) -> int:
+    """Repetitions per round so that the whole job's counted share reaches ``target``.
+
+    With ``T0`` seconds spent so far (``C0`` of them counted), ``L`` rounds
+    left of ``O`` s of loads and warm-ups and ``k x C`` s of counting each,
+    and ``P`` s after the rounds (the profiling pass), the job's share is
+    ``(C0 + L k C) / (T0 + L (O + k C) + P)``; solved for the smallest ``k``.
+    At least 1, at most ``most``.
+    """
+    if rounds_left <= 0 or repetition_s <= 0:
+        return 1
+    need = (target * (elapsed_s + rounds_left * overhead_s + after_s) - counted_so_far_s) / (
+        rounds_left * repetition_s * (1.0 - target)) - 1e-9
+    k = int(need)
+    if k < need:
+        k += 1
+    return max(1, min(most, k))
+
+
 #: Why a paired job loads each model afresh for every repetition by default.
 FRESH_LOAD_REASON = ("a fresh load per repetition, so load-to-load variation (measured up to "
                      "~7% on a 2-core VM) is inside the interval; keep_models_loaded: true "
@@ -147,7 +169,7 @@ class RoundRunner(object):
                  repetitions_per_round: int = 1,
                  open_session: Optional[OpenSession] = None, keep_loaded: bool = True,
                  carried: Optional[Dict[str, object]] = None, auto_per_round: bool = False,
-                 timeout_s: Optional[float] = None) -> None:
+                 timeout_s: Optional[float] = None, profile_after: bool = False) -> None:
         self.backend = backend
         self.open_session: OpenSession = open_session or backend.open
         self.keep_loaded = keep_loaded
@@ -167,6 +189,8 @@ class RoundRunner(object):
         #: sizes rounds that would run into it.
         self.timeout_s = timeout_s
         self.started = time.monotonic()
+        #: A profiling pass follows the rounds (it loads each MoE once more).
+        self.profile_after = profile_after
         self.pairs = [(a, b) for a in range(len(models)) if self.archs[a] == "moe"
                       for b in range(len(models)) if self.archs[b] == "dense"]
         self.kept: Dict[Tuple[int, int], List[float]] = {pair: [] for pair in self.pairs}
@@ -360,11 +384,21 @@ class RoundRunner(object):
         overhead = sum(self._overhead_s.values())
         counted = sum(self._counted_s.values())
         if loads_every_round:
-            self.per_round = auto_per_round(overhead, counted)
-            rule = ("smallest k <= %d with k x %.2f s counted >= %.0f%% of (%.2f s loads and "
-                    "warm-ups + k x %.2f s) per round" % (
-                        AUTO_MAX_PER_ROUND, counted, 100 * AUTO_TARGET_EFFICIENCY, overhead,
-                        counted))
+            each = auto_per_round(overhead, counted)
+            # The whole job too: round 1 ran one repetition per load, and the
+            # profiling pass loads each MoE again (estimated as its load and
+            # one repetition).
+            after = sum(self._overhead_s[i] + self._counted_s[i] for i in self._overhead_s
+                        if self.archs[i] == "moe") if self.profile_after else 0.0
+            elapsed = time.monotonic() - self.started
+            left = max(1, self.plan.maximum - self.carried_rounds - 1)
+            whole = job_per_round(elapsed, counted, left, overhead, counted, after)
+            self.per_round = max(each, whole)
+            rule = ("smallest k <= %d with counted repetitions >= %.0f%% of each round "
+                    "(%.2f s loads and warm-ups + k x %.2f s: k >= %d) and of the whole job "
+                    "(%.1f s so far, %d rounds left, ~%.1f s of profiling after: k >= %d)" % (
+                        AUTO_MAX_PER_ROUND, 100 * AUTO_TARGET_EFFICIENCY, overhead, counted,
+                        each, elapsed, left, after, whole))
             fit = self._fits_timeout(overhead, counted)
             if fit is not None and fit < self.per_round:
                 self.per_round = fit

@@ -218,7 +218,8 @@ def run_job(job_dir: str, echo: bool = False) -> int:
                                  1 if auto else int(per_round), open_session,
                                  keep_loaded=bool(p.get("keep_loaded", False)),
                                  carried=spec.get("carried"), auto_per_round=auto,
-                                 timeout_s=float(spec.get("timeout_s", 0)) or None)
+                                 timeout_s=float(spec.get("timeout_s", 0)) or None,
+                                 profile_after=bool(p.get("routing_profile", True)))
             summary = rounds.run()
             routing: Dict[str, Dict[str, object]] = {}
             if bool(p.get("routing_profile", True)) and backend.name == "torch":

@@ -526,7 +526,7 @@ class Sweep(FileModel):
             "invocation) over several repetitions; `repetitions` still counts rounds. "
             "`auto`: the first round runs one and times the loads and warm-ups; later rounds "
             "run enough (at most 12) that counted repetitions fill at least 80% of each "
-            "round, every model still loaded afresh each round."
+            "round and of the whole job, every model still loaded afresh each round."
         ),
     )
     cpu_repack: bool = Field(
