@@ -586,6 +586,23 @@ def memory_summary(side: ModelStats, facts: dict[str, Any] | None, config: Mappi
     return out
 
 
+def mark_shared_memory(memory: dict[str, Any] | None, schedule: dict[str, Any] | None) -> None:
+    """Say so when one process held every model of the job: its peak is the job's.
+
+    Kept-loaded models of a backend that shares a process (torch) are all in
+    the measured process at once, so "weights + KV + runtime = peak" would
+    charge the other models to this one's runtime.
+    """
+    if not memory or not schedule:
+        return
+    models = schedule.get("models") or []
+    if (schedule.get("resident") == "all" and len(models) > 1
+            and schedule.get("model_processes") != "one per model"):
+        memory["shared_by"] = len(models)
+        memory["runtime_bytes"] = None
+        memory["note"] = None
+
+
 def memory_line(side: dict[str, Any]) -> str | None:
     """One model's memory breakdown on one line (None without a measured peak)."""
     m = side.get("memory")
@@ -594,6 +611,12 @@ def memory_line(side: dict[str, Any]) -> str | None:
 
     def gib(v: float | None) -> str:
         return "?" if v is None else f"{v / 2**30:.2f}"
+
+    if m.get("shared_by"):
+        return (f"memory of {side['model_id']}: weights {gib(m['weights_bytes'])} + KV "
+                f"{gib(m['kv_bytes'])} GiB; the peak of {gib(m['peak_bytes'])} GiB "
+                f"({m['peak_scope']}) is the job's process, which held all "
+                f"{m['shared_by']} models at once")
 
     line = (f"memory of {side['model_id']}: weights {gib(m['weights_bytes'])} + KV "
             f"{gib(m['kv_bytes'])} + runtime {gib(m['runtime_bytes'])} GiB = peak "
@@ -820,6 +843,8 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                     comparison = compare(device, cfg, moe, dense, moe_reps, all_dense[dense_id],
                                          spoiled)
                     comparison.schedule = _schedule(jobs.get((device, pair["moe"], config)))
+                    for side in (moe, dense):
+                        mark_shared_memory(side.memory, comparison.schedule)
                     comparison.roofline = roofline_summary(facts.get(device), cfg, moe, dense)
                     comparisons.append(comparison)
     return {

@@ -20,6 +20,7 @@ from orchestrator.report import (
     PAIRED_BY_INDEX,
     PAIRED_BY_ROUND,
     build_report,
+    mark_shared_memory,
     memory_line,
     per_round_text,
     provenance_difference,
@@ -506,3 +507,23 @@ def test_the_schedule_line_says_how_many_repetitions_a_round_held() -> None:
                                     "counted repetitions in round 1)")
     assert per_round_text({"repetitions_per_round": 3}) == "; 3 repetitions per model per round"
     assert per_round_text({"repetitions_per_round": 1}) == ""
+
+
+def test_a_peak_shared_by_every_loaded_model_is_not_charged_to_one() -> None:
+    """Backend torch keeps a job's models in one process: the peak is the job's."""
+    def memory() -> dict:
+        return {"weights_bytes": 2 * 2**30, "kv_bytes": 2**27, "runtime_bytes": 70 * 2**30,
+                "peak_bytes": 80 * 2**30, "peak_scope": "GPU memory used", "note": None}
+
+    shared = memory()
+    mark_shared_memory(shared, {"resident": "all", "models": ["m", "a", "b", "c"],
+                                "model_processes": "the agent's"})
+    assert memory_line({"model_id": "a", "memory": shared}) == (
+        "memory of a: weights 2.00 + KV 0.12 GiB; the peak of 80.00 GiB (GPU memory used) is "
+        "the job's process, which held all 4 models at once")
+    for schedule in ({"resident": "one-at-a-time", "models": ["m", "a"]},
+                     {"resident": "all", "models": ["m", "a"],
+                      "model_processes": "one per model"}):
+        alone = memory()
+        mark_shared_memory(alone, schedule)
+        assert "runtime 70.00 GiB" in str(memory_line({"model_id": "a", "memory": alone}))
