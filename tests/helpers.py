@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -64,14 +65,24 @@ def edgefarm(*args: str, tmp: Path, timeout: float = 300) -> subprocess.Complete
                           env=env, cwd=REPO)
 
 
+def _default_ctrl_c() -> None:
+    """In a child before exec: SIGINT back to its default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_sweep_run(*args: str) -> tuple[subprocess.Popen[str], str]:
     """Start ``edgefarm sweep run ARGS`` in the background; return it and its sweep id.
 
     The CLI prints the sweep id on its first line, before anything runs.
+    Ctrl-C is restored to its default in the child: a test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and Python
+    then never raises KeyboardInterrupt (the Ctrl-C tests would see a sweep
+    that cannot be interrupted, as a user's terminal never would).
     """
     proc = subprocess.Popen([*EDGEFARM, "sweep", "run", *args], cwd=REPO,
                             env=dict(os.environ, COLUMNS="200"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_ctrl_c)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().split()[1]
 

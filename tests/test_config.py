@@ -679,7 +679,8 @@ def test_seed_shapes_contents() -> None:
     assert [(p.moe, p.dense) for p in sweep.pairs] == [
         ("olmoe-1b-7b", ["llama-3.2-1b", "olmo-1b"])
     ]
-    assert sweep.timeout_s == 1800 and sweep.matrix.points()[0].prompt_tokens == 128
+    assert sweep.timeout_s == 3600 and sweep.matrix.points()[0].prompt_tokens == 128
+    assert sweep.repetitions_per_round == "auto"
 
 
 def test_sweep_defaults_and_scalars(tmp_path: Path) -> None:
