@@ -17,7 +17,7 @@ MOE=$MODELS/olmoe-1b-7b-q4_0.gguf
 STEPS=${*:-build synth profile job}
 export PYTHONUNBUFFERED=1
 
-. "$(dirname "$0")/h200_cuda.sh"  # cublas_dir, find_nvcc
+. "$(dirname "$0")/h200_cuda.sh"  # cublas_dir, find_nvcc, build_llama_cpp
 
 synth() {
   mkdir -p $MODELS
@@ -34,25 +34,9 @@ for step in $STEPS; do
   build)
     synth  # in the background, beside the build
     nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
-    NVCC=$(find_nvcc)
-    echo "nvcc: $NVCC"; "$NVCC" --version | tail -2
-    EXTRA=()
-    if [ -e /tmp/cublas/libcublas.so ]; then
-      EXTRA=(-DCUDA_cublas_LIBRARY=/tmp/cublas/libcublas.so
-             -DCUDA_cublasLt_LIBRARY=/tmp/cublas/libcublasLt.so)
-    fi
-    if [ ! -e $BUILD/bin/libllama.so ]; then
-      t0=$SECONDS
-      mkdir -p /tmp/rs-src && tar xzf .carry/llama.cpp.tgz -C /tmp/rs-src
-      cmake -S /tmp/rs-src/llama.cpp -B $BUILD -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DCMAKE_CUDA_COMPILER="$NVCC" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-        -DBUILD_SHARED_LIBS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
-        "${EXTRA[@]}" > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }
-      cmake --build $BUILD --target llama-bench llama -j 16 >> $OUT/build.log 2>&1 \
-        || { tail -40 $OUT/build.log; exit 1; }
-      echo "built in $((SECONDS - t0)) s"; ls $BUILD/bin
-    fi
+    t0=$SECONDS
+    build_llama_cpp $BUILD $OUT/build.log || exit 1
+    echo "built in $((SECONDS - t0)) s"; ls $BUILD/bin
     ;;
   synth)
     synth; wait; ls -la $MODELS; tail -2 $OUT/synth.log ;;
