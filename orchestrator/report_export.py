@@ -63,8 +63,8 @@ def _flatten(value: Any, name: str, out: dict[str, Any]) -> None:
         out[name] = value
 
 
-def _provenance(result_json: str | None, model_id: str) -> dict[str, Any]:
-    """The job result's provenance of ``model_id`` (a paired job keeps one per model)."""
+def _model_result(result_json: str | None, model_id: str) -> dict[str, Any]:
+    """The job result's part about ``model_id`` (a paired job keeps one per model)."""
     try:
         result = json.loads(result_json) if result_json else {}
     except ValueError:
@@ -74,8 +74,26 @@ def _provenance(result_json: str | None, model_id: str) -> dict[str, Any]:
     models = result.get("models")
     if isinstance(models, dict) and isinstance(models.get(model_id), dict):
         result = models[model_id]
-    provenance = result.get("provenance")
+    return result
+
+
+def _provenance(result_json: str | None, model_id: str) -> dict[str, Any]:
+    """The job result's provenance of ``model_id``."""
+    provenance = _model_result(result_json, model_id).get("provenance")
     return provenance if isinstance(provenance, dict) else {}
+
+
+def _torch_experts(result_json: str | None, model_id: str) -> dict[str, Any]:
+    """Backend torch: the MoE experts implementation in force, and why not the one asked.
+
+    Not a provenance key (a MoE and its dense baseline differ in it by
+    nature), yet it tells torch rows of one model apart.
+    """
+    facts = _model_result(result_json, model_id).get("torch")
+    if not isinstance(facts, dict) or not facts.get("experts"):
+        return {}
+    return {"torch_experts": facts.get("experts"),
+            "torch_experts_fallback": facts.get("experts_fallback")}
 
 
 def repetition_rows(store: Store, sweep_id: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -96,6 +114,7 @@ def repetition_rows(store: Store, sweep_id: str) -> tuple[list[str], list[dict[s
             **{k: body.get(k) for k in BODY_COLUMNS}}
         flat: dict[str, Any] = {}
         _flatten(_provenance(rep["result_json"], rep["model_id"]), "prov", flat)
+        flat.update(_torch_experts(rep["result_json"], rep["model_id"]))
         provenance_keys.update(dict.fromkeys(flat))
         rows.append(row | flat)
     known = [f"{PROVENANCE_PREFIX}{k}" for k in PROVENANCE_ORDER]

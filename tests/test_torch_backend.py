@@ -112,6 +112,13 @@ def test_torch_sweep_on_cpu_runs_every_variant_and_reports(tmp_path: Path) -> No
     assert len(titles) == 4
     md = render_markdown(report)
     assert "torch forward hooks" in md and "· torch cpu float32 · experts batched_mm" in md
+    # The CSV export tells the MoE's experts implementations apart.
+    from orchestrator.report_export import repetition_rows
+
+    columns, rows = repetition_rows(store, sweep_id)
+    assert "torch_experts" in columns
+    assert {r.get("torch_experts") for r in rows if r["arch"] == "moe"} == {"eager", "batched_mm"}
+    assert {r.get("torch_experts") for r in rows if r["arch"] == "dense"} == {None}
 
 
 # -- (b) the hooks against modules of known duration ------------------------------------------
