@@ -269,6 +269,13 @@ class Gateway:
         return probe_device(self.devices[device], self.bundle_path, self.bundle_sha256,
                             self.settings.transport)
 
+    def health(self, device: str, seconds: float) -> Any:
+        """``agent health`` on ``device`` from this node: a ``farm.health.Reading``."""
+        from orchestrator.farm.health import read_health
+
+        return read_health(self.devices[device], self.bundle_path, self.bundle_sha256,
+                           self.settings.transport, seconds)
+
     def host_key(self, device: str) -> str:
         """The device's ssh host key, fetched from this node, as a known_hosts line."""
         from orchestrator.transport.hostkeys import fetch_server_key

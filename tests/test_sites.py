@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,39 @@ def _wait_for_resources(address: str, wanted: set[str], deadline_s: float = 120)
     raise AssertionError(f"the cluster never offered {sorted(wanted)}: {last[-2000:]}")
 
 
+def _health_through_gateways(tmp_path: Path, inventory: Path, known: Path,
+                             address: str) -> None:
+    """``edgefarm serve --ray-address``: each device's health read from its site's node."""
+    from helpers import EDGEFARM, REPO
+    from prometheus_fixture import free_port
+
+    port = free_port()
+    serve = subprocess.Popen(
+        [*EDGEFARM, "serve", "-r", str(tmp_path / "results"), "-i", str(inventory),
+         "--ray-address", address, "--addr", f"127.0.0.1:{port}", "--health-interval", "2"],
+        cwd=REPO, env=dict(os.environ, EDGEFARM_KNOWN_HOSTS=str(known)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wanted = [f'edgefarm_device_up{{device="{name}",platform="linux-cpu"}} 1.0'
+              for name in ("north-1", "south-1")]
+    text = ""
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and serve.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=5) as answer:
+                    text = answer.read().decode()
+            except OSError:
+                text = ""
+            if all(line in text for line in wanted):
+                break
+            time.sleep(1)
+    finally:
+        serve.terminate()
+        out, _ = serve.communicate(timeout=60)
+    assert all(line in text for line in wanted), (text[-3000:], out[-3000:])
+
+
 def test_two_sites_each_reached_only_from_its_own_ray_node(tmp_path: Path,
                                                            client_key: Any) -> None:
     """Site gateways on their own nodes, devices in network namespaces the controller
@@ -134,6 +168,7 @@ def test_two_sites_each_reached_only_from_its_own_ray_node(tmp_path: Path,
                                "--ray-address", address, tmp=tmp_path, timeout=300)
             assert through.returncode == 0, through.stdout + through.stderr
             assert "north-1" in through.stdout and "south-1" in through.stdout
+            _health_through_gateways(tmp_path, inventory, known, address)
 
             sweep = write_sweep(tmp_path, devices=["north-1", "south-1"],
                                 models=sleep_models(tmp_path, 2), backend="sleep",

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from orchestrator.cli.app import console, err_console, new_app
-from orchestrator.cli.options import DEFAULT_RESULTS, ResultsOpt
+from orchestrator.cli.options import DEFAULT_RESULTS, RayAddressOpt, ResultsOpt
 from orchestrator.exporter import DEFAULT_ADDR, SERVE_ADDR
 from orchestrator.farm.health import DEFAULT_INTERVAL_S
 from orchestrator.monitor import (
@@ -141,11 +141,13 @@ def serve_cmd(
     health_interval: Annotated[float, typer.Option(
         help="Seconds between two health readings of each device (0: none).", min=0)]
         = DEFAULT_INTERVAL_S,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run the farm service: devices, running and finished sweeps on one /metrics, until Ctrl-C."""
     from orchestrator.farm.service import serve
 
     serve(results_dir, addr, inventory=inventory, health_interval_s=health_interval,
+          ray_address=ray_address,
           on_ready=lambda url: console.print(f"serving {results_dir} at {url} (Ctrl-C stops)",
                                              highlight=False),
           on_warning=lambda text: err_console.print(f"[yellow]warning:[/] {text}"))

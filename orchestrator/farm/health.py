@@ -8,7 +8,11 @@ own samples describe it, and a health reading would disturb the benchmark.
 
 The readings stay in memory; nothing is written to the results store, so the
 service can run beside sweeps without contending for it. Connections are
-opened from this process, as ``inventory probe`` does.
+opened from this process, as ``inventory probe`` does; with a Ray cluster
+address (``edgefarm serve --ray-address``) each device is read from its
+site's node instead, through a gateway actor per site that the poller keeps
+for its lifetime (restarted when the device list changes), so devices that
+only their site can reach have health readings too (docs/sites.md).
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ class HealthPoller:
                  settings: TransportSettings,
                  *, interval_s: float = DEFAULT_INTERVAL_S, seconds: float = 2.0,
                  workers: int = 16, skip: Callable[[str], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 ray_address: str | None = None) -> None:
         self.devices = devices  # called every round: the inventory may change
         self.cache_dir = Path(cache_dir)
         self.settings = settings
@@ -77,6 +82,9 @@ class HealthPoller:
         self.platforms: dict[str, str] = {}  # device -> inventory platform, from the last round
         self.rounds = 0
         self._bundle: AgentBundle | None = None
+        self.ray_address = ray_address
+        self._gateways: dict[str, Any] = {}
+        self._gateway_devices: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,6 +100,10 @@ class HealthPoller:
         wanted = [d for d in devices if not self.skip(d.name)]
         if not wanted:
             return
+        if self.ray_address:
+            self._poll_through_gateways(devices, wanted)
+            self.rounds += 1
+            return
         if self._bundle is None:  # the agent does not change under a running service
             self._bundle = build(self.cache_dir)
         bundle = self._bundle
@@ -106,6 +118,45 @@ class HealthPoller:
                     self.readings[name] = reading
         self.rounds += 1
 
+    def _poll_through_gateways(self, devices: list[Any], wanted: list[Any]) -> None:
+        """Read ``wanted`` from their sites' nodes (the gateways see every device)."""
+        import ray
+
+        from orchestrator.scheduler import start_site_gateways
+        from orchestrator.transport import GatewaySettings
+
+        names = tuple(sorted(d.name for d in devices))
+        if names != self._gateway_devices:  # new or removed devices: gateways that know them
+            self._kill_gateways()
+            owner = f"farm-health:{id(self)}"
+            self._gateways = start_site_gateways(devices, self.ray_address,
+                                                 GatewaySettings(self.settings, owner=owner),
+                                                 self.cache_dir)
+            self._gateway_devices = names
+        calls = {d.name: self._gateways[d.site].health.remote(d.name, self.seconds)
+                 for d in wanted}
+        for name, call in calls.items():
+            try:
+                reading = ray.get(call)
+            except Exception as exc:  # the site's node or its gateway went away
+                reading = Reading(self.clock(), False,
+                                  error=f"no reading through the site gateway: {exc}")
+                self._gateway_devices = ()  # start fresh gateways next round
+            with self._lock:
+                self.readings[name] = reading
+
+    def _kill_gateways(self) -> None:
+        if not self._gateways:
+            return
+        import ray
+
+        for actor in self._gateways.values():
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone with its node
+                pass
+        self._gateways = {}
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="farm-health", daemon=True)
@@ -116,6 +167,7 @@ class HealthPoller:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        self._kill_gateways()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

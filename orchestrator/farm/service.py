@@ -60,7 +60,8 @@ class FarmService:
 
     def __init__(self, results_dir: Path, *, inventory: Path | None = None,
                  health_interval_s: float = DEFAULT_INTERVAL_S, health_seconds: float = 2.0,
-                 transport: TransportSettings | None = None, stale_s: float = 60.0) -> None:
+                 transport: TransportSettings | None = None, stale_s: float = 60.0,
+                 ray_address: str | None = None) -> None:
         self.results_dir = Path(results_dir)
         self.inventory = inventory
         if inventory is not None:
@@ -77,7 +78,7 @@ class FarmService:
                 lambda: farm_devices(self.results_dir, self.inventory),
                 self.results_dir / "agent", transport or TransportSettings(),
                 interval_s=health_interval_s, seconds=health_seconds,
-                skip=lambda name: self.farm.is_busy(name))
+                skip=lambda name: self.farm.is_busy(name), ray_address=ray_address)
         self.farm = FarmCollector(self.results_dir, registry=self.registry, health=self.health,
                                   stale_s=stale_s)
 
@@ -98,6 +99,7 @@ class FarmService:
 def serve(results_dir: Path, addr: str = SERVE_ADDR, *, inventory: Path | None = None,
           health_interval_s: float = DEFAULT_INTERVAL_S,
           transport: TransportSettings | None = None,
+          ray_address: str | None = None,
           on_ready: Callable[[str], None] | None = None,
           on_warning: Callable[[str], None] | None = None,
           stop: threading.Event | None = None) -> None:
@@ -114,7 +116,7 @@ def serve(results_dir: Path, addr: str = SERVE_ADDR, *, inventory: Path | None =
         on_warning(f"no results store in {results_dir} yet; sweep metrics appear once a sweep "
                    "writes there")
     service = FarmService(results_dir, inventory=inventory, health_interval_s=health_interval_s,
-                          transport=transport)
+                          transport=transport, ray_address=ray_address)
     server, thread = start_text_exporter(addr, service.exposition)
     service.start()
     if on_ready is not None:
