@@ -269,12 +269,18 @@ class Gateway:
         return probe_device(self.devices[device], self.bundle_path, self.bundle_sha256,
                             self.settings.transport)
 
-    def health(self, device: str, seconds: float) -> Any:
-        """``agent health`` on ``device`` from this node: a ``farm.health.Reading``."""
-        from orchestrator.farm.health import read_health
+    def health(self, device: str, seconds: float) -> tuple[bool, dict[str, Any], str | None]:
+        """``agent health`` on ``device`` from this node: (answered, health, error).
 
-        return read_health(self.devices[device], self.bundle_path, self.bundle_sha256,
-                           self.settings.transport, seconds)
+        The farm service's poller (``farm/health.py``) makes its reading of it.
+        """
+        from orchestrator.fleet_probe import ask_agent
+
+        target = self.devices[device]
+        reachable, health, error = ask_agent(
+            target, self.bundle_path, self.bundle_sha256, self.settings.transport,
+            lambda client: client.health(target.platform, seconds))
+        return reachable and error is None, health, error
 
     def host_key(self, device: str) -> str:
         """The device's ssh host key, fetched from this node, as a known_hosts line."""

@@ -137,7 +137,8 @@ class HealthPoller:
                  for d in wanted}
         for name, call in calls.items():
             try:
-                reading = ray.get(call)
+                answered, health, error = ray.get(call)
+                reading = Reading(self.clock(), answered, health=health, error=error)
             except Exception as exc:  # the site's node or its gateway went away
                 reading = Reading(self.clock(), False,
                                   error=f"no reading through the site gateway: {exc}")
