@@ -117,25 +117,11 @@ def jetson_facts() -> Dict[str, object]:
 
 def backends(llama_bench: Optional[str] = None) -> Dict[str, Dict[str, object]]:
     """Which inference backends this device can run, with versions or reasons."""
-    found: Dict[str, Dict[str, object]] = {}
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("xllamacpp")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        found["xllamacpp"] = {"present": False, "reason": "python package xllamacpp not installed"}
-    else:
-        entry: Dict[str, object] = {"present": True}
-        try:
-            from importlib import metadata
-
-            entry["version"] = metadata.version("xllamacpp")
-        except Exception:  # metadata is best-effort; presence is what matters
-            pass
-        found["xllamacpp"] = entry
-    found["torch"] = _torch_presence()
+    found: Dict[str, Dict[str, object]] = {
+        "xllamacpp": python_packages("xllamacpp"),
+        # torch's backend needs transformers too (not imported: that takes seconds).
+        "torch": python_packages("torch", "transformers"),
+    }
     if llama_bench:
         path = os.path.expanduser(llama_bench)
         if os.path.isfile(path) and os.access(path, os.X_OK):
@@ -146,13 +132,16 @@ def backends(llama_bench: Optional[str] = None) -> Dict[str, Dict[str, object]]:
     return found
 
 
-def _torch_presence() -> Dict[str, object]:
-    """Whether backend torch can run here: torch and transformers installed (not imported:
-    importing torch takes seconds, and a probe must stay quick)."""
+def python_packages(*packages: str) -> Dict[str, object]:
+    """Whether the python packages a backend needs are installed, found but not imported.
+
+    ``{"present": True, "version": "V1 (second V2)"}`` or ``{"present":
+    False, "reason": ...}``; the version is best-effort.
+    """
     import importlib.util
 
     missing = []
-    for package in ("torch", "transformers"):
+    for package in packages:
         try:
             if importlib.util.find_spec(package) is None:
                 missing.append(package)
@@ -166,8 +155,9 @@ def _torch_presence() -> Dict[str, object]:
     try:
         from importlib import metadata
 
-        entry["version"] = "%s (transformers %s)" % (metadata.version("torch"),
-                                                     metadata.version("transformers"))
+        versions = [metadata.version(p) for p in packages]
+        entry["version"] = versions[0] + "".join(
+            " (%s %s)" % pv for pv in zip(packages[1:], versions[1:]))
     except Exception:  # metadata is best-effort; presence is what matters
         pass
     return entry

@@ -33,8 +33,9 @@ costs on this device: round 0 runs one counted repetition of each model and
 times, per model, the load and warm-ups (or, for a batch backend, the
 invocation around its counted repetitions); every later round then runs
 ``k`` counted repetitions per load, the smallest ``k`` (at most
-``AUTO_MAX_PER_ROUND``) for which that overhead is at most
-``1 - AUTO_TARGET_EFFICIENCY`` of the round. Each round still loads every
+``AUTO_MAX_PER_ROUND``) for which counted repetitions fill
+``AUTO_TARGET_EFFICIENCY`` of each round and of the whole job, capped so the
+rounds end within ``AUTO_TIMEOUT_SHARE`` of the job's limit. Each round still loads every
 model afresh, so load-to-load variation stays inside the interval; the extra
 repetitions only make each round's rate (their median) steadier. What was
 measured and chosen is in the summary (``repetitions_per_round_auto``).
@@ -95,15 +96,9 @@ def auto_per_round(overhead_s: float, repetition_s: float,
 
     ``overhead_s`` and ``repetition_s`` are a round's totals over its models
     (loads and warm-ups; one counted repetition of each). At least 1, at most
-    ``most``; 1 when nothing was timed.
+    ``most``; 1 when nothing was timed. One round seen as a whole job.
     """
-    if repetition_s <= 0 or overhead_s <= 0:
-        return 1
-    need = target / (1.0 - target) * overhead_s / repetition_s - 1e-9  # 0.8/0.2 is 4.000..01
-    k = int(need)
-    if k < need:
-        k += 1
-    return max(1, min(most, k))
+    return job_per_round(0.0, 0.0, 1, overhead_s, repetition_s, 0.0, target, most)
 
 
 def job_per_round(elapsed_s: float, counted_so_far_s: float, rounds_left: int,
@@ -120,6 +115,7 @@ def job_per_round(elapsed_s: float, counted_so_far_s: float, rounds_left: int,
     """
     if rounds_left <= 0 or repetition_s <= 0:
         return 1
+    # - 1e-9: 0.8 / 0.2 is 4.000..01 in floating point, and an exact 4 must give 4.
     need = (target * (elapsed_s + rounds_left * overhead_s + after_s) - counted_so_far_s) / (
         rounds_left * repetition_s * (1.0 - target)) - 1e-9
     k = int(need)
@@ -399,7 +395,7 @@ class RoundRunner(object):
                     "(%.1f s so far, %d rounds left, ~%.1f s of profiling after: k >= %d)" % (
                         AUTO_MAX_PER_ROUND, 100 * AUTO_TARGET_EFFICIENCY, overhead, counted,
                         each, elapsed, left, after, whole))
-            fit = self._fits_timeout(overhead, counted)
+            fit = self._fits_timeout(overhead, counted, left, elapsed)
             if fit is not None and fit < self.per_round:
                 self.per_round = fit
                 rule += ("; capped at %d so the rounds left end within %.0f%% of the job's "
@@ -410,20 +406,18 @@ class RoundRunner(object):
         self.auto_record = {"chosen": self.per_round, "overhead_s": round(overhead, 3),
                             "repetition_s": round(counted, 3), "rule": rule}
 
-    def _fits_timeout(self, overhead: float, counted: float) -> Optional[int]:
+    def _fits_timeout(self, overhead: float, counted: float, rounds_left: int,
+                      elapsed: float) -> Optional[int]:
         """The most repetitions per round whose remaining rounds fit the job's time limit.
 
-        The rounds left (up to the plan's maximum) must end within
+        The ``rounds_left`` (up to the plan's maximum) must end within
         ``AUTO_TIMEOUT_SHARE`` of the limit, leaving the rest for the
         profiling pass and the result. None when there is no limit; at least 1.
         """
         if not self.timeout_s or counted <= 0:
             return None
-        done = self.carried_rounds + 1  # called once, after this attempt's first round
-        left_rounds = max(1, self.plan.maximum - done)
-        budget = self.timeout_s * AUTO_TIMEOUT_SHARE - (time.monotonic() - self.started)
-        per_round = budget / left_rounds - overhead
-        return max(1, int(per_round / counted))
+        budget = self.timeout_s * AUTO_TIMEOUT_SHARE - elapsed
+        return max(1, int((budget / rounds_left - overhead) / counted))
 
     def _keep_info(self, i: int, session: Session) -> None:
         if self.ids[i] not in self.infos:

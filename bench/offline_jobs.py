@@ -6,7 +6,7 @@ network. So the controller's own planner writes every job's ``job.json``
 here (``jobs``), the directory travels with the working tree, the agent runs
 each one there exactly as a gateway would start it (``python3 -m agents run
 DIR``), the events logs come back, and ``import`` records them in a results
-store as one sweep: the same ``Store.add_events`` / ``finish_job`` calls the
+store as one sweep: the same ``Store.add_agent_events`` / ``finish_job`` calls the
 scheduler makes, so ``edgefarm report`` reads them like any other sweep.
 
     python bench/offline_jobs.py jobs SWEEP INVENTORY OUTDIR
@@ -63,12 +63,7 @@ def import_events(sweep: Path, inventory: Path, events_dir: Path, results: Path)
                         events.append(json.loads(line))
                     except json.JSONDecodeError:
                         continue  # a line cut by a kill: the agent's own rule
-            samples = [e for e in events if e.get("kind") == "sample"]
-            others = [e for e in events if e.get("kind") != "sample"]
-            if samples:
-                store.add_sample_events(sweep_id, job.device, samples)
-            if others:
-                store.add_events(sweep_id, job.device, others)
+            store.add_agent_events(sweep_id, job.device, events)
             result = next((e for e in reversed(events) if e.get("kind") == "result"), None)
             if result is not None and result.get("status") == "ok":
                 store.end_attempt(sweep_id, job.key, 1, JobState.DONE, None, None)

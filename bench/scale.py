@@ -113,88 +113,67 @@ def plan_and_schedule(devices: int, jobs: int) -> None:
 def fanout(n_devices: int, rounds: int) -> None:
     import paramiko
     from fabric import ThreadingGroup
-    from helpers import sleep_models, write_ssh_inventory
-    from ssh_overhead import gateway_fanout, noop_spec
-    from sshd_fixture import keygen, make_device
+    from ssh_overhead import deployed_fleet, gateway_fanout, noop_spec
 
-    from orchestrator.agent_client import AgentClient
-    from orchestrator.bundle import build
-    from orchestrator.config.inventory import Inventory
-    from orchestrator.transport.ssh import SshTransport
+    with tempfile.TemporaryDirectory(prefix="edgefarm-scale-fanout-") as tmp_dir, \
+            deployed_fleet(Path(tmp_dir), n_devices) as farm:
+        devices, inventory, known = farm.devices, farm.inventory, farm.known
+        key_path, bundle, model = farm.key_path, farm.bundle, farm.model
+        agent_name = bundle.path.name
 
-    with tempfile.TemporaryDirectory(prefix="edgefarm-scale-fanout-") as tmp_dir:
-        tmp = Path(tmp_dir)
-        key_path = tmp / "id"
-        pub = keygen(key_path)
-        devices = []
-        try:
-            for i in range(n_devices):
-                devices.append(make_device(tmp, f"d{i:02d}", key_path, pub))
-            inv, known = write_ssh_inventory(tmp, devices)
-            inventory = Inventory.load(inv)
-            bundle = build(tmp / "bundle")
-            model = sleep_models(tmp, 1)[0]
-            for dev in inventory.devices:  # the agent in place everywhere, for every side
-                with SshTransport(dev, known_hosts=str(known)) as t:
-                    AgentClient(t, dev.work_dir, bundle.path, bundle.sha256).ensure_agent()
-            agent_name = bundle.path.name
+        def command(tag: str, work: Path) -> str:
+            spec = shlex.quote(json.dumps(noop_spec(model, f"noop-{tag}")))
+            return (f"printf %s {spec} | {shlex.quote(sys.executable)} "
+                    f"{shlex.quote(str(work / 'agent' / agent_name))} start --follow "
+                    f"{shlex.quote(str(work / ('jobs-' + tag)))}")
 
-            def command(tag: str, work: Path) -> str:
-                spec = shlex.quote(json.dumps(noop_spec(model, f"noop-{tag}")))
-                return (f"printf %s {spec} | {shlex.quote(sys.executable)} "
-                        f"{shlex.quote(str(work / 'agent' / agent_name))} start --follow "
-                        f"{shlex.quote(str(work / ('jobs-' + tag)))}")
+        def edgefarm(tag: str) -> float:
+            return gateway_fanout(inventory, bundle, known, model, f"fan-{tag}")
 
-            def edgefarm(tag: str) -> float:
-                return gateway_fanout(inventory, bundle, known, model, f"fan-{tag}")
+        def fabric(tag: str) -> float:
+            group = ThreadingGroup(*[f"root@127.0.0.1:{d.port}" for d in devices],
+                                   connect_kwargs={"key_filename": str(key_path)})
+            for conn in group:
+                conn.client.load_host_keys(str(known))
+            started = time.monotonic()
+            # One command per host (each its own work dir): run them host by host
+            # through the group's connections, in the group's threads.
+            with ThreadPoolExecutor(max_workers=n_devices) as pool:
+                results = list(pool.map(
+                    lambda pair: pair[0].run(command(f"fab-{tag}", pair[1].work_dir),
+                                             hide=True, warn=True),
+                    zip(group, devices, strict=True)))
+            took = time.monotonic() - started
+            assert all(r.exited == 0 for r in results), results[:1]
+            group.close()
+            return took
 
-            def fabric(tag: str) -> float:
-                group = ThreadingGroup(*[f"root@127.0.0.1:{d.port}" for d in devices],
-                                       connect_kwargs={"key_filename": str(key_path)})
-                for conn in group:
-                    conn.client.load_host_keys(str(known))
-                started = time.monotonic()
-                # One command per host (each its own work dir): run them host by host
-                # through the group's connections, in the group's threads.
-                with ThreadPoolExecutor(max_workers=n_devices) as pool:
-                    results = list(pool.map(
-                        lambda pair: pair[0].run(command(f"fab-{tag}", pair[1].work_dir),
-                                                 hide=True, warn=True),
-                        zip(group, devices, strict=True)))
-                took = time.monotonic() - started
-                assert all(r.exited == 0 for r in results), results[:1]
-                group.close()
-                return took
+        def plain(tag: str) -> float:
+            def one(dev: Any) -> int:
+                client = paramiko.SSHClient()
+                client.load_host_keys(str(known))
+                client.connect("127.0.0.1", port=dev.port, username="root",
+                               key_filename=str(key_path), look_for_keys=False,
+                               allow_agent=False)
+                try:
+                    _, stdout, _ = client.exec_command(command(f"pm-{tag}", dev.work_dir))
+                    stdout.read()
+                    return stdout.channel.recv_exit_status()
+                finally:
+                    client.close()
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=n_devices) as pool:
+                codes = list(pool.map(one, devices))
+            took = time.monotonic() - started
+            assert all(c == 0 for c in codes), codes
+            return took
 
-            def plain(tag: str) -> float:
-                def one(dev: Any) -> int:
-                    client = paramiko.SSHClient()
-                    client.load_host_keys(str(known))
-                    client.connect("127.0.0.1", port=dev.port, username="root",
-                                   key_filename=str(key_path), look_for_keys=False,
-                                   allow_agent=False)
-                    try:
-                        _, stdout, _ = client.exec_command(command(f"pm-{tag}", dev.work_dir))
-                        stdout.read()
-                        return stdout.channel.recv_exit_status()
-                    finally:
-                        client.close()
-                started = time.monotonic()
-                with ThreadPoolExecutor(max_workers=n_devices) as pool:
-                    codes = list(pool.map(one, devices))
-                took = time.monotonic() - started
-                assert all(c == 0 for c in codes), codes
-                return took
-
-            sides = {"edgefarm": edgefarm, "fabric": fabric, "paramiko pool": plain}
-            times: dict[str, list[float]] = {k: [] for k in sides}
-            order = list(sides)
-            for r in range(rounds):
-                for name in order[r % 3:] + order[:r % 3]:  # rotate who goes first
-                    times[name].append(sides[name](str(r)))
-        finally:
-            for dev in devices:
-                dev.stop()
+        sides = {"edgefarm": edgefarm, "fabric": fabric, "paramiko pool": plain}
+        times: dict[str, list[float]] = {k: [] for k in sides}
+        order = list(sides)
+        for r in range(rounds):
+            for name in order[r % 3:] + order[:r % 3]:  # rotate who goes first
+                times[name].append(sides[name](str(r)))
     med = {k: statistics.median(v) for k, v in times.items()}
     each = "; ".join(f"{k} " + "/".join(f"{x:.2f}" for x in v) for k, v in times.items())
     print(f"[2] no-op job on {n_devices} loopback sshd devices, {rounds} rounds ({each} s)")

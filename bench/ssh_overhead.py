@@ -28,6 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +125,25 @@ def gateway_fanout(inventory: Any, bundle: Any, known: Path, model: dict[str, An
     return took
 
 
-def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
-    from fabric import ThreadingGroup
+@dataclass
+class Fleet:
+    """Loopback sshd devices with the agent already in place, for the fan-out benches."""
 
-    tmp.mkdir(parents=True)
+    devices: list[Any]
+    inventory: Inventory
+    known: Path
+    key_path: Path
+    bundle: Any
+    model: dict[str, Any]
+
+
+@contextmanager
+def deployed_fleet(tmp: Path, n_devices: int) -> Iterator[Fleet]:
+    """``n_devices`` sshd devices under ``tmp``, the agent deployed on each; stopped on exit.
+
+    Deployed once everywhere so every side of a comparison finds it in place.
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
     key_path = tmp / "id"
     pub = keygen(key_path)
     devices = []
@@ -135,11 +153,21 @@ def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
         inv, known = write_ssh_inventory(tmp, devices)
         inventory = Inventory.load(inv)
         bundle = build(tmp / "bundle")
-        model = sleep_models(tmp, 1)[0]
-        # Deploy the agent once everywhere so both sides find it in place.
         for dev in inventory.devices:
             with SshTransport(dev, known_hosts=str(known)) as t:
                 AgentClient(t, dev.work_dir, bundle.path, bundle.sha256).ensure_agent()
+        yield Fleet(devices, inventory, known, key_path, bundle, sleep_models(tmp, 1)[0])
+    finally:
+        for dev in devices:
+            dev.stop()
+
+
+def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
+    from fabric import ThreadingGroup
+
+    with deployed_fleet(tmp, n_devices) as farm:
+        devices, inventory, known = farm.devices, farm.inventory, farm.known
+        key_path, bundle, model = farm.key_path, farm.bundle, farm.model
         agent_name = bundle.path.name
         hosts = [f"root@127.0.0.1:{d.port}" for d in devices]
 
@@ -175,9 +203,6 @@ def fleet(tmp: Path, n_devices: int, rounds: int) -> None:
             else:
                 theirs.append(fabric(str(r)))
                 ours.append(edgefarm(str(r)))
-    finally:
-        for dev in devices:
-            dev.stop()
     each = ", ".join(f"{o:.2f}/{t:.2f}" for o, t in zip(ours, theirs, strict=True))
     o, t = statistics.median(ours), statistics.median(theirs)
     print(f"[2] no-op job on {n_devices} loopback devices, {rounds} rounds (edgefarm/fabric s: "

@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from agents.backends.torch_backend import model_facts, moe_blocks  # noqa: E402
 from agents.backends.torch_decode import EagerDecoder, StaticDecoder  # noqa: E402
 from agents.backends.torch_models import EXPERTS_IMPLEMENTATIONS, build_model  # noqa: E402
 from agents.models.presets import get_shape  # noqa: E402
@@ -68,30 +69,17 @@ def copy_bandwidth(nbytes: int = 4 << 30, repeats: int = 10) -> float:
     return nbytes / seconds
 
 
-def bytes_per_token(model: Any, preset: str, context: int) -> int:
+def bytes_per_token(model: Any, context: int) -> int:
     """Weights one decode token reads, plus its KV cache at ``context`` tokens.
 
-    The input embedding contributes one row (a lookup); the LM head reads its
-    whole matrix, tied or not. A MoE reads the router and ``top_k / n_experts``
-    of its experts' weights.
+    The backend's own rule (``torch_backend.model_facts``, the figures the
+    report's roofline uses): the input embedding one row, the LM head whole
+    (tied or not), a MoE's router and ``top_k / n_experts`` of its experts;
+    the KV cache at 2 bytes an element (bf16 here, as f16).
     """
-    shape = get_shape(preset)
-    total = 0
-    embed = model.get_input_embeddings().weight
-    head = model.get_output_embeddings().weight
-    seen: set[int] = set()
-    for name, param in model.named_parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        size = param.numel() * param.element_size()
-        if param is embed and param is not head:
-            size = embed.shape[1] * param.element_size()  # one row looked up
-        elif ".experts." in name or name.endswith(".experts"):
-            size = size * shape.n_expert_used // shape.n_expert
-        total += size
-    kv = 2 * shape.n_layer * shape.n_head_kv * shape.head_dim * context * 2  # bf16
-    return total + kv
+    facts = model_facts(model, moe_blocks(model))
+    return (int(facts["weight_bytes_per_token"])
+            + int(facts["kv_bytes_per_position_f16"]) * context)
 
 
 def time_decode(step: Any, first: torch.Tensor, gen: int) -> float:
@@ -154,7 +142,7 @@ def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespa
             seconds = time_decode(step, first, args.gen)
             rates.append(args.gen / seconds)
         tps = statistics.median(rates)
-        need = bytes_per_token(model, preset, args.prompt + args.gen // 2)
+        need = bytes_per_token(model, args.prompt + args.gen // 2)
         roof = ceiling / need
         row.update(tokens_per_s=round(tps, 1), roofline_tps=round(roof, 1),
                    fraction=round(tps / roof, 3), bytes_per_token=need,

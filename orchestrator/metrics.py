@@ -238,20 +238,10 @@ class DeviceTelemetry:
         from one sensor must not stop a sweep. At most MAX_SERIES_PER_DEVICE
         rails and sensors are kept.
         """
-        rails = ev.get("rails_w")
-        if isinstance(rails, dict):
-            for rail, watts in rails.items():
-                if is_number(watts) and (rail in self.power
-                                         or len(self.power) < MAX_SERIES_PER_DEVICE):
-                    self.power[str(rail)] = (float(watts), now)
+        _keep(self.power, ev.get("rails_w"), now)
         if is_number(ev.get("total_w")):
             self.power["total"] = (float(ev["total_w"]), now)
-        temps = ev.get("temps_c")
-        if isinstance(temps, dict):
-            for sensor, celsius in temps.items():
-                if is_number(celsius) and (sensor in self.temps
-                                           or len(self.temps) < MAX_SERIES_PER_DEVICE):
-                    self.temps[str(sensor)] = (float(celsius), now)
+        _keep(self.temps, ev.get("temps_c"), now)
         try:
             used = sample_memory_bytes(ev, "ram_used")
             total = sample_memory_bytes(ev, "ram_total")
@@ -261,6 +251,15 @@ class DeviceTelemetry:
             self.memory_used = (float(used), now)
         if total is not None:
             self.memory_total = float(total)
+
+
+def _keep(held: dict[str, tuple[float, float]], readings: Any, now: float) -> None:
+    """Take a sample's rails or sensors: numbers only, at most MAX_SERIES_PER_DEVICE names."""
+    if not isinstance(readings, dict):
+        return
+    for name, value in readings.items():
+        if is_number(value) and (name in held or len(held) < MAX_SERIES_PER_DEVICE):
+            held[str(name)] = (float(value), now)
 
 
 @dataclass

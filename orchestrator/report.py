@@ -744,7 +744,7 @@ def _hooks_routing_line(model_id: str, r: dict[str, Any], pct: str, interval: st
     return line
 
 
-def _model_result(result: dict[str, Any], model_id: str) -> dict[str, Any]:
+def model_result(result: dict[str, Any], model_id: str) -> dict[str, Any]:
     """One model's part of a job's result (a paired job keeps one per model)."""
     per_model = result.get("models")
     if isinstance(per_model, dict) and isinstance(per_model.get(model_id), dict):
@@ -774,7 +774,7 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
         rows = reps.get((device, model["id"], config), [])
         job = jobs.get((device, model["id"], config))
         result = json.loads(job["result_json"]) if job is not None and job["result_json"] else {}
-        result = _model_result(result, model["id"])
+        result = model_result(result, model["id"])
         decode = _positive([r["decode_tps"] for r in rows])
         prefill = [r["prefill_tps"] for r in rows if r["prefill_tps"] is not None]
         ttft = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
@@ -818,6 +818,7 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
         stats_.memory = memory_summary(stats_, facts.get(device),
                                        config_dict(config, torch_device),
                                        peak("peak_mem_bytes", "system"), peak_gpu)
+        mark_shared_memory(stats_.memory, _schedule(job))
         return stats_
 
     models = {m["id"]: m for m in sweep["models"]}
@@ -843,8 +844,6 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                     comparison = compare(device, cfg, moe, dense, moe_reps, all_dense[dense_id],
                                          spoiled)
                     comparison.schedule = _schedule(jobs.get((device, pair["moe"], config)))
-                    for side in (moe, dense):
-                        mark_shared_memory(side.memory, comparison.schedule)
                     comparison.roofline = roofline_summary(facts.get(device), cfg, moe, dense)
                     comparisons.append(comparison)
     return {

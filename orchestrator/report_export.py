@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import EdgefarmError
-from orchestrator.report import PROVENANCE_ORDER
+from orchestrator.report import PROVENANCE_ORDER, model_result
 from orchestrator.store import Store
 
 __all__ = ["BASE_COLUMNS", "BODY_COLUMNS", "CSV_NAME", "HTML_NAME", "ReportOutputError",
@@ -64,17 +64,12 @@ def _flatten(value: Any, name: str, out: dict[str, Any]) -> None:
 
 
 def _model_result(result_json: str | None, model_id: str) -> dict[str, Any]:
-    """The job result's part about ``model_id`` (a paired job keeps one per model)."""
+    """The stored job result's part about ``model_id`` ({} when there is none)."""
     try:
         result = json.loads(result_json) if result_json else {}
     except ValueError:
         return {}
-    if not isinstance(result, dict):
-        return {}
-    models = result.get("models")
-    if isinstance(models, dict) and isinstance(models.get(model_id), dict):
-        result = models[model_id]
-    return result
+    return model_result(result, model_id) if isinstance(result, dict) else {}
 
 
 def _provenance(result_json: str | None, model_id: str) -> dict[str, Any]:

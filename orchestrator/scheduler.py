@@ -326,14 +326,7 @@ class SweepRun:
             return
         job = self.jobs[msg["job"]]
         if msg["type"] == "events":
-            # Telemetry samples outnumber everything else: they take the
-            # batched path (one transaction, one executemany per table).
-            samples = [ev for ev in msg["events"] if ev.get("kind") == "sample"]
-            others = [ev for ev in msg["events"] if ev.get("kind") != "sample"]
-            if samples:
-                self.store.add_sample_events(self.sweep_id, device, samples)
-            if others:
-                self.store.add_events(self.sweep_id, device, others)
+            self.store.add_agent_events(self.sweep_id, device, msg["events"])
             for ev in msg["events"]:
                 self.progress.job_event(job, ev)
             return

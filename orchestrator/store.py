@@ -729,6 +729,20 @@ class Store:
             db.executemany(_INSERT_SAMPLE, rows)
         return new
 
+    def add_agent_events(self, sweep_id: str, device: str, events: Iterable[dict]) -> None:
+        """A batch of an attempt's events as the agent wrote them, each kind on its path.
+
+        Telemetry samples outnumber everything else: they take the batched
+        ``add_sample_events``; every other kind goes through ``add_events``.
+        """
+        events = list(events)
+        samples = [ev for ev in events if ev.get("kind") == "sample"]
+        others = [ev for ev in events if ev.get("kind") != "sample"]
+        if samples:
+            self.add_sample_events(sweep_id, device, samples)
+        if others:
+            self.add_events(sweep_id, device, others)
+
     def samples(self, sweep_id: str, device: str | None = None,
                 job_key: str | None = None) -> list[dict]:
         """Stored samples in time order: ``{device, job, attempt, seq, t, total_w, rails_w, ...}``.

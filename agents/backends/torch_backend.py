@@ -123,13 +123,13 @@ def weights_bytes(model: str, dtype: str) -> Optional[int]:
     """Bytes of a model's weights before it is built: a preset's shape, or a checkpoint's files."""
     marker = parse_marker(model)
     if marker is not None:
-        from agents.models.presets import get_shape, tensor_table
+        from agents.models.presets import get_shape, param_counts
 
         try:
-            table = tensor_table(get_shape(marker[0]))
+            total, _ = param_counts(get_shape(marker[0]))
         except ValueError:
             return None
-        return sum(t.n_elements for t in table) * DTYPE_BYTES.get(dtype, 4)
+        return total * DTYPE_BYTES.get(dtype, 4)
     try:
         names = os.listdir(model)
     except OSError:
@@ -579,30 +579,30 @@ class TorchBackend(Backend):
         max_len = params.prompt_tokens + params.gen_tokens + STATIC_SLACK
         example = torch.zeros((1, params.prompt_tokens), dtype=torch.long,
                               device=options.device)
+
+        def static(why: str) -> Tuple[Any, str, Optional[str]]:
+            """A static KV cache with the step as it is (no compile, no graph)."""
+            plain = StaticDecoder(model, max_len)
+            plain.capture(example)
+            return plain, RAN_STATIC, why
+
         if options.device != "cuda":
-            decoder = StaticDecoder(model, max_len)
-            decoder.capture(example)
-            return decoder, RAN_STATIC, COMPILED_ON_HOST
+            return static(COMPILED_ON_HOST)
         if blocks and experts == "eager":
-            why = ("the eager experts loop picks experts with data-dependent shapes and syncs "
-                   "with the host, which a CUDA graph cannot capture: a static KV cache with "
-                   "the step as it is")
-            decoder = StaticDecoder(model, max_len)
-            decoder.capture(example)
-            return decoder, RAN_STATIC, why
+            return static("the eager experts loop picks experts with data-dependent shapes "
+                          "and syncs with the host, which a CUDA graph cannot capture: a "
+                          "static KV cache with the step as it is")
         try:
             compiled = torch.compile(model, mode=COMPILE_MODE, dynamic=False)
             decoder = StaticDecoder(model, max_len, graph=True, compiled=compiled)
             decoder.capture(example)
             return decoder, RAN_GRAPH, None
         except Exception as exc:  # inductor or the capture failed: run the static step
-            why = ("torch.compile + CUDA graph failed (%s: %s): a static KV cache with the step "
-                   "as it is" % (type(exc).__name__, str(exc).splitlines()[0][:300]
-                                 if str(exc) else ""))
             torch.cuda.synchronize()
-            decoder = StaticDecoder(model, max_len)
-            decoder.capture(example)
-            return decoder, RAN_STATIC, why
+            return static("torch.compile + CUDA graph failed (%s: %s): a static KV cache with "
+                          "the step as it is" % (type(exc).__name__,
+                                                 str(exc).splitlines()[0][:300]
+                                                 if str(exc) else ""))
 
     @staticmethod
     def _provenance(facts: Dict[str, object]) -> Dict[str, object]:
