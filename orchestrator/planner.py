@@ -113,9 +113,10 @@ class Job(BaseModel):
         "part of the key, since a cooldown changes what is measured.")
     torch: dict[str, Any] | None = Field(
         default=None,
-        description="Backend torch: `{device, dtype, decode[, experts]}` (experts only for a "
-        "job holding a MoE); part of the key when set, absent from it otherwise, so the "
-        "keys of other backends' jobs are what they were before the field existed.")
+        description="Backend torch: `{device, dtype, decode[, experts[, prefill_experts]]}` "
+        "(experts only for a job holding a MoE); part of the key when set, absent from it "
+        "otherwise, so the keys of other backends' jobs are what they were before the field "
+        "existed.")
 
     @model_validator(mode="before")
     @classmethod
@@ -246,6 +247,8 @@ def torch_variants(sweep: Sweep, group: tuple[JobModel, ...]) -> list[dict[str, 
                                    "decode": decode}
             if impl is not None:
                 one["experts"] = impl
+                if settings.prefill_experts not in (None, impl):
+                    one["prefill_experts"] = settings.prefill_experts
             variants.append(one)
     return variants
 
@@ -256,6 +259,8 @@ def variant_label(torch: dict[str, Any] | None) -> str:
     if not torch:
         return ""
     parts = [f"{torch.get('device')} {torch.get('dtype')}"]
+    if torch.get("prefill_experts"):
+        parts.append(f"prefill experts {torch['prefill_experts']}")
     if torch.get("experts"):
         parts.append(f"experts {torch['experts']}")
     parts.append(f"decode {torch.get('decode')}")

@@ -88,7 +88,8 @@ def _torch_experts(result_json: str | None, model_id: str) -> dict[str, Any]:
     if not isinstance(facts, dict) or not facts.get("experts"):
         return {}
     return {"torch_experts": facts.get("experts"),
-            "torch_experts_fallback": facts.get("experts_fallback")}
+            "torch_experts_fallback": facts.get("experts_fallback"),
+            "torch_prefill_experts": facts.get("prefill_experts")}
 
 
 def repetition_rows(store: Store, sweep_id: str) -> tuple[list[str], list[dict[str, Any]]]:

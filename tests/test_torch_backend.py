@@ -278,6 +278,61 @@ def test_an_experts_implementation_the_cpu_cannot_run_falls_back_with_its_reason
     assert backend.cpu_in_process and not backend.isolate_models
 
 
+# -- prefill_experts: one implementation for the prefill, another for the decode ---------------
+
+
+@pytest.mark.parametrize("decode", ["eager", "compiled"])
+def test_the_prefill_runs_its_own_experts_implementation_and_the_steps_the_other(
+        decode: str) -> None:
+    params = JobParams(8, 4, 1, 0, 1, 0, torch_options={
+        "device": "cpu", "experts": "batched_mm", "prefill_experts": "grouped_mm",
+        "decode": decode})
+    backend = get_backend("torch", torch_device="cpu")
+    session = backend.open("preset:tiny-moe:0", params, lambda kind, fields: fields)
+    seen: list[tuple[int, str]] = []  # (tokens in the call, implementation in force)
+
+    def record(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        seen.append((int(args[0].shape[0]), session.model.config._experts_implementation))
+
+    try:
+        hooks = [experts.register_forward_pre_hook(record)
+                 for _, _, _, experts in moe_blocks(session.model)]
+        rep = session.repetition(0, False, lambda kind, fields: fields)
+        facts = session.info()["torch"]
+        for hook in hooks:
+            hook.remove()
+    finally:
+        session.close()
+    assert rep["decode_tps"] > 0 and rep["prefill_tps"] > 0
+    assert (facts["experts"], facts["prefill_experts"]) == ("batched_mm", "grouped_mm")
+    assert facts["prefill_experts_fallback"] is None
+    layers = 4  # the tiny MoE's
+    prefill, steps = seen[:layers], seen[layers:]
+    assert prefill == [(8, "grouped_mm")] * layers  # the prompt's 8 tokens in one call
+    assert steps == [(1, "batched_mm")] * (3 * layers)  # gen 4: three decode steps
+
+
+def test_prefill_experts_is_part_of_a_moe_jobs_variant_only_when_it_differs(
+        tmp_path: Path) -> None:
+    from orchestrator.config import load_sweep_with_inventory
+    from orchestrator.planner import plan, variant_label
+
+    models = [*TINY, {"id": "tiny-alone", "arch": "dense", "source": {"preset": "tiny-dense"}}]
+    sweep_file = write_sweep(tmp_path, devices=["local"], models=models, backend="torch",
+                             pairs=[{"moe": "tiny-moe", "dense": ["tiny-dense"]}],
+                             torch={"device": "cpu", "experts": ["batched_mm", "grouped_mm"],
+                                    "prefill_experts": "grouped_mm"})
+    sweep, inventory = load_sweep_with_inventory(sweep_file, write_inventory(tmp_path, ["local"]))
+    labels = [(tuple(m.id for m in job.models), variant_label(job.torch))
+              for job in plan(sweep, inventory)]
+    pair = ("tiny-moe", "tiny-dense")
+    assert labels == [
+        (pair, "cpu float32 · prefill experts grouped_mm · experts batched_mm · decode eager"),
+        (pair, "cpu float32 · experts grouped_mm · decode eager"),  # the same for both phases
+        (("tiny-alone",), "cpu float32 · decode eager"),  # no MoE, no experts
+    ]
+
+
 # -- keep_models_loaded: torch models are sized from their shapes -------------------------------
 
 

@@ -19,6 +19,13 @@ The job's ``params["torch"]`` (``JobParams.torch_options``) chooses:
   transformers' default, and the result records both and why
   (``experts_asked``, ``experts``, ``experts_fallback``). Dense models have
   none (``experts`` None).
+* ``prefill_experts``: another implementation for the prefill alone, tried
+  and recorded the same way (``prefill_experts``, ``prefill_experts_fallback``);
+  the decoders switch to it for each prefill and back before the decode
+  (``torch_decode.prefill_forward``). transformers' ``generate`` does the same on GPUs
+  (``grouped_mm`` prefill, ``batched_mm`` decode): ``batched_mm`` gathers the
+  routed experts' weights per token, so a long prompt would need memory in
+  proportion (about 340 GB for a 2048-token OLMoE-1B-7B prefill).
 * ``decode``: ``eager`` (``torch_decode.EagerDecoder``: a dynamic KV cache, one
   Python forward per token) or ``compiled`` (``torch_decode.StaticDecoder``: a
   static KV cache; on cuda the step through ``torch.compile`` and captured as
@@ -168,6 +175,8 @@ class TorchOptions(object):
                                % (self.dtype, ", ".join(DTYPES)))
         experts = raw.get("experts")
         self.experts = str(experts) if experts else None
+        prefill = raw.get("prefill_experts")
+        self.prefill_experts = str(prefill) if prefill else None
         self.decode = str(raw.get("decode", "eager"))
         if self.decode not in DECODE_MODES:
             raise BackendError(ERR_BAD_JOB, "torch decode %r (known: %s)"
@@ -460,10 +469,18 @@ class TorchBackend(Backend):
         model, source = self._load(model_path, options, params, torch, transformers)
         blocks = moe_blocks(model)
         try:
-            experts, fallback = self._experts(model, blocks, options, torch)
+            default = getattr(model.config, "_experts_implementation", None) or "eager"
+            prefill, prefill_fallback = (
+                self._experts(model, blocks, options.prefill_experts, default, options.device,
+                              torch)
+                if options.prefill_experts else (None, None))
+            experts, fallback = self._experts(model, blocks, options.experts, default,
+                                              options.device, torch)
+            phases = (prefill, experts) if prefill and experts and prefill != experts else None
             load_s = time.monotonic() - start
             started = time.monotonic()
-            decoder, ran, why = self._decoder(model, blocks, experts, options, params, torch)
+            decoder, ran, why = self._decoder(model, blocks, experts, phases, options, params,
+                                              torch)
             prepare_s = time.monotonic() - started
         except (RuntimeError, ValueError) as exc:  # out of memory, most likely
             raise _failure(exc, "preparing %s" % model_path) from exc
@@ -472,6 +489,7 @@ class TorchBackend(Backend):
             "device": options.device, "dtype": options.dtype,
             "experts_asked": options.experts if blocks else None,
             "experts": experts, "experts_fallback": fallback,
+            "prefill_experts": prefill or experts, "prefill_experts_fallback": prefill_fallback,
             "decode_asked": options.decode, "decode": ran, "decode_note": why,
             "decode_prepare_s": prepare_s,
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
@@ -530,8 +548,8 @@ class TorchBackend(Backend):
             raise _failure(exc, "loading %s" % model_path) from exc
 
     @staticmethod
-    def _experts(model: Any, blocks: List[Tuple[int, str, Any, Any]], options: TorchOptions,
-                 torch: Any) -> Tuple[Optional[str], Optional[str]]:
+    def _experts(model: Any, blocks: List[Tuple[int, str, Any, Any]], asked_for: Optional[str],
+                 default: str, device: str, torch: Any) -> Tuple[Optional[str], Optional[str]]:
         """The experts implementation in force, and why it is not the one asked for.
 
         Setting an implementation succeeds for any registered name; whether its
@@ -542,20 +560,19 @@ class TorchBackend(Backend):
         """
         if not blocks:
             return None, None
-        default = getattr(model.config, "_experts_implementation", None) or "eager"
-        asked = options.experts or default
+        asked = asked_for or default
         reasons: List[str] = []
         for impl in dict.fromkeys((asked, default, "eager")):
             try:
                 model.set_experts_implementation(impl)
-                ids = torch.zeros((1, 2), dtype=torch.long, device=options.device)
+                ids = torch.zeros((1, 2), dtype=torch.long, device=device)
                 with torch.no_grad():
                     model(input_ids=ids)
-                _sync(options.device)
+                _sync(device)
             except Exception as exc:  # any refusal or kernel failure: the next candidate
                 text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
                 reasons.append("%s could not run on %s (%s: %s)"
-                               % (impl, options.device, type(exc).__name__, text))
+                               % (impl, device, type(exc).__name__, text))
                 continue
             if impl != asked:
                 reasons.append("fell back to %s" % impl)
@@ -565,24 +582,25 @@ class TorchBackend(Backend):
 
     @staticmethod
     def _decoder(model: Any, blocks: List[Tuple[int, str, Any, Any]], experts: Optional[str],
-                 options: TorchOptions, params: JobParams, torch: Any
-                 ) -> Tuple[Any, str, Optional[str]]:
+                 phases: Optional[Tuple[str, str]], options: TorchOptions, params: JobParams,
+                 torch: Any) -> Tuple[Any, str, Optional[str]]:
         """``(decoder, what runs, why it is not what was asked)`` for the job's decode mode.
 
         ``compiled`` prepares its static step here, at load time, so no counted
-        repetition carries a compile or a capture.
+        repetition carries a compile or a capture. ``phases``: the prefill's and
+        the decode's experts implementations when they differ.
         """
         from agents.backends.torch_decode import EagerDecoder, StaticDecoder
 
         if options.decode == "eager":
-            return EagerDecoder(model), RAN_EAGER, None
+            return EagerDecoder(model, phases), RAN_EAGER, None
         max_len = params.prompt_tokens + params.gen_tokens + STATIC_SLACK
         example = torch.zeros((1, params.prompt_tokens), dtype=torch.long,
                               device=options.device)
 
         def static(why: str) -> Tuple[Any, str, Optional[str]]:
             """A static KV cache with the step as it is (no compile, no graph)."""
-            plain = StaticDecoder(model, max_len)
+            plain = StaticDecoder(model, max_len, experts=phases)
             plain.capture(example)
             return plain, RAN_STATIC, why
 
@@ -594,7 +612,8 @@ class TorchBackend(Backend):
                           "static KV cache with the step as it is")
         try:
             compiled = torch.compile(model, mode=COMPILE_MODE, dynamic=False)
-            decoder = StaticDecoder(model, max_len, graph=True, compiled=compiled)
+            decoder = StaticDecoder(model, max_len, graph=True, compiled=compiled,
+                                    experts=phases)
             decoder.capture(example)
             return decoder, RAN_GRAPH, None
         except Exception as exc:  # inductor or the capture failed: run the static step

@@ -19,6 +19,12 @@ step never waits for the host):
   the compiled graph 9x. The prefill is never captured (its length varies):
   it runs the plain model into the same cache.
 
+Both take ``experts=(prefill, decode)``, a MoE's experts implementations
+when the prefill should run another one than the steps (transformers'
+``generate`` prefills with ``grouped_mm`` and decodes with ``batched_mm`` on
+GPUs): ``prefill`` switches to the first and back to the second, a Python
+attribute per MoE block, so the steps (and a capture) always run the second.
+
 A step that cannot be captured (a MoE's ``eager`` experts loop picks experts
 with data-dependent shapes and syncs with the host) raises from ``capture``;
 the caller decides what to run instead and records why.
@@ -27,9 +33,12 @@ torch and transformers are imported inside the functions: the agent's core
 imports this package with the standard library only.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 __all__ = ["EagerDecoder", "StaticDecoder", "greedy"]
+
+#: ``(prefill, decode)`` experts implementations, or None: one for both.
+PhaseExperts = Optional[Tuple[str, str]]
 
 
 def greedy(logits: Any) -> Any:
@@ -37,22 +46,36 @@ def greedy(logits: Any) -> Any:
     return logits[:, -1:].argmax(-1)
 
 
+def prefill_forward(model: Any, experts: PhaseExperts, **inputs: Any) -> Any:
+    """``model(**inputs)`` without gradients, under the prefill's experts implementation."""
+    import torch
+
+    if experts:
+        model.set_experts_implementation(experts[0])
+    try:
+        with torch.no_grad():
+            return model(**inputs)
+    finally:
+        if experts:
+            model.set_experts_implementation(experts[1])
+
+
 class EagerDecoder(object):
     """Prefill, then one forward per token over a dynamic KV cache (transformers as it is)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, experts: PhaseExperts = None) -> None:
         self.model = model
+        self.experts = experts
         self.cache: Any = None
         self.position = 0
 
     def prefill(self, prompt: Any) -> Any:
         """Run ``prompt`` (``[1, n]`` token ids) into a fresh cache; return the first token."""
-        import torch
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=self.model.config)
-        with torch.no_grad():
-            out = self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True)
+        out = prefill_forward(self.model, self.experts, input_ids=prompt,
+                              past_key_values=self.cache, use_cache=True)
         self.position = int(prompt.shape[1])
         return greedy(out.logits)
 
@@ -78,11 +101,13 @@ class StaticDecoder(object):
     """
 
     def __init__(self, model: Any, max_len: int, graph: bool = False,
-                 compiled: Optional[Callable[..., Any]] = None) -> None:
+                 compiled: Optional[Callable[..., Any]] = None,
+                 experts: PhaseExperts = None) -> None:
         import torch
         from transformers import StaticCache
 
         self.model = model
+        self.experts = experts
         self.run = compiled if compiled is not None else model
         self.graph = graph
         self.device = next(model.parameters()).device
@@ -109,9 +134,9 @@ class StaticDecoder(object):
             raise ValueError("a %d-token prompt does not fit a %d-position static cache"
                              % (length, self.max_len))
         self.cache.reset()  # zeroes in place: a captured graph keeps its addresses
-        with torch.no_grad():
-            out = self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True,
-                             cache_position=torch.arange(length, device=prompt.device))
+        out = prefill_forward(self.model, self.experts, input_ids=prompt,
+                              past_key_values=self.cache, use_cache=True,
+                              cache_position=torch.arange(length, device=prompt.device))
         self.pos.fill_(length)
         return greedy(out.logits)
 

@@ -441,6 +441,16 @@ class TorchSettings(ConfigModel):
             "run falls back to transformers' default, with the reason recorded."
         ),
     )
+    prefill_experts: ExpertsImplementation | None = Field(
+        default=None,
+        description=(
+            "The experts implementation the prefill runs with, when it should differ from "
+            "`experts` (which then holds for the decode): transformers' own `generate` "
+            "prefills with `grouped_mm` and decodes with `batched_mm` on GPUs, since "
+            "`batched_mm` gathers every routed expert's weights per token (a 2048-token "
+            "OLMoE-1B-7B prefill would need about 340 GB). Default: the same as `experts`."
+        ),
+    )
     decode: Annotated[list[DecodeMode], BeforeValidator(as_list)] = Field(
         default_factory=lambda: list(DEFAULT_DECODE),
         min_length=1,
@@ -578,7 +588,8 @@ class Sweep(FileModel):
     torch: TorchSettings | None = Field(
         default=None,
         description=(
-            "Settings of `backend: torch` (only with it): `{device, dtype, experts, decode}`; "
+            "Settings of `backend: torch` (only with it): `{device, dtype, experts, "
+            "prefill_experts, decode}`; "
             "left out, the defaults (cpu, float32, grouped_mm, eager)."
         ),
     )
