@@ -198,8 +198,6 @@ def _decode_rate(decoder: Any, prompt: Any, steps: int, device: str,
 def profile_model(backend: Backend, model_path: str, params: JobParams,
                   emit: Emit) -> Dict[str, object]:
     """The hooks pass over one MoE model (see the module docstring); raises BackendError."""
-    from agents.backends.torch_decode import EagerDecoder
-
     eager = copy.copy(params)
     eager.torch_options = dict(params.torch_options or {}, decode="eager")
     session: Any = backend.open(model_path, eager, emit)
@@ -210,7 +208,9 @@ def profile_model(backend: Backend, model_path: str, params: JobParams,
                                           "experts): no routing to measure" % model_path)
         device = session.options.device
         steps = max(1, params.gen_tokens)
-        decoder = EagerDecoder(session.model)
+        # The session's own eager loop: its prefill runs the job's prefill_experts
+        # (batched_mm's 2048-token prefill would ask for ~128 GiB at once).
+        decoder = session.decoder
         # Warm-up at full length: the first eager decode of a shape is slow (kernel
         # choice, the allocator growing; OLMoE-1B-7B on an H200 ran its first one at
         # a third of the rate), and it would pass for the hooks' cost.
@@ -232,6 +232,8 @@ def profile_model(backend: Backend, model_path: str, params: JobParams,
                                   "dtype": session.options.dtype,
                                   "experts": facts.get("experts") if isinstance(facts, dict)
                                   else None,
+                                  "prefill_experts": facts.get("prefill_experts")
+                                  if isinstance(facts, dict) else None,
                                   "decode": "eager (hooks run only in a Python forward)",
                                   "profiled_decode_tps": profiled,
                                   "reference_decode_tps": reference}
