@@ -33,6 +33,11 @@ do not depend on how the benchmark uses its threads. Clock and throttle
 changes come from the job's telemetry (``agents/telemetry``): a repetition
 whose counted window saw a clock fall or a throttle flag is disturbed too
 (``add_telemetry_reason``, applied by the runner once telemetry has looked).
+An NVIDIA GPU held at its own power cap (NVML's SW power cap reason, alone)
+is not: a compute-bound prefill reaches the cap in every repetition (OLMo-7B's
+2048-token prefill on the H200 did), so it is the device under this load, not
+something that happened to one repetition; the repetition records it as
+``power_limited`` instead.
 
 The thresholds are fixed before any run and written into every repetition's
 record (``disturbance_rule``), so nothing is excluded by a rule chosen after
@@ -50,7 +55,8 @@ STEAL_MAX = 0.10
 #: than this (seconds × CPUs) cannot tell 10% from noise, so it is not judged.
 MIN_JUDGED_CPU_S = 0.5
 RULE = ("other load > %d%% of the CPUs, or hypervisor steal > %d%% (Linux /proc/stat), or "
-        "a clock drop or throttle flag during the counted window (telemetry)"
+        "a clock drop or a throttle flag during the counted window (telemetry; a GPU at its "
+        "own power cap alone is recorded as power_limited, not a disturbance)"
         % (OTHER_LOAD_MAX * 100, STEAL_MAX * 100))
 #: The reason a telemetry warning (a clock fell, a throttle flag) gives.
 CLOCK_REASON = "clock or throttle change"

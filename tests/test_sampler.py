@@ -288,13 +288,26 @@ def test_changes_report_clock_drops_and_throttle_flags_not_ramps():
     sampler = Sampler([source], interval=0.1)
     clocks = [345, 1980, 1980, 1400, 1950, 1980]
     for i, mhz in enumerate(clocks):
-        extra = {"gpu0_throttle": 0x4} if mhz == 1400 else {"gpu0_throttle": 0}
+        extra = {"gpu0_throttle": 0x4 | 0x20} if mhz == 1400 else {"gpu0_throttle": 0}
         sampler.add(Sample(t=float(i), clocks_mhz={"gpu": mhz}, total_w=1.0, extra=extra))
     assert sampler.changes(0.0, 2.0) == []  # 345 -> 1980: a ramp up, not a change
     notes = sampler.changes(0.0, 5.0)
     assert notes == ["clock gpu fell from 1980 to 1400 MHz",
-                     "fedpower gpu0_throttle: sw-power-cap"]
+                     "fedpower gpu0_throttle: sw-power-cap+sw-thermal"]
     assert sampler.changes(4.0, 5.0) == []
+    assert sampler.limits(0.0, 5.0) == []  # the cap came with heat: a change, not a limit
+
+
+def test_a_gpu_at_its_own_power_cap_alone_is_a_limit_not_a_change():
+    source = FedPower()
+    source.throttle_keys = ("gpu0_throttle",)
+    sampler = Sampler([source], interval=0.1)
+    for i, flag in enumerate([0, 0x4, 0x4, 0]):  # a compute-bound prefill at the cap
+        sampler.add(Sample(t=float(i), clocks_mhz={"gpu": 1980}, total_w=1.0,
+                           extra={"gpu0_throttle": flag}))
+    assert sampler.changes(0.0, 3.0) == []
+    assert sampler.limits(0.0, 3.0) == ["fedpower gpu0_throttle: sw-power-cap"]
+    assert sampler.limits(3.0, 3.0) == []
 
 
 def test_listener_sees_every_sample_and_its_errors_do_not_stop_sampling():
@@ -478,7 +491,8 @@ def test_nvml_source_with_energy_counter_and_instant_power():
     assert sample.clocks_mhz == {"gpu0_sm": 1980, "gpu0_mem": 3201}
     assert sample.gpu_util_pct == 97.0
     assert sample.extra["gpu0_throttle"] == 0x4  # GPU-idle (0x1) is not throttling
-    assert sampler.changes(t0, t1) == ["nvml gpu0_throttle: sw-power-cap"]
+    assert sampler.changes(t0, t1) == []  # the power cap alone: a limit, not a change
+    assert sampler.limits(t0, t1) == ["nvml gpu0_throttle: sw-power-cap"]
 
 
 def test_nvml_source_without_counter_integrates_average_power():

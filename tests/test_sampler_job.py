@@ -425,10 +425,19 @@ def test_clock_and_throttle_outside_the_windows_raise_no_warning():
         source.clock = 1980.0
         d2 = time.monotonic()
         _tick(telemetry, 0.03)
-        source.clock, source.flag = 1000.0, 0x4
+        source.clock, source.flag = 1000.0, 0x4 | 0x20  # power cap and heat
         _tick(telemetry, 0.03)
         d3 = time.monotonic()
         loud = telemetry.before("repetition", {"gen_tokens": 8, "decode_window_mono": [d2, d3]})
+        # The GPU at its own power cap alone, clocks steady: recorded, no warning.
+        source.clock, source.flag = 1980.0, 0
+        d4 = time.monotonic()
+        _tick(telemetry, 0.03)
+        source.flag = 0x4
+        _tick(telemetry, 0.03)
+        d5 = time.monotonic()
+        capped = telemetry.before("repetition", {"gen_tokens": 8,
+                                                 "decode_window_mono": [d4, d5]})
     finally:
         telemetry.stop()
     assert "warning" not in quiet
@@ -436,7 +445,10 @@ def test_clock_and_throttle_outside_the_windows_raise_no_warning():
     assert quiet["avg_power_w"] == pytest.approx(10.0)
     assert quiet["energy_process_j"] == pytest.approx(10.0 * (t_end - t_start))
     assert loud["warning"] == ("clock gpu0_sm fell from 1980 to 1000 MHz; "
-                               "clocked gpu0_throttle: sw-power-cap")
+                               "clocked gpu0_throttle: sw-power-cap+sw-thermal")
+    assert "power_limited" not in loud and "power_limited" not in quiet
+    assert "warning" not in capped
+    assert capped["power_limited"] == "clocked gpu0_throttle: sw-power-cap"
 
 
 # -- NVML: which memory call, and the job's own processes ---------------------------

@@ -428,7 +428,8 @@ class JobTelemetry(object):
 
         Clock drops and throttle flags outside the counted windows (model
         load, warm-ups, idle clocks between runs) do not disturb the
-        measurement, so they raise no warning.
+        measurement, so they raise no warning. A GPU at its own power cap
+        inside them is ``power_limited``, not a warning (``Sampler.limits``).
         """
         sampler = self.sampler
         assert sampler is not None
@@ -436,6 +437,7 @@ class JobTelemetry(object):
         memory: Dict[str, int] = {}
         hottest: Optional[Tuple[float, str]] = None
         changes: List[str] = []
+        limits: List[str] = []
         for window in windows:
             for key, value in sampler.peak_memory(*window).items():
                 memory[key] = max(value, memory.get(key, value))
@@ -445,6 +447,9 @@ class JobTelemetry(object):
             for note in sampler.changes(*window):
                 if note not in changes:
                     changes.append(note)
+            for note in sampler.limits(*window):
+                if note not in limits:
+                    limits.append(note)
         gpu = memory.get("gpu_mem_used_bytes")
         ram = memory.get("ram_used_bytes")
         if gpu is not None and self.gpu_layers != 0:
@@ -463,6 +468,8 @@ class JobTelemetry(object):
             out["max_temp_sensor"] = hottest[1]
         if changes:
             out["warning"] = "; ".join(changes)
+        if limits:  # the device at its own power limit: recorded, not a disturbance
+            out["power_limited"] = "; ".join(limits)
         return out
 
     # -- the result --------------------------------------------------------------------

@@ -528,10 +528,10 @@ class Sampler(object):
         value it had reached earlier in the window (a ramp up from idle at the
         start of a window is not a change that skews it; a drop under load
         is), and any throttle flag a source raised (NVML power/thermal throttle
-        reasons, powermetrics' thermal pressure other than Nominal).
+        reasons, powermetrics' thermal pressure other than Nominal) except a
+        GPU held at its own power limit alone (``limits``).
         """
-        samples = [s for s in self.window(t0, t1)
-                   if s.t is not None and t0 <= s.t <= t1]
+        samples = self._in(t0, t1)
         notes: List[str] = []
         highest: Dict[str, float] = {}
         lowest_after: Dict[str, Tuple[float, float]] = {}  # name -> (high, lowest below it)
@@ -549,12 +549,30 @@ class Sampler(object):
         for name in sorted(lowest_after):
             high, low = lowest_after[name]
             notes.append("clock %s fell from %g to %g MHz" % (name, high, low))
+        return notes + self._flags(samples, limit=False)
+
+    def limits(self, t0: float, t1: float) -> List[str]:
+        """Throttle flags over ``[t0, t1]`` that say only "at its own power limit".
+
+        An NVIDIA GPU running a compute-bound prefill at its power cap (NVML's
+        SW power cap reason, alone) is the device working as built under this
+        load, every repetition alike: recorded (``power_limited``), never a
+        disturbance. Heat, a hardware slowdown or a power brake stay changes.
+        """
+        return self._flags(self._in(t0, t1), limit=True)
+
+    def _in(self, t0: float, t1: float) -> List[Sample]:
+        return [s for s in self.window(t0, t1) if s.t is not None and t0 <= s.t <= t1]
+
+    def _flags(self, samples: List[Sample], limit: bool) -> List[str]:
+        """``"<source> <key>: <flags>"`` per throttle key, of power-limit flags or the others."""
+        notes: List[str] = []
         for source in self.sources:
             for key in source.throttle_keys:
                 flags: List[str] = []
                 for sample in samples:
                     flag = sample.extra.get(key)
-                    if flag in (None, 0, "Nominal", "nominal"):
+                    if flag in (None, 0, "Nominal", "nominal") or _power_cap_only(flag) != limit:
                         continue
                     text = _throttle_text(flag)
                     if text not in flags:
@@ -602,6 +620,13 @@ def _value_at(samples: List[Sample], key: str, t: float) -> float:
         return float(points[right][1])
     (ta, va), (tb, vb) = points[right - 1], points[right]
     return float(va) + (float(vb) - float(va)) * (t - ta) / (tb - ta)
+
+
+def _power_cap_only(value: object) -> bool:
+    """An NVML throttle mask holding the SW power cap reason and nothing else."""
+    from agents.telemetry.sources.nvml import NVML_POWER_CAP
+
+    return isinstance(value, int) and not isinstance(value, bool) and value == NVML_POWER_CAP
 
 
 def _throttle_text(value: object) -> str:

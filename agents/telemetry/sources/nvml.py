@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from agents.telemetry.sample import Sample
 from agents.telemetry.sources.base import Source
 
-__all__ = ["NVML_THROTTLE_MASK", "NVML_THROTTLE_NAMES", "NvmlSource"]
+__all__ = ["NVML_POWER_CAP", "NVML_THROTTLE_MASK", "NVML_THROTTLE_NAMES", "NvmlSource"]
 
 _MIB = 1048576.0
 
@@ -21,6 +21,8 @@ _MIB = 1048576.0
 #: HW power brake 0x80. (Idle 0x1, application clocks 0x2, sync boost 0x10 and
 #: display clock 0x100 are not throttling.)
 NVML_THROTTLE_MASK = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+#: The SW power cap reason: the GPU holds its clocks to its power limit.
+NVML_POWER_CAP = 0x4
 NVML_THROTTLE_NAMES = ((0x4, "sw-power-cap"), (0x8, "hw-slowdown"), (0x20, "sw-thermal"),
                        (0x40, "hw-thermal"), (0x80, "hw-power-brake"))
 _NVML_FI_DEV_POWER_INSTANT = 186  # NVML_FI_DEV_POWER_INSTANT (driver 530+), mW
