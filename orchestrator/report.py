@@ -133,6 +133,9 @@ class ModelStats:
     routing: dict[str, Any] | None = None
     #: ``memory_summary``: weights, KV cache and runtime against the peak and the device.
     memory: dict[str, Any] | None = None
+    #: Counted repetitions that ran with the GPU at its own power cap (``power_limited``:
+    #: recorded by the agent's telemetry, not a disturbance).
+    power_limited: int = 0
 
 
 @dataclass
@@ -432,7 +435,8 @@ def _prefill_summary(chip: Any, measured: tuple[float, str] | None, config: Mapp
 
     Bandwidth: the vendor's where known, else the measured copy rate. The
     compute roof only where the layers ran on a GPU whose peak is known (the
-    CPUs have no entry). Tokens: the prompt up to the micro-batch (n_ubatch).
+    CPUs have no entry). Tokens: the prompt up to the micro-batch (n_ubatch), the
+    whole prompt for backend torch (one forward).
     """
     if chip is not None:
         bandwidth, which = chip.bandwidth_gbps * GB, "vendor peak"
@@ -446,9 +450,12 @@ def _prefill_summary(chip: Any, measured: tuple[float, str] | None, config: Mapp
                            else None, "compute_source": chip.compute_source if compute else None,
                            "ridge": compute / bandwidth if compute else None, "models": {}}
     for side in sides:
+        # llama.cpp prefills in micro-batches (512 tokens unless the provenance says);
+        # backend torch runs the whole prompt in one forward.
+        whole = (side.provenance or {}).get("backend") == "torch"
         ubatch = (side.provenance or {}).get("n_ubatch")
-        tokens = min(config["prompt_tokens"], ubatch if isinstance(ubatch, int) and ubatch > 0
-                     else 512)
+        tokens = config["prompt_tokens"] if whole else min(
+            config["prompt_tokens"], ubatch if isinstance(ubatch, int) and ubatch > 0 else 512)
         if not side.params_active or side.weight_bytes_per_token is None:
             out["models"][side.model_id] = {
                 "reason": "not measured" if side.prefill_tps_median is None and
@@ -814,7 +821,8 @@ def build_report(store: Store, sweep_id: str) -> dict[str, Any]:
                 result.get("expert_count"), int) else None,
             expert_used_count=result.get("expert_used_count") if isinstance(
                 result.get("expert_used_count"), int) else None,
-            routing=routing_summary(result.get("routing")))
+            routing=routing_summary(result.get("routing")),
+            power_limited=sum(1 for b in bodies if b.get("power_limited")))
         stats_.memory = memory_summary(stats_, facts.get(device),
                                        config_dict(config, torch_device),
                                        peak("peak_mem_bytes", "system"), peak_gpu)
@@ -935,9 +943,18 @@ def provenance_row(s: dict[str, Any]) -> tuple[str, ...]:
 
 
 def provenance_line(s: dict[str, Any]) -> str:
-    """One model's provenance on one line, for Markdown."""
+    """One model's provenance on one line, for Markdown.
+
+    A torch result names its own settings and leaves out llama.cpp's, which
+    it does not have (``provenance_notes`` says so once).
+    """
+    row = provenance_row(s)
+    p = s.get("provenance") or {}
+    if p.get("backend") == "torch":
+        return (f"{s['model_id']}: backend {row[0]}; threads {p.get('threads', '?')}; "
+                f"KV {p.get('type_k') or '?'}/{p.get('type_v') or '?'}")
     return f"{s['model_id']}: " + "; ".join(
-        f"{h} {c}" for h, c in zip(PROVENANCE_HEADERS, provenance_row(s), strict=True))
+        f"{h} {c}" for h, c in zip(PROVENANCE_HEADERS, row, strict=True))
 
 
 def comparison_title(c: dict[str, Any]) -> str:
@@ -1021,6 +1038,10 @@ def ratio_lines(c: dict[str, Any]) -> list[str]:
         warning = (side.get("decode") or {}).get("cv_warning")
         if warning:
             lines.append(f"{side['model_id']} decode: {warning}")
+        if side.get("power_limited"):
+            lines.append(f"{side['model_id']}: the GPU at its own power cap in "
+                         f"{side['power_limited']} of {side['n']} counted repetitions "
+                         "(recorded, not a disturbance)")
     return lines
 
 

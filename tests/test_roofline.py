@@ -131,3 +131,36 @@ def test_prefill_reads_the_experts_a_batch_touches() -> None:
     assert prefill_bytes(w, e, 64, 8, 128) == pytest.approx(217_867_392 + 3_623_878_656,
                                                             rel=1e-7)
     assert prefill_bytes(695_377_920, 0, 0, 0, 512) == 695_377_920
+
+
+def test_the_prefill_roofline_counts_the_whole_prompt_for_torch_and_a_micro_batch_else(
+) -> None:
+    # llama.cpp prefills a 2048-token prompt in 512-token micro-batches (each
+    # reads the weights); backend torch runs it in one forward.
+    from orchestrator.report import ModelStats, _prefill_summary
+    from orchestrator.roofline import chip_for, prefill_bytes, prefill_roofline
+
+    def side(backend: str, ubatch: int | None) -> ModelStats:
+        return ModelStats(model_id=backend, arch="dense", n=1, decode_tps_median=1.0,
+                          decode=None, prefill_tps_median=10_000.0, ttft_s_median=None,
+                          peak_rss_bytes=None, model_size_bytes=None,
+                          params_total=1_235_814_400, params_active=1_235_814_400,
+                          decode_tps=[1.0], job_state="done",
+                          provenance={"backend": backend, "n_ubatch": ubatch},
+                          weight_bytes_per_token=2_471_628_800.0)
+
+    chip = chip_for("NVIDIA H200")
+    config = {"prompt_tokens": 2048, "gen_tokens": 128, "gpu_layers": 99}
+    out = _prefill_summary(chip, None, config, [side("torch", None), side("llama-bench", 512),
+                                                side("xllamacpp", 256)])
+    for name, tokens in (("torch", 2048), ("llama-bench", 512), ("xllamacpp", 256)):
+        expected = prefill_roofline(1_235_814_400, prefill_bytes(2_471_628_800.0, 0.0, 0, 0,
+                                                                 tokens),
+                                    tokens, 4800e9, 989e12, 10_000.0)
+        got = out["models"][name]
+        assert got["tokens"] == tokens
+        assert got["bound_tps"] == pytest.approx(expected.bound_tps)
+    # By hand: 2048 tokens x 2 FLOP x 1.2358e9 params over 2.4716e9 bytes = 2048 FLOP/B,
+    # past the ridge (989e12 / 4.8e12 = 206): compute-bound at 989e12 / 2.4716e9 per token.
+    assert out["models"]["torch"]["intensity"] == pytest.approx(2048.0, rel=1e-6)
+    assert out["models"]["torch"]["bound_tps"] == pytest.approx(989e12 / (2 * 1_235_814_400))

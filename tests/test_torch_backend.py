@@ -112,6 +112,10 @@ def test_torch_sweep_on_cpu_runs_every_variant_and_reports(tmp_path: Path) -> No
     assert len(titles) == 4
     md = render_markdown(report)
     assert "torch forward hooks" in md and "· torch cpu float32 · experts batched_mm" in md
+    # Provenance names torch's settings and none of llama.cpp's (said once, as unknown).
+    assert "- tiny-moe: backend torch " in md and "; threads 1; KV f32/f32" in md
+    assert "llama.cpp build" not in md
+    assert "unknown: not a llama.cpp setting (torch backend)" in md
     # The CSV export tells the MoE's experts implementations apart.
     from orchestrator.report_export import repetition_rows
 
