@@ -49,7 +49,7 @@ finished() {  # finished JOBDIR: its events log ends in a result
 stage() {  # stage NAME: ./h200-jobs-NAME under $WORK, keeping what ran there
   local src=h200-jobs-$1 k
   mkdir -p "$WORK/$src"
-  cp -n "$src"/*.txt "$WORK/$src/"
+  for f in "$src"/*.txt; do [ -e "$WORK/$f" ] || cp "$f" "$WORK/$f"; done
   for k in $(cat "$src/order.txt"); do
     if [ ! -d "$WORK/$src/$k" ] || { ! finished "$WORK/$src/$k" && finished "$src/$k"; }; then
       rm -rf "${WORK:?}/$src/$k"; cp -r "$src/$k" "$WORK/$src/"

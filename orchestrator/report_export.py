@@ -63,28 +63,30 @@ def _flatten(value: Any, name: str, out: dict[str, Any]) -> None:
         out[name] = value
 
 
-def _model_result(result_json: str | None, model_id: str) -> dict[str, Any]:
-    """The stored job result's part about ``model_id`` ({} when there is none)."""
+def _model_columns(result_json: str | None, model_id: str) -> dict[str, Any]:
+    """The ``prov_*`` and ``torch_*`` columns of ``model_id`` from a stored job result.
+
+    Every repetition of a job shares them, so ``repetition_rows`` reads each
+    job's result once per model.
+    """
     try:
         result = json.loads(result_json) if result_json else {}
     except ValueError:
-        return {}
-    return model_result(result, model_id) if isinstance(result, dict) else {}
+        result = {}
+    part = model_result(result, model_id) if isinstance(result, dict) else {}
+    flat: dict[str, Any] = {}
+    provenance = part.get("provenance")
+    _flatten(provenance if isinstance(provenance, dict) else {}, "prov", flat)
+    flat.update(_torch_experts(part.get("torch")))
+    return flat
 
 
-def _provenance(result_json: str | None, model_id: str) -> dict[str, Any]:
-    """The job result's provenance of ``model_id``."""
-    provenance = _model_result(result_json, model_id).get("provenance")
-    return provenance if isinstance(provenance, dict) else {}
-
-
-def _torch_experts(result_json: str | None, model_id: str) -> dict[str, Any]:
+def _torch_experts(facts: Any) -> dict[str, Any]:
     """Backend torch: the MoE experts implementation in force, and why not the one asked.
 
     Not a provenance key (a MoE and its dense baseline differ in it by
     nature), yet it tells torch rows of one model apart.
     """
-    facts = _model_result(result_json, model_id).get("torch")
     if not isinstance(facts, dict) or not facts.get("experts"):
         return {}
     return {"torch_experts": facts.get("experts"),
@@ -96,6 +98,7 @@ def repetition_rows(store: Store, sweep_id: str) -> tuple[list[str], list[dict[s
     """The column names and one dict per counted repetition of ``sweep_id``, in job order."""
     rows: list[dict[str, Any]] = []
     provenance_keys: dict[str, None] = {}
+    columns: dict[tuple[str, str], dict[str, Any]] = {}  # (job, model) -> its result's columns
     for rep in store.counted_repetitions(sweep_id):
         spec = json.loads(rep["spec_json"])
         body = json.loads(rep["body"]) if rep["body"] else {}
@@ -108,9 +111,10 @@ def repetition_rows(store: Store, sweep_id: str) -> tuple[list[str], list[dict[s
             **{k: rep[k] for k in ("prefill_s", "decode_s", "prefill_tps", "decode_tps",
                                    "ttft_s", "peak_rss_bytes", "disturbed")},
             **{k: body.get(k) for k in BODY_COLUMNS}}
-        flat: dict[str, Any] = {}
-        _flatten(_provenance(rep["result_json"], rep["model_id"]), "prov", flat)
-        flat.update(_torch_experts(rep["result_json"], rep["model_id"]))
+        key = (rep["job_key"], rep["model_id"])
+        if key not in columns:
+            columns[key] = _model_columns(rep["result_json"], rep["model_id"])
+        flat = columns[key]
         provenance_keys.update(dict.fromkeys(flat))
         rows.append(row | flat)
     known = [f"{PROVENANCE_PREFIX}{k}" for k in PROVENANCE_ORDER]
