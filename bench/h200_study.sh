@@ -20,8 +20,9 @@
 # builds), NAME[:LIST] (every job of ./h200-jobs-NAME in order.txt's order,
 # or those of LIST.txt there: the study runs the llama.cpp jobs it needs most
 # first and the rest last),
-# decode (bench/torch_decode.py's OLMoE row once more), pack (the job dirs and
-# the log into $OUT), wait (until a background run has ended). Jobs run in a
+# decode[:LABEL] (bench/torch_decode.py with the arguments in $DECODE_ARGS_LABEL;
+# plain decode: the OLMoE row once more), pack (the job dirs, the decode
+# rows and the log into $OUT), wait (until the background run has ended). Jobs run in a
 # copy under /tmp/h200-study, so the tree the device tool re-sends each call
 # never overwrites a finished job; a job finished before is not run again.
 # STUDY_DEADLINE_S (default 540) bounds the run: a job is started only with
@@ -76,6 +77,7 @@ synth() {  # the GGUFs the llama.cpp jobs use, where the agent looks (models_dir
   done | xargs -P 4 -L 1 sh -c 'python3 -c "from agents.models.synth import cached_model; print(cached_model(\"'$MODELS'\", \"$0\", \"$1\", 0))"'
 }
 
+case " $STEPS " in *" wait "*|*" pack "*) ;; *) echo $$ > "$WORK/run.pid" ;; esac
 for step in $STEPS; do
   echo "== $step $(date -u +%T) (${SECONDS}s)"
   case $step in
@@ -89,19 +91,23 @@ for step in $STEPS; do
     echo "built in $((SECONDS - t0)) s"; $BUILD/bin/llama-bench --version 2>&1 | tail -1
     wait; echo "GGUFs ready at ${SECONDS}s"; ls -la $MODELS/synth
     ;;
-  decode)
+  decode|decode:*)  # bench/torch_decode.py with $DECODE_ARGS_<LABEL> (plain: the OLMoE row)
+    label=default; [ "$step" != decode ] && label=${step#decode:}
+    var=DECODE_ARGS_$label
+    args=${!var:---models olmoe-1b-7b --modes compiled --experts batched_mm --repeats 3}
     left=$((END - SECONDS))
     if [ $left -gt 150 ]; then
-      timeout $left python3 bench/torch_decode.py --models olmoe-1b-7b --modes compiled \
-        --experts batched_mm --repeats 3 --json "$WORK/torch-decode-olmoe.json" \
-        > "$WORK/torch-decode.log" 2>&1
-      echo "torch_decode rc=$?"
+      # shellcheck disable=SC2086  # the arguments are words
+      timeout $left python3 bench/torch_decode.py $args --json "$WORK/torch-decode-$label.json" \
+        > "$WORK/torch-decode-$label.log" 2>&1
+      echo "torch_decode $label rc=$? at ${SECONDS}s"
     else
-      echo "decode: not run, ${left}s left"
+      echo "decode $label: not run, ${left}s left"
     fi
     ;;
-  wait)
-    while pgrep -f "h200_study.sh prepare" > /dev/null; do sleep 5; done ;;
+  wait)  # until the background run (its pid in $WORK/run.pid) has ended
+    while [ -s "$WORK/run.pid" ] && kill -0 "$(cat "$WORK/run.pid")" 2> /dev/null; do
+      sleep 5; done ;;
   pack)
     cp /tmp/study.log "$WORK/" 2>/dev/null
     (cd "$WORK" && tar czf "$OUT/study.tgz" --exclude='*.gguf' .)

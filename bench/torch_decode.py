@@ -17,26 +17,36 @@ shapes with random weights, bf16, batch 1) and each mode:
   (there with torch.compile's ``default`` mode).
 
 MoE models run with each experts implementation transformers offers
-(``eager``, ``grouped_mm``, ``batched_mm``). Each cell is the median of
-``--repeats`` timed decodes of ``--gen`` tokens after a ``--prompt``-token
-prefill, timed with CUDA events. The roofline is bytes read per decode token
+(``eager``, ``grouped_mm``, ``batched_mm``) and edgefarm's ``gemv``
+(``agents/backends/torch_experts.py``: a one-token step reads each routed
+expert in place, the gather fused into the GEMV by inductor). Each cell is
+the median of ``--repeats`` timed decodes of ``--gen`` tokens after a
+``--prompt``-token prefill, timed with CUDA events; a compiled cell is
+compiled ``--compiles`` times afresh, since autotuning picks kernels
+differently from one compile to the next. The roofline is bytes read per decode token
 (every weight a token touches: all of a dense model's, the routed experts'
 share of a MoE's, plus the KV cache) over the device-to-device copy
 bandwidth measured in the same run (bytes read + written per second).
 
     python3 bench/torch_decode.py                       # on the GPU machine
     python3 bench/torch_decode.py --models olmo-1b --modes graph --gen 64
+    python3 bench/torch_decode.py --models olmoe-1b-7b --modes compiled \
+        --experts gemv --compiles 3
 
-Targets (issue 14): graph mode at least 0.5 of the roofline for OLMo-1B and
-0.3 for OLMoE-1B-7B; the ratio graph / eager is printed beside them.
+Targets (issue 14): the compiled loop at least 0.5 of the roofline for
+OLMo-1B and 0.3 for OLMoE-1B-7B, judged on the slowest build of the best
+cell; the ratio to the eager loop is printed beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -115,42 +125,110 @@ def graph_decoder(model: Any, prompt: torch.Tensor, max_len: int,
     return decoder.step, first
 
 
-def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespace,
-             ceiling: float) -> dict[str, Any]:
+def apply_inductor(settings: list[str]) -> dict[str, Any]:
+    """Set ``torch._inductor.config`` entries from ``NAME=VALUE`` strings (values as Python)."""
+    import ast
+
+    import torch._inductor.config as inductor
+
+    applied = {}
+    for item in settings:
+        name, _, text = item.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        target = inductor
+        *path, leaf = name.split(".")
+        for part in path:
+            target = getattr(target, part)
+        if not hasattr(target, leaf):
+            raise SystemExit(f"--inductor {item}: torch._inductor.config has no {name}")
+        setattr(target, leaf, value)
+        applied[name] = value
+    return applied
+
+
+def measure_build(preset: str, mode: str, experts: str | None,
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """One build of a cell, in this process: the model, its loop, ``--repeats`` decodes."""
     model, used, why = build_model(preset, "cuda", "bfloat16", experts)
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), device="cuda")
-    row: dict[str, Any] = {"model": preset, "mode": mode, "experts": used or experts,
-                           "experts_note": why}
+    out: dict[str, Any] = {"experts": used or experts, "experts_note": why,
+                           "bytes_per_token": bytes_per_token(model, args.prompt + args.gen // 2)}
     try:
-        rates = []
         compiled = None
         if mode == "compiled":
+            out["inductor"] = apply_inductor(args.inductor)
             started = time.monotonic()
             compiled = torch.compile(model, mode=args.compile_mode, dynamic=False)
-            row["compile_note"] = f"torch.compile mode {args.compile_mode}, then one CUDA graph"
-        for _ in range(args.repeats):
+        rates = []
+        for repeat in range(args.repeats):
             if mode == "eager":
                 step, first = eager_decoder(model, prompt)
             else:
-                step, first = graph_decoder(model, prompt, args.prompt + args.gen + 8,
-                                            compiled)
-                if compiled is not None and "compile_s" not in row:
-                    row["compile_s"] = round(time.monotonic() - started, 1)
+                step, first = graph_decoder(model, prompt, args.prompt + args.gen + 8, compiled)
+                if compiled is not None and repeat == 0:
+                    out["compile_s"] = round(time.monotonic() - started, 1)
             time_decode(step, first, 4)  # warm the path (and a freshly captured graph)
             if mode == "eager":
                 step, first = eager_decoder(model, prompt)
-            seconds = time_decode(step, first, args.gen)
-            rates.append(args.gen / seconds)
-        tps = statistics.median(rates)
-        need = bytes_per_token(model, args.prompt + args.gen // 2)
-        roof = ceiling / need
-        row.update(tokens_per_s=round(tps, 1), roofline_tps=round(roof, 1),
-                   fraction=round(tps / roof, 3), bytes_per_token=need,
-                   rates=[round(r, 1) for r in rates])
+            rates.append(args.gen / time_decode(step, first, args.gen))
+        out["rates"] = [round(r, 1) for r in rates]
     except Exception as exc:  # one cell's failure (e.g. a step that cannot be captured)
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-    del model
-    torch.cuda.empty_cache()
+        out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    return out
+
+
+def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespace,
+             ceiling: float) -> dict[str, Any]:
+    """One model x loop x experts cell: each build in a fresh process, with a fresh compile cache.
+
+    A compiled cell is built ``--compiles`` times: max-autotune picks kernels
+    by timing them once, so one compile's speed is not the next one's. Each
+    build is its own process with its own inductor cache directory, so no
+    build inherits another's kernel choices (an OLMo-1B compiled after
+    OLMoE-1B-7B in one process ran at 540 tok/s, alone at 861).
+    ``fraction`` is the median build's, ``fraction_worst`` the slowest
+    build's, which the targets are judged on.
+    """
+    row: dict[str, Any] = {"model": preset, "mode": mode, "experts": experts}
+    if mode == "compiled":
+        row["compile_note"] = f"torch.compile mode {args.compile_mode}, then one CUDA graph"
+    builds: list[dict[str, Any]] = []
+    for _ in range(args.compiles if mode == "compiled" else 1):
+        with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+            cmd = [sys.executable, __file__, "--build", preset, mode, str(experts),
+                   "--prompt", str(args.prompt), "--gen", str(args.gen),
+                   "--repeats", str(args.repeats), "--compile-mode", args.compile_mode,
+                   *[f"--inductor={item}" for item in args.inductor]]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+        if done.returncode != 0 or not lines:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            builds.append({"error": f"build exited {done.returncode}: {tail[:300]}"})
+        else:
+            builds.append(json.loads(lines[-1]))
+    good = [b for b in builds if "rates" in b]
+    if not good:
+        row["error"] = builds[0].get("error", "no build ran")
+        return row
+    first = good[0]
+    row.update(experts=first["experts"], experts_note=first["experts_note"])
+    if "inductor" in first and first["inductor"]:
+        row["inductor"] = first["inductor"]
+    if any("compile_s" in b for b in good):
+        row["compile_s"] = [b.get("compile_s") for b in good]
+    per_build = [statistics.median(b["rates"]) for b in good]
+    roof = ceiling / first["bytes_per_token"]
+    tps = statistics.median(per_build)
+    row.update(tokens_per_s=round(tps, 1), roofline_tps=round(roof, 1),
+               fraction=round(tps / roof, 3), fraction_worst=round(min(per_build) / roof, 3),
+               bytes_per_token=first["bytes_per_token"], rates=[b["rates"] for b in good])
+    failed = [b["error"] for b in builds if "rates" not in b]
+    if failed:
+        row["failed_builds"] = failed
     return row
 
 
@@ -161,14 +239,25 @@ def main() -> int:
     ap.add_argument("--experts", nargs="+", default=list(EXPERTS_IMPLEMENTATIONS))
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed decodes per build")
+    ap.add_argument("--compiles", type=int, default=1,
+                    help="separate compiles of each compiled cell (the targets take the worst)")
     ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
                     help="torch.compile mode of the compiled cells (CUDA graphs are ours)")
+    ap.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
+                    help="a torch._inductor.config setting for the compiled cells (repeatable)")
+    ap.add_argument("--build", nargs=3, metavar=("PRESET", "MODE", "EXPERTS"),
+                    help=argparse.SUPPRESS)  # one build, run by the parent in its own process
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this bench measures a GPU", file=sys.stderr)
         return 2
+    if args.build:
+        preset, mode, experts = args.build
+        print(json.dumps(measure_build(preset, mode, None if experts == "None" else experts,
+                                       args)), flush=True)
+        return 0
     import transformers
 
     ceiling = copy_bandwidth()
@@ -185,27 +274,31 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
-    print(f"{'model':<14}{'mode':<7}{'experts':<12}{'tok/s':>9}{'roofline':>10}{'fraction':>10}")
+    print(f"{'model':<14}{'mode':<9}{'experts':<12}{'tok/s':>9}{'roofline':>10}"
+          f"{'fraction':>10}{'worst':>8}")
     for r in rows:
         if "error" in r:
-            print(f"{r['model']:<14}{r['mode']:<7}{str(r['experts'] or '-'):<12}  "
+            print(f"{r['model']:<14}{r['mode']:<9}{str(r['experts'] or '-'):<12}  "
                   f"{r['error']}")
         else:
-            print(f"{r['model']:<14}{r['mode']:<7}{str(r['experts'] or '-'):<12}"
-                  f"{r['tokens_per_s']:>9.1f}{r['roofline_tps']:>10.1f}{r['fraction']:>10.3f}")
+            print(f"{r['model']:<14}{r['mode']:<9}{str(r['experts'] or '-'):<12}"
+                  f"{r['tokens_per_s']:>9.1f}{r['roofline_tps']:>10.1f}{r['fraction']:>10.3f}"
+                  f"{r['fraction_worst']:>8.3f}")
     for preset, target in (("olmo-1b", 0.5), ("olmoe-1b-7b", 0.3)):
         graph = [r for r in rows if r["model"] == preset and r["mode"] != "eager" and
                  "fraction" in r]
         eager = [r for r in rows if r["model"] == preset and r["mode"] == "eager" and
                  "fraction" in r]
         if graph:
-            best = max(graph, key=lambda r: r["fraction"])
-            ratio = (best["tokens_per_s"] / max(r["tokens_per_s"] for r in eager)
-                     if eager else float("nan"))  # against the best eager row
-            print(f"{preset}: best {best['mode']} mode {best['fraction']:.2f} of the roofline "
-                  f"(experts {best['experts'] or '-'}), target {target}: "
-                  f"{'met' if best['fraction'] >= target else 'NOT met'}; "
-                  f"{best['mode']} / eager {ratio:.2f}x")
+            best = max(graph, key=lambda r: r["fraction_worst"])
+            ratio = (f"{best['tokens_per_s'] / max(r['tokens_per_s'] for r in eager):.2f}x"
+                     if eager else "not measured (no eager row)")  # the best eager row
+            builds = len(best["rates"])
+            print(f"{preset}: best {best['mode']} mode {best['fraction_worst']:.2f} of the "
+                  f"roofline in the slowest of {builds} build(s) (experts "
+                  f"{best['experts'] or '-'}), target {target}: "
+                  f"{'met' if best['fraction_worst'] >= target else 'NOT met'}; "
+                  f"{best['mode']} / eager {ratio}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

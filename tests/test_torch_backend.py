@@ -10,6 +10,8 @@ allocator's peak) is exercised by ``bench/torch_decode.py`` on a GPU.
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ import pytest
 import torch
 from agent_fixtures import load_events, write_job
 from helpers import edgefarm, write_inventory, write_sweep
+from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm_experts_forward
 
 from agents.backends import get_backend
 from agents.backends.base import JobParams
 from agents.backends.torch_backend import COMPILED_ON_HOST, RAN_EAGER, RAN_STATIC, moe_blocks
+from agents.backends.torch_experts import gemv_experts_forward
 from agents.backends.torch_models import EXPERTS_IMPLEMENTATIONS, build_model
 from agents.backends.torch_routing import METHOD, HookTimer, summarize
 from agents.runner import run_job
@@ -280,6 +284,70 @@ def test_an_experts_implementation_the_cpu_cannot_run_falls_back_with_its_reason
     assert facts["experts_fallback"].startswith("sonicmoe could not run on cpu (")
     assert facts["experts_fallback"].endswith("fell back to grouped_mm")
     assert backend.cpu_in_process and not backend.isolate_models
+
+
+# -- gemv: a one-token step reads each routed expert in place -----------------------------------
+
+
+def _experts_module(model: Any) -> Any:
+    return moe_blocks(model)[0][3]
+
+
+def test_gemv_gives_batched_mms_answer_for_a_step_and_grouped_mms_for_a_prompt() -> None:
+    model, used, why = build_model("tiny-moe", "cpu", "float32", "gemv")
+    assert (used, why) == ("gemv", None)
+    experts = _experts_module(model)
+    torch.manual_seed(1)
+    k = model.config.num_experts_per_tok
+    for tokens, reference in ((1, batched_mm_experts_forward), (5, grouped_mm_experts_forward)):
+        hidden = torch.randn(tokens, model.config.hidden_size)
+        ids = torch.stack([torch.randperm(model.config.num_experts)[:k] for _ in range(tokens)])
+        weights = torch.rand(tokens, k)
+        ours = gemv_experts_forward(experts, hidden, ids, weights)
+        theirs = reference(experts, hidden, ids, weights)
+        assert ours.shape == (tokens, model.config.hidden_size)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    # A routed expert that is not the first: swapping two ids changes the answer.
+    hidden = torch.randn(1, model.config.hidden_size)
+    ids, weights = torch.tensor([[0, 1]]), torch.tensor([[0.9, 0.1]])
+    assert not torch.allclose(gemv_experts_forward(experts, hidden, ids, weights),
+                              gemv_experts_forward(experts, hidden, ids.flip(1), weights))
+
+
+def test_gemv_under_torch_compile_never_materialises_the_gathered_experts() -> None:
+    # The reason gemv exists: compiled, the gather is an indirect load inside
+    # the reduction, so no buffer holds the routed experts' weights (batched_mm's
+    # k x 2I x H copy). Every buffer inductor allocates is read from its code.
+    from torch._inductor.utils import run_and_get_code
+
+    model, _, _ = build_model("tiny-moe", "cpu", "float32", "gemv")
+    experts = _experts_module(model)
+    k, hidden_size = model.config.num_experts_per_tok, model.config.hidden_size
+    gathered = k * experts.gate_up_proj.shape[1] * hidden_size
+    hidden = torch.randn(1, hidden_size)
+    ids, weights = torch.tensor([[3, 5]]), torch.tensor([[0.25, 0.75]])
+    compiled = torch.compile(lambda h, i, w: gemv_experts_forward(experts, h, i, w))
+    with torch.no_grad():
+        out, codes = run_and_get_code(compiled, hidden, ids, weights)
+        torch.testing.assert_close(out, batched_mm_experts_forward(experts, hidden, ids, weights),
+                                   rtol=1e-5, atol=1e-6)
+    shapes = [tuple(int(n) for n in m.split(",") if n.strip())
+              for code in codes for m in re.findall(r"empty_strided_cpu\(\(([\d, ]*)\)", code)]
+    assert shapes, codes  # the parse found the buffers
+    assert max(math.prod(s) for s in shapes) < gathered / 4, shapes
+
+
+def test_a_gemv_job_runs_and_records_it() -> None:
+    params = JobParams(8, 4, 1, 0, 1, 0, torch_options={"device": "cpu", "experts": "gemv"})
+    backend = get_backend("torch", torch_device="cpu")
+    session = backend.open("preset:tiny-moe:0", params, lambda kind, fields: fields)
+    try:
+        rep = session.repetition(0, False, lambda kind, fields: fields)
+        facts = session.info()["torch"]
+    finally:
+        session.close()
+    assert rep["decode_tps"] > 0
+    assert (facts["experts"], facts["experts_fallback"]) == ("gemv", None)
 
 
 # -- prefill_experts: one implementation for the prefill, another for the decode ---------------

@@ -14,9 +14,10 @@ local_files_only=True)``. Both run in the job's dtype on the job's device.
 The job's ``params["torch"]`` (``JobParams.torch_options``) chooses:
 
 * ``experts``: the MoE experts implementation (``eager``, ``grouped_mm``,
-  ``batched_mm``). It is set, then tried on a two-token forward; one that
-  cannot run here (a kernel the device lacks, say on MPS) falls back to
-  transformers' default, and the result records both and why
+  ``batched_mm``, or edgefarm's ``gemv``, ``torch_experts.py``). It is set,
+  then tried on a two-token and a one-token forward; one that cannot run
+  here (a kernel the device lacks, say on MPS) falls back to transformers'
+  default, and the result records both and why
   (``experts_asked``, ``experts``, ``experts_fallback``). Dense models have
   none (``experts`` None).
 * ``prefill_experts``: another implementation for the prefill alone, tried
@@ -553,21 +554,25 @@ class TorchBackend(Backend):
         """The experts implementation in force, and why it is not the one asked for.
 
         Setting an implementation succeeds for any registered name; whether its
-        kernel runs on this device shows only in a forward, so a two-token
-        forward tries it. One that fails falls back to transformers' default,
-        and that to ``eager`` (a plain loop every device runs), each failure
-        recorded.
+        kernel runs on this device shows only in a forward, so a two-token and
+        a one-token forward try it (``gemv`` runs its own path only for one).
+        One that fails falls back to transformers' default, and that to
+        ``eager`` (a plain loop every device runs), each failure recorded.
         """
         if not blocks:
             return None, None
+        from agents.backends import torch_experts
+
+        torch_experts.register()
         asked = asked_for or default
         reasons: List[str] = []
         for impl in dict.fromkeys((asked, default, "eager")):
             try:
                 model.set_experts_implementation(impl)
-                ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-                with torch.no_grad():
-                    model(input_ids=ids)
+                for length in (2, 1):
+                    ids = torch.zeros((1, length), dtype=torch.long, device=device)
+                    with torch.no_grad():
+                        model(input_ids=ids)
                 _sync(device)
             except Exception as exc:  # any refusal or kernel failure: the next candidate
                 text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""

@@ -21,8 +21,9 @@ __all__ = ["EXPERTS_IMPLEMENTATIONS", "build_model", "hf_config"]
 #: What transformers (5.x) offers for the MoE experts' matmuls: a loop over the
 #: experts hit (``eager``), one grouped GEMM over all routed tokens
 #: (``grouped_mm``), or a batched GEMM over gathered expert weights
-#: (``batched_mm``).
-EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
+#: (``batched_mm``); and edgefarm's ``gemv`` (``torch_experts.py``: a one-token
+#: step reads each routed expert in place).
+EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm", "gemv")
 
 
 def _rope(shape: ModelShape) -> Dict[str, Any]:
@@ -82,6 +83,9 @@ def build_model(preset: str, device: str = "cpu", dtype: str = "bfloat16",
     import torch
     import transformers
 
+    from agents.backends import torch_experts
+
+    torch_experts.register()
     torch.manual_seed(seed)
     config = hf_config(preset)
     torch_dtype = getattr(torch, dtype)

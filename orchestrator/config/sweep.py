@@ -77,7 +77,7 @@ DEFAULT_QUANT = "Q4_0"
 # tests/test_torch_backend.py checks that the two stay in step.
 TorchDevice = Literal["cpu", "cuda", "mps"]
 TorchDtype = Literal["float32", "float16", "bfloat16"]
-ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm"]
+ExpertsImplementation = Literal["eager", "grouped_mm", "batched_mm", "gemv"]
 DecodeMode = Literal["eager", "compiled"]
 EXPERTS_IMPLEMENTATIONS: tuple[str, ...] = get_args(ExpertsImplementation)
 #: dtype per device when the sweep names none: bf16 is what GPUs run models in
@@ -437,7 +437,9 @@ class TorchSettings(ConfigModel):
         description=(
             "MoE experts implementations of transformers, one job each: `eager` (a loop over "
             "the experts hit), `grouped_mm` (one grouped GEMM; transformers' default) or "
-            "`batched_mm` (a batched GEMM over the gathered experts). One the device cannot "
+            "`batched_mm` (a batched GEMM over the gathered experts), or edgefarm's `gemv` "
+            "(a one-token decode step reads each routed expert in place, the gather fused into "
+            "a GEMV under torch.compile; more tokens go to `grouped_mm`). One the device cannot "
             "run falls back to transformers' default, with the reason recorded."
         ),
     )
