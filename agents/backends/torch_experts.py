@@ -6,7 +6,8 @@ per OLMoE layer), then running a batched GEMM over the copy: every routed
 weight is read, written and read again, three times the bytes a decode
 token needs. ``grouped_mm`` avoids the copy but runs a grouped GEMM built for
 many tokens a group. On the H200 both left the compiled OLMoE decode at
-0.27-0.37 of the bandwidth roofline (docs/results/h200/torch-decode.md).
+0.23-0.37 of the bandwidth roofline; ``gemv`` reached 0.33-0.35 in every
+build (docs/results/h200/torch-decode.md).
 
 How: each routed expert's projection of the token is written as a
 multiply-and-sum over the gathered rows, ``(W[ids] * x).sum(-1)``. Run
