@@ -25,6 +25,7 @@ from transformers.integrations.moe import batched_mm_experts_forward, grouped_mm
 from agents.backends import get_backend
 from agents.backends.base import JobParams
 from agents.backends.torch_backend import COMPILED_ON_HOST, RAN_EAGER, RAN_STATIC, moe_blocks
+from agents.backends.torch_decode import StaticDecoder
 from agents.backends.torch_experts import gemv_experts_forward
 from agents.backends.torch_models import EXPERTS_IMPLEMENTATIONS, build_model
 from agents.backends.torch_routing import METHOD, HookTimer, summarize
@@ -316,8 +317,12 @@ def test_gemv_gives_batched_mms_answer_for_a_step_and_grouped_mms_for_a_prompt()
 
 def test_gemv_under_torch_compile_never_materialises_the_gathered_experts() -> None:
     # The reason gemv exists: compiled, the gather is an indirect load inside
-    # the reduction, so no buffer holds the routed experts' weights (batched_mm's
-    # k x 2I x H copy). Every buffer inductor allocates is read from its code.
+    # the reduction, so no buffer holds the routed experts' weights (the
+    # k x 2I x H copy batched_mm feeds cuBLAS on a GPU). Every buffer inductor
+    # allocates is read from its code. This pins gemv's own formulation (a
+    # .contiguous() or an op inductor cannot fuse would fail it); it says
+    # nothing of batched_mm, whose small bmm inductor also decomposes on a CPU.
+    # The GPU kernels are measured by bench/torch_decode.py.
     from torch._inductor.utils import run_and_get_code
 
     model, _, _ = build_model("tiny-moe", "cpu", "float32", "gemv")
@@ -335,6 +340,30 @@ def test_gemv_under_torch_compile_never_materialises_the_gathered_experts() -> N
               for code in codes for m in re.findall(r"empty_strided_cpu\(\(([\d, ]*)\)", code)]
     assert shapes, codes  # the parse found the buffers
     assert max(math.prod(s) for s in shapes) < gathered / 4, shapes
+
+
+def test_a_compiled_gemv_decode_picks_the_tokens_batched_mm_picks() -> None:
+    # The whole model through torch.compile (the experts dispatched by
+    # transformers inside the traced graph), greedy, on the static cache the
+    # torch backend's compiled decode uses: the same tokens as batched_mm run
+    # eagerly, prompt and steps alike.
+    model, _, _ = build_model("tiny-moe", "cpu", "float32", "gemv")
+    prompt = torch.randint(0, model.config.vocab_size, (1, 8),
+                           generator=torch.Generator().manual_seed(5))
+
+    def decode(compiled: Any) -> torch.Tensor:
+        decoder = StaticDecoder(model, 32, compiled=compiled)
+        token = decoder.prefill(prompt)
+        tokens = [token]
+        for _ in range(6):
+            token = decoder.step(token)
+            tokens.append(token)
+        return torch.cat(tokens, 1)
+
+    ours = decode(torch.compile(model, dynamic=False))
+    model.set_experts_implementation("batched_mm")
+    theirs = decode(None)
+    assert ours.shape == (1, 7) and torch.equal(ours, theirs), (ours, theirs)
 
 
 def test_a_gemv_job_runs_and_records_it() -> None:
