@@ -216,7 +216,7 @@ def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespa
         return row
     first = good[0]
     row.update(experts=first["experts"], experts_note=first["experts_note"])
-    if "inductor" in first and first["inductor"]:
+    if first.get("inductor"):
         row["inductor"] = first["inductor"]
     if any("compile_s" in b for b in good):
         row["compile_s"] = [b.get("compile_s") for b in good]

@@ -561,14 +561,13 @@ class TorchBackend(Backend):
         """
         if not blocks:
             return None, None
-        from agents.backends import torch_experts
+        from agents.backends.torch_experts import set_experts
 
-        torch_experts.register()
         asked = asked_for or default
         reasons: List[str] = []
         for impl in dict.fromkeys((asked, default, "eager")):
             try:
-                model.set_experts_implementation(impl)
+                set_experts(model, impl)
                 for length in (2, 1):
                     ids = torch.zeros((1, length), dtype=torch.long, device=device)
                     with torch.no_grad():

@@ -25,16 +25,17 @@ serves, so those go to transformers' ``grouped_mm``. Layouts other than
 transformers' default (gate and up concatenated, not transposed, no bias)
 go there too.
 
-``register()`` adds the name to transformers' experts registry, after which
-``model.set_experts_implementation("gemv")`` accepts it like the built-in
-names; it is idempotent. torch and transformers are imported inside the
+``set_experts(model, name)`` is how edgefarm chooses any experts
+implementation: it first adds ``gemv`` to transformers' experts registry
+(idempotent), so ``gemv`` is accepted like the built-in names wherever a
+model comes from (a preset, a checkpoint directory). torch and transformers are imported inside the
 functions: the agent's core imports this package with the standard library
 only.
 """
 
 from typing import Any
 
-__all__ = ["NAME", "gemv_experts_forward", "register"]
+__all__ = ["NAME", "gemv_experts_forward", "set_experts"]
 
 #: The name this implementation is registered (and chosen in a sweep) under.
 NAME = "gemv"
@@ -62,8 +63,14 @@ def gemv_experts_forward(self: Any, hidden_states: Any, top_k_index: Any,
     return out.to(hidden_states.dtype)
 
 
-def register() -> None:
+def _register() -> None:
     """Make ``gemv`` a name ``set_experts_implementation`` accepts (transformers' registry)."""
     from transformers.integrations.moe import ExpertsInterface
 
     ExpertsInterface.register(NAME, gemv_experts_forward)
+
+
+def set_experts(model: Any, name: str) -> None:
+    """``model.set_experts_implementation(name)``, with ``gemv`` registered first."""
+    _register()
+    model.set_experts_implementation(name)

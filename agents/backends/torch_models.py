@@ -83,9 +83,8 @@ def build_model(preset: str, device: str = "cpu", dtype: str = "bfloat16",
     import torch
     import transformers
 
-    from agents.backends import torch_experts
+    from agents.backends.torch_experts import set_experts
 
-    torch_experts.register()
     torch.manual_seed(seed)
     config = hf_config(preset)
     torch_dtype = getattr(torch, dtype)
@@ -99,7 +98,7 @@ def build_model(preset: str, device: str = "cpu", dtype: str = "bfloat16",
     used, reason = None, None
     if experts is not None and hasattr(model, "set_experts_implementation"):
         try:
-            model.set_experts_implementation(experts)
+            set_experts(model, experts)
             used = experts
         except (ValueError, RuntimeError, NotImplementedError) as exc:
             used = getattr(model.config, "_experts_implementation", None)
