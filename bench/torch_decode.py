@@ -60,6 +60,7 @@ from agents.backends.torch_backend import model_facts, moe_blocks  # noqa: E402
 from agents.backends.torch_decode import EagerDecoder, StaticDecoder  # noqa: E402
 from agents.backends.torch_models import EXPERTS_IMPLEMENTATIONS, build_model  # noqa: E402
 from agents.models.presets import get_shape  # noqa: E402
+from bench.decode_variants import fuse_projections, gemv_linears  # noqa: E402
 
 
 def copy_bandwidth(nbytes: int = 4 << 30, repeats: int = 10) -> float:
@@ -153,8 +154,11 @@ def measure_build(preset: str, mode: str, experts: str | None,
                   args: argparse.Namespace) -> dict[str, Any]:
     """One build of a cell, in this process: the model, its loop, ``--repeats`` decodes."""
     model, used, why = build_model(preset, "cuda", "bfloat16", experts)
+    fused = fuse_projections(model) if args.fuse else 0
+    gemv = gemv_linears(model) if args.gemv_linear else 0
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), device="cuda")
-    out: dict[str, Any] = {"experts": used or experts, "experts_note": why,
+    out: dict[str, Any] = {"experts": used or experts, "experts_note": why, "fused_groups": fused,
+                           "gemv_linears": gemv,
                            "bytes_per_token": bytes_per_token(model, args.prompt + args.gen // 2)}
     try:
         compiled = None
@@ -202,6 +206,8 @@ def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespa
             cmd = [sys.executable, __file__, "--build", preset, mode, str(experts),
                    "--prompt", str(args.prompt), "--gen", str(args.gen),
                    "--repeats", str(args.repeats), "--compile-mode", args.compile_mode,
+                   *(["--fuse"] if args.fuse else []),
+                   *(["--gemv-linear"] if args.gemv_linear else []),
                    *[f"--inductor={item}" for item in args.inductor]]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -216,6 +222,9 @@ def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespa
         return row
     first = good[0]
     row.update(experts=first["experts"], experts_note=first["experts_note"])
+    for variant in ("fused_groups", "gemv_linears"):  # bench/decode_variants.py, when asked
+        if first.get(variant):
+            row[variant] = first[variant]
     if first.get("inductor"):
         row["inductor"] = first["inductor"]
     if any("compile_s" in b for b in good):
@@ -244,6 +253,10 @@ def main() -> int:
                     help="separate compiles of each compiled cell (the targets take the worst)")
     ap.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
                     help="torch.compile mode of the compiled cells (CUDA graphs are ours)")
+    ap.add_argument("--fuse", action="store_true",
+                    help="fuse each layer's q/k/v and gate/up projections (decode_variants.py)")
+    ap.add_argument("--gemv-linear", action="store_true",
+                    help="one-token Linear products as multiply-and-sum (decode_variants.py)")
     ap.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE",
                     help="a torch._inductor.config setting for the compiled cells (repeatable)")
     ap.add_argument("--build", nargs=3, metavar=("PRESET", "MODE", "EXPERTS"),
