@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 #: Groups of projections that read one input, by the attribute names the
@@ -73,8 +74,6 @@ def fuse_group(parent: nn.Module, names: Sequence[str]) -> bool:
     Returns False, changing nothing, unless all are plain ``nn.Linear`` with
     one input width and all or none with a bias.
     """
-    import torch
-
     mods: List[Any] = [getattr(parent, name, None) for name in names]
     if not all(type(m) is nn.Linear for m in mods):
         return False

@@ -208,12 +208,9 @@ def run_cell(preset: str, mode: str, experts: str | None, args: argparse.Namespa
     for _ in range(args.compiles if mode == "compiled" else 1):
         with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-            cmd = [sys.executable, __file__, "--build", preset, mode, str(experts),
-                   "--prompt", str(args.prompt), "--gen", str(args.gen),
-                   "--repeats", str(args.repeats), "--compile-mode", args.compile_mode,
-                   *(["--fuse"] if args.fuse else []),
-                   *(["--gemv-linear"] if args.gemv_linear else []),
-                   *[f"--inductor={item}" for item in args.inductor]]
+            # the parent's own options (a build ignores the cell lists), plus the cell
+            cmd = [sys.executable, __file__, *sys.argv[1:],
+                   "--build", preset, mode, str(experts)]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
         if done.returncode != 0 or not lines:
@@ -312,7 +309,7 @@ def main() -> int:
             ratio = (f"{best['tokens_per_s'] / max(r['tokens_per_s'] for r in eager):.2f}x"
                      if eager else "not measured (no eager row)")  # the best eager row
             builds = len(best["rates"])
-            print(f"{preset}: best {best['mode']} mode {best['fraction_worst']:.2f} of the "
+            print(f"{preset}: best {best['mode']} mode {best['fraction_worst']:.3f} of the "
                   f"roofline in the slowest of {builds} build(s) (experts "
                   f"{best['experts'] or '-'}), target {target}: "
                   f"{'met' if best['fraction_worst'] >= target else 'NOT met'}; "
